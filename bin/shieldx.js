@@ -1,0 +1,31 @@
+#!/usr/bin/env node
+// Launcher: the error boundary around the whole CLI. It loads the compiled program, runs it,
+// and turns SIGINT / SIGTERM into a clean stop with exit 130.
+const controller = new AbortController()
+let interrupts = 0
+const onSignal = () => {
+  interrupts += 1
+  if (interrupts > 1) process.exit(130) // a second Ctrl-C means now
+  controller.abort()
+}
+process.on('SIGINT', onSignal)
+process.on('SIGTERM', onSignal)
+
+let cli
+try {
+  cli = await import('../dist/cli.js')
+} catch (err) {
+  const missing = err && err.code === 'ERR_MODULE_NOT_FOUND' && String(err.message).includes('dist/cli.js')
+  process.stderr.write(
+    missing
+      ? 'error: shieldx is not built: run `npm run build` (npm ci does it for you).\n'
+      : `error: shieldx failed to start: ${err?.message}\n`,
+  )
+  process.exit(1)
+}
+
+const { processIo } = await import('../dist/ui/io.js')
+const code = await cli.run(process.argv.slice(2), processIo(), { signal: controller.signal })
+process.exitCode = code
+// Everything is closed by now; if some handle still holds the loop, do not hang a CronJob on it.
+setTimeout(() => process.exit(code), 2000).unref()

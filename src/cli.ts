@@ -1,0 +1,302 @@
+/**
+ * The command table. Every command's code is imported lazily inside its action (as changesets
+ * does), so `shieldx --help` loads commander and nothing else: startup time is a feature.
+ */
+import fs from 'node:fs'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { handleError } from './boundary.js'
+import { Context, type GlobalOptions } from './context.js'
+import { secretValues } from './core/config/redact.js'
+import { EXIT, InterruptedError, NotBuiltError } from './core/errors.js'
+import type { Io } from './ui/io.js'
+import { Output } from './ui/output.js'
+
+const VERSION = (
+  JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+).version
+
+export interface RunOptions {
+  /** Aborted on SIGINT / SIGTERM: the command stops, cleans up, and we exit 130. */
+  signal?: AbortSignal
+}
+
+const EXIT_CODES_HELP = `
+Exit codes:
+  0    ok
+  1    the operation failed (unreachable database, SQL error, not built yet)
+  2    usage error (unknown command or flag, bad input)
+  3    refused by a safety precondition (needs --yes, --force, a conclusive evaluation)
+  4    integrity failure (migration checksum drift, broken chain, bad backup)
+  5    conflict (a lock is held, an idempotency key reused with other parameters)
+  124  timed out (see --timeout)
+  130  interrupted`
+
+const ENV_HELP = `
+Environment:
+  CREDITS_DATABASE_URL   credits database (default: embedded PGlite under $SHIELDX_HOME/data)
+  SHADOW_DATABASE_URL    shadow database (default: the credits database)
+  REDIS_URL | REDIS_ADDR + REDIS_PASSWORD   balance cache (default: off)
+  AUDIT_HMAC_KEY[_FILE]  ENCRYPT_KEY[_FILE]  BACKUP_KEY[_FILE]   keys: never flags
+  BACKUP_DIR  BACKUP_RETENTION_DAYS  SHIELDX_HOME  SHIELDX_PROFILE  SHIELDX_TIMEOUT
+  Run 'shieldx locate' to see what this invocation would use, and why.`
+
+function examples(...lines: string[]): string {
+  return `\nExamples:\n${lines.map((l) => `  $ ${l}`).join('\n')}`
+}
+
+type Loader<M> = () => Promise<M>
+
+export async function run(argv: string[], io: Io, options: RunOptions = {}): Promise<number> {
+  const signal = options.signal ?? new AbortController().signal
+  let ctx: Context | undefined
+  const fallbackOut = () =>
+    new Output(io, {
+      json: argv.includes('--json'),
+      color: !argv.includes('--no-color'),
+      verbose: argv.includes('--verbose') || argv.includes('-v'),
+    })
+
+  const program = buildProgram(io, (globals) => {
+    ctx = new Context(io, globals, signal)
+    return ctx
+  })
+
+  try {
+    await raceAbort(program.parseAsync(argv, { from: 'user' }), signal)
+    return ctx?.exitCode ?? EXIT.ok
+  } catch (err) {
+    return handleError(err, ctx?.out ?? fallbackOut(), secretValues(io.env, argv))
+  } finally {
+    await ctx?.cleanup()
+  }
+}
+
+function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(new InterruptedError())
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new InterruptedError('Interrupted; stopped and cleaned up.'))
+    signal.addEventListener('abort', onAbort, { once: true })
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
+
+export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Context): Command {
+  const program = new Command('shieldx')
+  program
+    .description(
+      'Operations CLI for the ShieldX business core: credits ledger, audit chain, shadow evaluator, backups, migrations and canaries.',
+    )
+    .version(VERSION, '-V, --version', 'print the version')
+    .option('--json', 'print one JSON document on stdout and nothing else')
+    .option('--profile <name>', 'use this profile from $SHIELDX_HOME/config.yaml')
+    .option('--credits-db <url>', 'credits database URL (env CREDITS_DATABASE_URL)')
+    .option('--shadow-db <url>', 'shadow database URL (env SHADOW_DATABASE_URL)')
+    .option('--redis <url>', 'Redis URL for the balance cache (env REDIS_URL)')
+    .option('--home <dir>', 'shieldx home: profiles and the embedded database (env SHIELDX_HOME)')
+    .option('-y, --yes', 'answer yes to confirmations (required without a terminal)')
+    .option('--no-input', 'never prompt; fail instead where a question would be asked')
+    .option('--no-color', 'no colour (also NO_COLOR=1 or TERM=dumb)')
+    .option('-v, --verbose', 'more detail, and stack traces for bugs')
+    .option('--timeout <duration>', 'statement, lock and connect timeout, e.g. 30s, 5m (default 30s)')
+    .showSuggestionAfterError(true)
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+      outputError: (s, write) => write(s),
+    })
+    .addHelpText(
+      'after',
+      `${examples('npx shieldx demo', 'shieldx locate', 'shieldx migrate up --dry-run', 'shieldx migrate status --json')}\n${EXIT_CODES_HELP}\n${ENV_HELP}`,
+    )
+
+  // Subcommands inherit the output setup and the override of process.exit.
+  const sub = (parent: Command, name: string, description: string, example: string[]): Command =>
+    parent
+      .command(name)
+      .description(description)
+      .addHelpText('after', examples(...example))
+      .exitOverride()
+      .configureOutput({
+        writeOut: (s) => io.stdout.write(s),
+        writeErr: (s) => io.stderr.write(s),
+        outputError: (s, write) => write(s),
+      })
+      .showSuggestionAfterError(true)
+
+  /** Build the context, load the command module, call it. */
+  const action =
+    // biome-ignore lint/suspicious/noExplicitAny: commander's parsed options are untyped; each command declares its own shape
+      <M>(load: Loader<M>, call: (mod: M, ctx: Context, args: unknown[], opts: any) => Promise<void>) =>
+      async (...args: unknown[]) => {
+        const cmd = args.at(-1) as Command
+        const ctx = makeContext(cmd.optsWithGlobals() as GlobalOptions)
+        const mod = await load()
+        await call(mod, ctx, args.slice(0, -2), cmd.opts())
+      }
+
+  const notBuilt = (parent: Command, name: string, description: string, example: string[], path = name) =>
+    sub(parent, name, `${description} (not built yet)`, example)
+      .allowUnknownOption()
+      .allowExcessArguments()
+      .argument('[args...]')
+      .action(() => {
+        throw new NotBuiltError(path)
+      })
+
+  // --- migrate -------------------------------------------------------------------------------
+  const migrate = sub(program, 'migrate', 'versioned SQL migrations for the credits and shadow schemas', [
+    'shieldx migrate status',
+    'shieldx migrate up --dry-run',
+  ])
+  const loadMigrate = () => import('./commands/migrate.js')
+  const schemaOption = (def: string) =>
+    new Option('--schema <schema>', 'which schema').choices(['credits', 'shadow', 'all']).default(def)
+
+  sub(migrate, 'up', 'apply pending migrations (takes a backup first against a server)', [
+    'shieldx migrate up',
+    'shieldx migrate up --schema credits --to 3 --dry-run',
+  ])
+    .addOption(schemaOption('all'))
+    .option('--to <version>', 'stop at this version', intArg('--to'))
+    .option('--dry-run', 'print the plan (versions and SQL) and change nothing')
+    .option('--no-backup', 'skip the pre-migration backup against a server')
+    .action(action(loadMigrate, (m, ctx, _a, o) => m.up(ctx, o)))
+
+  sub(migrate, 'down', 'revert applied migrations (asks first; --yes without a terminal)', [
+    'shieldx migrate down --schema shadow --steps 1',
+    'shieldx migrate down --schema credits --to 1 --yes',
+  ])
+    .addOption(schemaOption('all'))
+    .option('--steps <n>', 'revert this many migrations per schema (default 1)', intArg('--steps'))
+    .option('--to <version>', 'revert every migration above this version', intArg('--to'))
+    .option('--dry-run', 'print the plan and change nothing')
+    .action(action(loadMigrate, (m, ctx, _a, o) => m.down(ctx, o)))
+
+  sub(migrate, 'status', 'applied and pending migrations per schema; exit 4 on checksum drift', [
+    'shieldx migrate status',
+    'shieldx migrate status --json',
+  ])
+    .addOption(schemaOption('all'))
+    .action(action(loadMigrate, (m, ctx, _a, o) => m.status(ctx, o)))
+
+  sub(migrate, 'create', 'write the next NNNN_name.up.sql / .down.sql pair', [
+    'shieldx migrate create add_invoice_index --schema credits',
+  ])
+    .argument('<name>', 'lowercase name, e.g. add_invoice_index')
+    .addOption(
+      new Option('--schema <schema>', 'which schema').choices(['credits', 'shadow']).makeOptionMandatory(),
+    )
+    .action(action(loadMigrate, (m, ctx, a, o) => m.create(ctx, a[0] as string, o)))
+
+  // --- credits (not built yet) ------------------------------------------------------------------
+  const credits = sub(program, 'credits', 'the prepaid credits ledger, with idempotency keys', [
+    'shieldx credits topup acme 1000',
+    'shieldx credits balance acme --json',
+  ])
+  for (const [name, desc, ex] of [
+    ['topup', 'add credits to a tenant (creates the account)', 'shieldx credits topup acme 1000'],
+    ['consume', 'spend credits; never below zero', 'shieldx credits consume acme 25'],
+    ['balance', 'balance, reserved and available', 'shieldx credits balance acme'],
+    ['history', "a tenant's transactions", 'shieldx credits history acme --limit 20'],
+    ['reserve', 'hold credits for later commit', 'shieldx credits reserve acme 100 --ttl 15m'],
+    ['commit', 'commit a reservation (partly or whole)', 'shieldx credits commit RESERVATION_ID'],
+    ['cancel', 'release a reservation', 'shieldx credits cancel RESERVATION_ID'],
+  ] as const) {
+    notBuilt(credits, name, desc, [ex], `credits ${name}`)
+  }
+
+  notBuilt(program, 'verify-chain', 'recompute the audit hash chain; exit 4 on any break', [
+    'shieldx verify-chain --json',
+  ])
+
+  // --- backup & restore (not built yet) ---------------------------------------------------------
+  const backup = sub(program, 'backup', 'streamed, compressed, encrypted dumps with a manifest', [
+    'shieldx backup create',
+    'shieldx backup list',
+  ])
+  for (const [name, desc, ex] of [
+    ['create', 'dump, compress and encrypt a database', 'shieldx backup create --label nightly'],
+    ['list', 'backups in the backup directory', 'shieldx backup list --json'],
+    ['verify', 'check a backup, optionally by restoring it', 'shieldx backup verify FILE --restore-test'],
+    ['prune', 'delete backups past the retention policy', 'shieldx backup prune --dry-run'],
+  ] as const) {
+    notBuilt(backup, name, desc, [ex], `backup ${name}`)
+  }
+  notBuilt(program, 'restore', 'guarded restore of a backup, then chain verification', [
+    'shieldx restore FILE --target postgres://...',
+  ])
+
+  // --- shadow evaluation & rollout (not built yet) -----------------------------------------------
+  notBuilt(program, 'evaluate', 'replay labelled traffic through the control and a candidate rule', [
+    'shieldx evaluate --rule waf-sqli --candidate 2 --json',
+  ])
+  const ab = sub(program, 'ab', 'Bayesian A/B tests (Beta-Binomial, Thompson sampling)', [
+    'shieldx ab results checkout',
+  ])
+  for (const [name, desc, ex] of [
+    ['create', 'start an A/B test', 'shieldx ab create checkout --variants a,b'],
+    ['record', 'record an observation', 'shieldx ab record checkout a --success'],
+    ['results', 'posterior, probability to beat, recommendation', 'shieldx ab results checkout'],
+  ] as const) {
+    notBuilt(ab, name, desc, [ex], `ab ${name}`)
+  }
+  notBuilt(program, 'deploy-canary', 'staged rollout of a rule gated on a conclusive evaluation', [
+    'shieldx deploy-canary waf-sqli --version 2',
+  ])
+  notBuilt(program, 'rollback', 'return a rule or the database to its previous version', [
+    'shieldx rollback --migration --yes',
+  ])
+
+  // --- diagnostics --------------------------------------------------------------------------------
+  sub(
+    program,
+    'locate',
+    'which Postgres / Redis / keys this invocation would use, and where each setting came from',
+    ['shieldx locate', 'shieldx --profile prod locate --json'],
+  ).action(
+    action(
+      () => import('./commands/locate.js'),
+      (m, ctx) => m.locate(ctx),
+    ),
+  )
+
+  notBuilt(program, 'status', 'the P0 invariants: negative balances, chain errors, unguarded deployments', [
+    'shieldx status --json',
+  ])
+
+  sub(program, 'demo', 'the whole flow end to end on the embedded database: run this first', [
+    'npx shieldx demo',
+    'shieldx demo --json',
+  ])
+    .option('--reset', 'start over with an empty demo database')
+    .action(
+      action(
+        () => import('./commands/demo.js'),
+        (m, ctx, _a, o) => m.demo(ctx, o),
+      ),
+    )
+
+  // --- later (DESIGN.md) ----------------------------------------------------------------------------
+  const k8s = sub(program, 'k8s', 'Kubernetes manifests for shieldx Jobs and services', [
+    'shieldx k8s render',
+  ])
+  notBuilt(
+    k8s,
+    'render',
+    'render the manifests in templates/k8s',
+    ['shieldx k8s render --out k8s/'],
+    'k8s render',
+  )
+  notBuilt(program, 'serve', 'the credits and shadow HTTP APIs (ports 5004 and 5005)', ['shieldx serve'])
+
+  return program
+}
+
+function intArg(flag: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`${flag} must be a whole number.`)
+    return Number(value)
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * What every command receives: its streams and output rules, the global flags, the resolved
+ * settings, and a place to register cleanup (pools, the embedded server) that the CLI runs
+ * however the command ends.
+ */
+import { type CommandFlags, resolveSettings, type Settings } from './core/config/settings.js'
+import { type Databases, openDatabases } from './core/db/pool.js'
+import type { Io } from './ui/io.js'
+import { Output } from './ui/output.js'
+
+export interface GlobalOptions {
+  json?: boolean
+  profile?: string
+  creditsDb?: string
+  shadowDb?: string
+  redis?: string
+  home?: string
+  yes?: boolean
+  /** false with --no-input */
+  input?: boolean
+  /** false with --no-color */
+  color?: boolean
+  verbose?: boolean
+  timeout?: string
+}
+
+export class Context {
+  readonly out: Output
+  /** A command that prints its result and still has to fail (e.g. status finding drift) sets this. */
+  exitCode: number | undefined
+  private readonly cleanups: Array<() => Promise<void>> = []
+  private cached: Settings | undefined
+
+  constructor(
+    readonly io: Io,
+    readonly globals: GlobalOptions,
+    readonly signal: AbortSignal,
+  ) {
+    this.out = new Output(io, {
+      json: globals.json === true,
+      color: globals.color !== false,
+      verbose: globals.verbose === true,
+    })
+  }
+
+  get yes(): boolean {
+    return this.globals.yes === true
+  }
+
+  get noInput(): boolean {
+    return this.globals.input === false
+  }
+
+  /** Settings resolved flag > env > profile > default. Command flags (--dir...) join the global ones. */
+  settings(commandFlags: CommandFlags = {}): Settings {
+    if (!this.cached || Object.keys(commandFlags).length > 0) {
+      const g = this.globals
+      this.cached = resolveSettings({
+        env: this.io.env,
+        flags: {
+          home: g.home,
+          profile: g.profile,
+          creditsDb: g.creditsDb,
+          shadowDb: g.shadowDb,
+          redis: g.redis,
+          timeout: g.timeout,
+          ...commandFlags,
+        },
+      })
+    }
+    return this.cached
+  }
+
+  /** Open the credits and shadow databases; closed automatically when the command ends. */
+  async databases(settings: Settings = this.settings()): Promise<Databases> {
+    const dbs = await openDatabases(settings, {
+      timeoutMs: settings.timeoutMs.value,
+      env: this.io.env,
+      onNotice: (m) => this.out.info(m),
+    })
+    this.onCleanup(() => dbs.close())
+    return dbs
+  }
+
+  onCleanup(fn: () => Promise<void>): void {
+    this.cleanups.push(fn)
+  }
+
+  async cleanup(): Promise<void> {
+    while (this.cleanups.length > 0) {
+      const fn = this.cleanups.pop()!
+      await fn().catch((err) => this.out.debug(`cleanup failed: ${(err as Error).message}`))
+    }
+  }
+}

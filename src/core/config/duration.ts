@@ -1,0 +1,27 @@
+import { UsageError } from '../errors.js'
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/**
+ * Parse "500ms", "30s", "15m", "2h", "7d" or a bare number of seconds into milliseconds.
+ * `field` names the flag or setting in the error so the user knows what to fix.
+ */
+export function parseDuration(input: string, field: string): number {
+  const text = input.trim()
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text)
+  if (!match) {
+    throw new UsageError(`${field} must be a duration like 30s, 500ms, 15m or 2h; got '${input}'.`)
+  }
+  const ms = Number(match[1]) * UNITS[match[2] ?? 's']!
+  if (!Number.isFinite(ms) || ms <= 0) {
+    throw new UsageError(`${field} must be greater than zero; got '${input}'.`)
+  }
+  return Math.round(ms)
+}
+
+export function formatDuration(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`
+  if (ms % 1000 === 0) return `${ms / 1000}s`
+  return `${ms}ms`
+}

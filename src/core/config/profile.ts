@@ -1,0 +1,103 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import YAML from 'yaml'
+import { UsageError } from '../errors.js'
+
+/** Keys a profile may set. Secrets themselves are never read from config.yaml: only key files. */
+export const PROFILE_KEYS = [
+  'credits_db',
+  'shadow_db',
+  'redis',
+  'audit_hmac_key_file',
+  'encrypt_key_file',
+  'backup_key_file',
+  'backup_dir',
+  'backup_retention_days',
+  'timeout',
+] as const
+
+export type ProfileKey = (typeof PROFILE_KEYS)[number]
+export type Profile = Partial<Record<ProfileKey, string>>
+
+const INLINE_SECRETS: Record<string, string> = {
+  audit_hmac_key: 'audit_hmac_key_file',
+  encrypt_key: 'encrypt_key_file',
+  backup_key: 'backup_key_file',
+}
+
+export interface LoadedProfile {
+  name: string
+  file: string
+  values: Profile
+}
+
+/**
+ * Read profile `name` (or the file's `current_profile`) from $SHIELDX_HOME/config.yaml.
+ * Returns null when no profile applies. Every mistake in the file is a UsageError naming it.
+ */
+export function loadProfile(home: string, requested: string | undefined): LoadedProfile | null {
+  const file = path.join(home, 'config.yaml')
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (requested) {
+        throw new UsageError(`Profile '${requested}' was asked for, but ${file} does not exist.`, {
+          hint: 'Create it with a "profiles:" map, or drop --profile.',
+        })
+      }
+      return null
+    }
+    throw new UsageError(`Cannot read ${file}: ${(err as Error).message}.`)
+  }
+
+  const doc = YAML.parseDocument(text)
+  if (doc.errors.length > 0) {
+    const first = doc.errors[0]!
+    const line = first.linePos?.[0]?.line
+    throw new UsageError(
+      `${file}${line ? ` line ${line}` : ''} is not valid YAML: ${first.message.split('\n')[0]}`,
+    )
+  }
+  const root = (doc.toJS() ?? {}) as Record<string, unknown>
+  if (typeof root !== 'object' || Array.isArray(root)) {
+    throw new UsageError(`${file} must be a mapping with a "profiles:" key.`)
+  }
+  const profiles = (root.profiles ?? {}) as Record<string, unknown>
+  if (typeof profiles !== 'object' || Array.isArray(profiles)) {
+    throw new UsageError(`${file}: "profiles" must be a mapping of profile names to settings.`)
+  }
+
+  const name = requested ?? (typeof root.current_profile === 'string' ? root.current_profile : undefined)
+  if (!name) return null
+  const raw = profiles[name]
+  if (raw === undefined) {
+    const known = Object.keys(profiles)
+    throw new UsageError(
+      `Profile '${name}' is not in ${file}${known.length ? ` (profiles: ${known.join(', ')})` : ''}.`,
+    )
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new UsageError(`${file}: profile '${name}' must be a mapping of settings.`)
+  }
+
+  const values: Profile = {}
+  for (const [key, value] of Object.entries(raw as Record<string, unknown>)) {
+    if (key in INLINE_SECRETS) {
+      throw new UsageError(
+        `${file}: profile '${name}' sets '${key}', but keys are never read from config.yaml; use '${INLINE_SECRETS[key]}' or the environment.`,
+      )
+    }
+    if (!(PROFILE_KEYS as readonly string[]).includes(key)) {
+      throw new UsageError(
+        `${file}: profile '${name}' has an unknown setting '${key}' (known: ${PROFILE_KEYS.join(', ')}).`,
+      )
+    }
+    if (typeof value !== 'string' && typeof value !== 'number') {
+      throw new UsageError(`${file}: profile '${name}' setting '${key}' must be a string or number.`)
+    }
+    values[key as ProfileKey] = String(value)
+  }
+  return { name, file, values }
+}

@@ -1,0 +1,134 @@
+/**
+ * Loading keys. A key setting holds one key or a ring of them, written `kid:base64[,kid:base64...]`
+ * (a bare base64 key gets a kid derived from its fingerprint). The first key signs or encrypts;
+ * every key verifies or decrypts, so keys rotate without breaking old data.
+ *
+ * Embedded mode generates a missing key once, mode 0600, and says so; against a server a missing
+ * key is an error. Key bytes never leave this module in messages.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { OperationError, UsageError } from '../errors.js'
+import type { Resolved, SecretRef } from './settings.js'
+
+export interface Key {
+  kid: string
+  bytes: Buffer
+}
+
+export interface Keyring {
+  /** The key that signs / encrypts new data. */
+  current: Key
+  /** Every key by kid, including current: what verifies / decrypts. */
+  byId: ReadonlyMap<string, Key>
+}
+
+export interface KeySpec {
+  /** The environment name, used in every message: AUDIT_HMAC_KEY, ENCRYPT_KEY, BACKUP_KEY. */
+  envName: string
+  /** Exact length in bytes (AES-256: 32), or a minimum for HMAC keys. */
+  bytes: { exact: number } | { min: number }
+}
+
+export interface LoadedKeyring {
+  keyring: Keyring
+  /** Set when this call generated the key file; the CLI tells the user. */
+  generatedAt?: string
+}
+
+const KID = /^[A-Za-z0-9._-]{1,64}$/
+
+export function fingerprintKid(bytes: Buffer): string {
+  return 'k' + createHash('sha256').update(bytes).digest('hex').slice(0, 8)
+}
+
+export function parseKeyring(text: string, spec: KeySpec, origin: string): Keyring {
+  const entries = text
+    .split(/[,\n]/)
+    .map((s) => s.trim())
+    .filter((s) => s !== '' && !s.startsWith('#'))
+  if (entries.length === 0) throw new UsageError(`${spec.envName} (${origin}) is empty.`)
+  const keys: Key[] = []
+  for (const [i, entry] of entries.entries()) {
+    const colon = entry.indexOf(':')
+    const kid = colon === -1 ? undefined : entry.slice(0, colon)
+    const b64 = colon === -1 ? entry : entry.slice(colon + 1)
+    if (kid !== undefined && !KID.test(kid)) {
+      throw new UsageError(
+        `${spec.envName} (${origin}) key ${i + 1} has an invalid key id; use letters, digits, '.', '_' or '-'.`,
+      )
+    }
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) {
+      throw new UsageError(`${spec.envName} (${origin}) key ${i + 1} is not base64.`)
+    }
+    const bytes = Buffer.from(b64, 'base64')
+    if ('exact' in spec.bytes && bytes.length !== spec.bytes.exact) {
+      throw new UsageError(
+        `${spec.envName} (${origin}) key ${i + 1} must be ${spec.bytes.exact} bytes (base64 of ${spec.bytes.exact} random bytes); it is ${bytes.length}.`,
+      )
+    }
+    if ('min' in spec.bytes && bytes.length < spec.bytes.min) {
+      throw new UsageError(
+        `${spec.envName} (${origin}) key ${i + 1} must be at least ${spec.bytes.min} bytes; it is ${bytes.length}.`,
+      )
+    }
+    keys.push({ kid: kid ?? fingerprintKid(bytes), bytes })
+  }
+  const byId = new Map<string, Key>()
+  for (const key of keys) {
+    if (byId.has(key.kid))
+      throw new UsageError(`${spec.envName} (${origin}) lists key id '${key.kid}' twice.`)
+    byId.set(key.kid, key)
+  }
+  return { current: keys[0]!, byId }
+}
+
+export function loadKeyring(ref: Resolved<SecretRef>, spec: KeySpec): LoadedKeyring {
+  const secret = ref.value
+  switch (secret.kind) {
+    case 'inline':
+      return { keyring: parseKeyring(secret.value, spec, ref.source) }
+    case 'file':
+      return { keyring: parseKeyring(readKeyFile(secret.path, spec), spec, secret.path) }
+    case 'generated': {
+      const generatedAt = ensureGeneratedKey(secret.path, spec)
+      const keyring = parseKeyring(readKeyFile(secret.path, spec), spec, secret.path)
+      return generatedAt ? { keyring, generatedAt } : { keyring }
+    }
+    case 'missing':
+      throw new UsageError(`${spec.envName} is not set.`, {
+        hint: `Against a database server shieldx never invents keys: set ${spec.envName} or ${spec.envName}_FILE.`,
+      })
+  }
+}
+
+function readKeyFile(file: string, spec: KeySpec): string {
+  try {
+    return fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(
+      `Cannot read ${spec.envName} file ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}.`,
+    )
+  }
+}
+
+/** Create the key file if it does not exist. Returns its path when this call created it. */
+function ensureGeneratedKey(file: string, spec: KeySpec): string | undefined {
+  const length = 'exact' in spec.bytes ? spec.bytes.exact : Math.max(32, spec.bytes.min)
+  const bytes = randomBytes(length)
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 })
+  try {
+    // 'wx' fails if another process generated it first: that key wins and we read it.
+    fs.writeFileSync(file, `${fingerprintKid(bytes)}:${bytes.toString('base64')}\n`, {
+      mode: 0o600,
+      flag: 'wx',
+    })
+    return file
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return undefined
+    throw new OperationError(
+      `Cannot write the generated ${spec.envName} to ${file}: ${(err as Error).message}.`,
+    )
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * Opening the databases a command touches: a pg Pool on a server URL, or on the embedded PGlite.
+ * Every connection carries the statement timeout; an unreachable server is one sentence naming
+ * host and port, within the timeout.
+ */
+import pg from 'pg'
+import { tildify } from '../config/paths.js'
+import { redactUrl } from '../config/redact.js'
+import { embeddedDataDir, type Settings } from '../config/settings.js'
+import { OperationError, UsageError } from '../errors.js'
+import { type EmbeddedServer, startEmbedded } from './embedded.js'
+import type { PgErrorLike } from './pg-errors.js'
+
+export type DbRole = 'credits' | 'shadow'
+
+export interface Database {
+  kind: 'server' | 'embedded'
+  /** What to show the user: a redacted URL or the embedded data directory. */
+  label: string
+  pool: pg.Pool
+  timeoutMs: number
+  /** The server's major version, e.g. 15 or 18. */
+  serverMajor: number
+  /** Set when the embedded database was created by this start. */
+  createdEmbedded: boolean
+  close(): Promise<void>
+}
+
+export interface Databases {
+  credits: Database
+  /** May be the same object as credits. */
+  shadow: Database
+  close(): Promise<void>
+}
+
+export interface OpenOptions {
+  timeoutMs: number
+  env: NodeJS.ProcessEnv
+  /** Connections in the pool (servers only; the embedded database is always 1). */
+  max?: number
+  onNotice?: (message: string) => void
+}
+
+export async function openDatabases(settings: Settings, options: OpenOptions): Promise<Databases> {
+  const credits = await openDatabase(settings, 'credits', options)
+  let shadow = credits
+  if (settings.shadowDb.value !== null && settings.shadowDb.value !== settings.creditsDb.value) {
+    try {
+      shadow = await openDatabase(settings, 'shadow', options)
+    } catch (err) {
+      await credits.close()
+      throw err
+    }
+  }
+  return {
+    credits,
+    shadow,
+    async close() {
+      await Promise.allSettled([credits.close(), shadow === credits ? Promise.resolve() : shadow.close()])
+    },
+  }
+}
+
+export async function openDatabase(
+  settings: Settings,
+  role: DbRole,
+  options: OpenOptions,
+): Promise<Database> {
+  const url =
+    role === 'shadow' ? (settings.shadowDb.value ?? settings.creditsDb.value) : settings.creditsDb.value
+  if (url === null) {
+    const dataDir = embeddedDataDir(settings.home.value)
+    return openEmbedded(dataDir, tildify(dataDir, options.env), options)
+  }
+  const source =
+    role === 'shadow' && settings.shadowDb.value !== null
+      ? settings.shadowDb.source
+      : settings.creditsDb.source
+  return openServer(url, source, options)
+}
+
+/** Session settings every connection gets, so a stuck statement cannot hold a lock forever. */
+function sessionTimeouts(timeoutMs: number) {
+  return {
+    statement_timeout: timeoutMs,
+    idle_in_transaction_session_timeout: Math.max(timeoutMs * 2, 60_000),
+    // The server's timeout should fire first (SQLSTATE 57014); this one catches a dead server.
+    query_timeout: timeoutMs + 5000,
+    connectionTimeoutMillis: timeoutMs,
+    application_name: 'shieldx',
+  }
+}
+
+export async function openServer(url: string, source: string, options: OpenOptions): Promise<Database> {
+  const target = parseTarget(url, source)
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 4,
+    idleTimeoutMillis: 10_000,
+    ...sessionTimeouts(options.timeoutMs),
+  })
+  // Without a listener an idle client killed by the server (pg_terminate_backend) crashes the process.
+  pool.on('error', () => {})
+  let serverMajor: number
+  try {
+    const { rows } = await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)
+    serverMajor = Math.floor(Number(rows[0]!.v) / 10000)
+  } catch (err) {
+    await pool.end().catch(() => {})
+    throw connectError(err, target, options.timeoutMs)
+  }
+  return {
+    kind: 'server',
+    label: redactUrl(url),
+    pool,
+    timeoutMs: options.timeoutMs,
+    serverMajor,
+    createdEmbedded: false,
+    close: once(() => pool.end()),
+  }
+}
+
+async function openEmbedded(dataDir: string, label: string, options: OpenOptions): Promise<Database> {
+  const server: EmbeddedServer = await startEmbedded(dataDir, options.timeoutMs)
+  if (server.created) options.onNotice?.(`Created the embedded database in ${label}.`)
+  const pool = new pg.Pool({
+    host: server.socketDir,
+    port: server.port,
+    user: 'postgres',
+    database: 'postgres',
+    // PGlite is one backend session: a second connection would share the first one's transaction.
+    max: 1,
+    ...sessionTimeouts(options.timeoutMs),
+  })
+  pool.on('error', () => {})
+  let serverMajor = 0
+  try {
+    const { rows } = await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)
+    serverMajor = Math.floor(Number(rows[0]!.v) / 10000)
+  } catch (err) {
+    await pool.end().catch(() => {})
+    await server.stop()
+    throw new OperationError(`The embedded database in ${label} does not answer: ${(err as Error).message}`, {
+      cause: err,
+    })
+  }
+  return {
+    kind: 'embedded',
+    label: `embedded PGlite (${label})`,
+    pool,
+    timeoutMs: options.timeoutMs,
+    serverMajor,
+    createdEmbedded: server.created,
+    close: once(async () => {
+      await pool.end().catch(() => {})
+      await server.stop()
+    }),
+  }
+}
+
+interface Target {
+  host: string
+  port: number
+  database: string
+  user: string
+}
+
+function parseTarget(url: string, source: string): Target {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    throw new UsageError(`The database URL from ${source} is not a valid URL: ${redactUrl(url)}.`, {
+      hint: 'Expected postgres://user:password@host:5432/database.',
+    })
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    throw new UsageError(
+      `The database URL from ${source} must start with postgres:// or postgresql://; got ${parsed.protocol}//.`,
+    )
+  }
+  return {
+    host: parsed.hostname || parsed.searchParams.get('host') || 'localhost',
+    port: Number(parsed.port || 5432),
+    database: decodeURIComponent(parsed.pathname.replace(/^\//, '')) || 'postgres',
+    user: decodeURIComponent(parsed.username) || 'postgres',
+  }
+}
+
+function connectError(err: unknown, t: Target, timeoutMs: number): OperationError {
+  const e = err as PgErrorLike
+  const where = `PostgreSQL at ${t.host}:${t.port}`
+  const reason = (() => {
+    switch (e.code) {
+      case 'ECONNREFUSED':
+        return 'connection refused'
+      case 'ENOTFOUND':
+      case 'EAI_AGAIN':
+        return `host '${t.host}' not found`
+      case 'EHOSTUNREACH':
+      case 'ENETUNREACH':
+        return 'host unreachable'
+      case '28P01':
+      case '28000':
+        return `authentication failed for user '${t.user}'`
+      case '3D000':
+        return `database '${t.database}' does not exist`
+      case '57P03':
+        return 'the server is starting up or shutting down'
+    }
+    if (/timeout/i.test(e.message ?? '')) return `no answer within ${timeoutMs / 1000}s`
+    return e.message ?? String(err)
+  })()
+  return new OperationError(`Cannot connect to ${where}: ${reason}.`, { code: 'DB_UNREACHABLE', cause: err })
+}
+
+function once(fn: () => Promise<void>): () => Promise<void> {
+  let p: Promise<void> | undefined
+  return () => {
+    p ??= fn()
+    return p
+  }
+}

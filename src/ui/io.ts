@@ -1,0 +1,19 @@
+/**
+ * The streams a command talks through. The real process streams in bin/, PassThroughs with a
+ * chosen isTTY in tests, so the same code runs in-process under test and in a terminal.
+ */
+import type { Readable, Writable } from 'node:stream'
+
+export type OutStream = Writable & { isTTY?: boolean; columns?: number }
+export type InStream = Readable & { isTTY?: boolean; setRawMode?: (mode: boolean) => unknown }
+
+export interface Io {
+  stdout: OutStream
+  stderr: OutStream
+  stdin: InStream
+  env: NodeJS.ProcessEnv
+}
+
+export function processIo(): Io {
+  return { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env }
+}

@@ -1,0 +1,60 @@
+/**
+ * A list of steps with live status: a listr2 task list on a terminal, one JSON line per step
+ * on stderr otherwise (CronJobs and CI read those). Either way the results come back to the
+ * command, which prints its summary on stdout.
+ */
+import type { Output } from './output.js'
+
+export interface Step<C> {
+  title: string
+  /** Returns a short note shown beside the title when done, e.g. "2 migrations applied". */
+  run: (ctx: C) => Promise<string | undefined>
+}
+
+export async function runSteps<C>(out: Output, ctx: C, steps: Step<C>[]): Promise<void> {
+  if (out.interactive && !out.json) {
+    const { Listr, ListrLogger, ProcessOutput, PRESET_TIMER } = await import('listr2')
+    const stderr = out.io.stderr as NodeJS.WriteStream
+    const list = new Listr(
+      steps.map((s) => ({
+        title: s.title,
+        task: async (_: unknown, task: { title: string }) => {
+          const note = await s.run(ctx)
+          if (note) task.title = `${s.title}: ${note}`
+        },
+      })),
+      {
+        concurrent: false,
+        exitOnError: true,
+        registerSignalListeners: false,
+        renderer: 'default',
+        // We decided above that a person is watching stderr; listr2 would look at stdout.
+        fallbackRendererCondition: false,
+        rendererOptions: {
+          collapseErrors: false,
+          showErrorMessage: false,
+          timer: PRESET_TIMER,
+          // Progress on stderr: stdout is for results.
+          logger: new ListrLogger({ processOutput: new ProcessOutput(stderr, stderr) }),
+        },
+      },
+    )
+    await list.run()
+    return
+  }
+  for (const s of steps) {
+    const started = performance.now()
+    out.log('step.start', { step: s.title })
+    try {
+      const note = await s.run(ctx)
+      out.log('step.done', {
+        step: s.title,
+        ms: Math.round(performance.now() - started),
+        ...(note ? { note } : {}),
+      })
+    } catch (err) {
+      out.log('step.failed', { step: s.title, ms: Math.round(performance.now() - started) })
+      throw err
+    }
+  }
+}
