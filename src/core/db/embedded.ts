@@ -38,7 +38,15 @@ export async function startEmbedded(dataDir: string, timeoutMs: number): Promise
 
     const db = await PGlite.create({ dataDir })
     const socketDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shieldx-pg-'))
-    const server = new PGLiteSocketServer({ db, path: path.join(socketDir, `.s.PGSQL.${SOCKET_PORT}`) })
+    const server = new PGLiteSocketServer({
+      db,
+      path: path.join(socketDir, `.s.PGSQL.${SOCKET_PORT}`),
+      // Our pool holds one connection. pg's pool destroys a connection after a failed query and
+      // opens the next one at once; with a limit of 1 the server refuses that new connection
+      // while it is still closing the old one (EPIPE on the next query). The server's query queue
+      // keeps any transaction to the connection that began it and rolls it back on disconnect.
+      maxConnections: 2,
+    })
     await server.start()
 
     let stopped = false

@@ -1,0 +1,257 @@
+/**
+ * The CLI frame: help, version, unknown commands and flags, the exit code of every error class,
+ * JSON errors, colour rules, interruption. In-process, plus a few runs of the real binary.
+ */
+
+import { PassThrough } from 'node:stream'
+import { describe, expect, it } from 'vitest'
+import { handleError } from '../src/boundary.js'
+import { buildProgram } from '../src/cli.js'
+import type { Context } from '../src/context.js'
+import {
+  ConflictError,
+  EXIT,
+  IntegrityError,
+  OperationError,
+  SafetyError,
+  TimeoutError,
+} from '../src/core/errors.js'
+import { Output } from '../src/ui/output.js'
+import { runCli, spawnCli, tempHome } from './helpers/cli.js'
+import { cleanEnv } from './helpers/env.js'
+
+function capture(json = false, verbose = false) {
+  const stdout = new PassThrough()
+  const stderr = new PassThrough()
+  let out = ''
+  let err = ''
+  stdout.on('data', (d) => {
+    out += d
+  })
+  stderr.on('data', (d) => {
+    err += d
+  })
+  const output = new Output(
+    { stdout, stderr, stdin: new PassThrough(), env: {} },
+    { json, color: false, verbose },
+  )
+  return {
+    output,
+    get stdout() {
+      return out
+    },
+    get stderr() {
+      return err
+    },
+  }
+}
+
+/** Every command path in the program, e.g. ['migrate', 'up']. */
+function commandPaths(): string[][] {
+  const io = { stdout: new PassThrough(), stderr: new PassThrough(), stdin: new PassThrough(), env: {} }
+  const program = buildProgram(io, () => ({}) as Context)
+  const out: string[][] = []
+  const walk = (cmd: typeof program, prefix: string[]) => {
+    for (const c of cmd.commands) {
+      if (c.name() === 'help') continue
+      out.push([...prefix, c.name()])
+      walk(c, [...prefix, c.name()])
+    }
+  }
+  walk(program, [])
+  return out
+}
+
+describe('help and version', () => {
+  it('top-level help lists every command of DESIGN.md, the exit codes and an example', async () => {
+    const r = await runCli(['--help'])
+    expect(r.code).toBe(0)
+    for (const name of [
+      'migrate',
+      'credits',
+      'verify-chain',
+      'backup',
+      'restore',
+      'evaluate',
+      'ab',
+      'deploy-canary',
+      'rollback',
+      'locate',
+      'status',
+      'demo',
+    ]) {
+      expect(r.stdout).toMatch(new RegExp(`\\n  ${name}\\b`))
+    }
+    expect(r.stdout).toContain('Exit codes:')
+    expect(r.stdout).toContain('124  timed out')
+    expect(r.stdout).toContain('$ npx shieldx demo')
+    expect(r.stderr).toBe('')
+  })
+
+  it('every command has --help with an example', async () => {
+    const paths = commandPaths()
+    expect(paths.length).toBeGreaterThan(25)
+    for (const p of paths) {
+      const r = await runCli([...p, '--help'])
+      expect(r.code, p.join(' ')).toBe(0)
+      expect(r.stdout, p.join(' ')).toMatch(/Examples:\n {2}\$ (npx )?shieldx /)
+    }
+  })
+
+  it('--version prints the package version', async () => {
+    const r = await runCli(['--version'])
+    expect(r.code).toBe(0)
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/)
+  })
+})
+
+describe('usage errors: exit 2, with a suggestion, never a stack', () => {
+  it('unknown command', async () => {
+    const r = await runCli(['migrat'])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain("unknown command 'migrat'")
+    expect(r.stderr).toContain('Did you mean migrate?')
+  })
+
+  it('unknown subcommand', async () => {
+    const r = await runCli(['migrate', 'upp'])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('Did you mean up?')
+  })
+
+  it('unknown flag', async () => {
+    const r = await runCli(['migrate', 'up', '--dry-runn'])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain("unknown option '--dry-runn'")
+    expect(r.stderr).toContain('Did you mean --dry-run?')
+  })
+
+  it('bad choice and bad number', async () => {
+    const choice = await runCli(['migrate', 'up', '--schema', 'billing'])
+    expect(choice.code).toBe(2)
+    expect(choice.stderr).toContain('credits, shadow, all')
+    const num = await runCli(['migrate', 'up', '--to', 'latest'])
+    expect(num.code).toBe(2)
+    expect(num.stderr).toContain('--to must be a whole number')
+  })
+
+  it('a group without a subcommand shows its help and exits 2', async () => {
+    const r = await runCli(['migrate'])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('Usage: shieldx migrate')
+  })
+})
+
+describe('commands not built yet', () => {
+  it('say so in one sentence and exit 1, with no fake output', async () => {
+    for (const argv of [
+      ['credits', 'topup', 'acme', '100'],
+      ['verify-chain'],
+      ['backup', 'create'],
+      ['deploy-canary', 'x'],
+    ]) {
+      const r = await runCli(argv)
+      expect(r.code, argv.join(' ')).toBe(1)
+      expect(r.stderr).toContain(`'shieldx ${argv[0]}`)
+      expect(r.stderr).toContain('is not built yet')
+      expect(r.stdout).toBe('')
+    }
+  })
+
+  it('--json gives a JSON error document on stdout', async () => {
+    const r = await runCli(['--json', 'status'])
+    expect(r.code).toBe(1)
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: false, error: { code: 'NOT_BUILT', exit_code: 1 } })
+  })
+})
+
+describe('the error boundary', () => {
+  it('maps each typed error to its exit code', () => {
+    const cases: Array<[Error, number]> = [
+      [new OperationError('x'), 1],
+      [new SafetyError('x'), 3],
+      [new IntegrityError('x'), 4],
+      [new ConflictError('x'), 5],
+      [new TimeoutError('x'), 124],
+    ]
+    for (const [err, code] of cases) {
+      const c = capture()
+      expect(handleError(err, c.output)).toBe(code)
+      expect(c.stderr).toContain('error: x')
+    }
+  })
+
+  it('an unexpected error is called a bug; the stack only with --verbose', () => {
+    const quiet = capture()
+    expect(handleError(new TypeError('undefined is not a function'), quiet.output)).toBe(EXIT.failed)
+    expect(quiet.stderr).toContain('This is a bug in shieldx')
+    expect(quiet.stderr).not.toMatch(/\n\s+at /)
+    const loud = capture(false, true)
+    handleError(new TypeError('undefined is not a function'), loud.output)
+    expect(loud.stderr).toMatch(/\n\s+at /)
+  })
+
+  it('scrubs known secrets from any message', () => {
+    const c = capture(true)
+    handleError(new OperationError('failed with key s3cr3t-key-value inside'), c.output, ['s3cr3t-key-value'])
+    expect(c.stderr).not.toContain('s3cr3t-key-value')
+    expect(c.stdout).not.toContain('s3cr3t-key-value')
+    expect(c.stderr).toContain('****')
+  })
+
+  it('an aborted run (SIGINT) exits 130', async () => {
+    const ac = new AbortController()
+    ac.abort()
+    const r = await runCli(['locate'], { signal: ac.signal })
+    expect(r.code).toBe(130)
+  })
+})
+
+describe('output rules', () => {
+  it('--json prints exactly one JSON document on stdout', async () => {
+    const r = await runCli(['--json', 'locate'], { env: cleanEnv({ SHIELDX_HOME: tempHome() }) })
+    expect(r.code).toBe(0)
+    expect(() => JSON.parse(r.stdout)).not.toThrow()
+  })
+
+  it('colour only on a TTY, and never with NO_COLOR or --no-color', async () => {
+    const home = tempHome()
+    const esc = '\u001b['
+    const tty = await runCli(['locate'], { tty: true, env: cleanEnv({ SHIELDX_HOME: home, TERM: 'xterm' }) })
+    expect(tty.stdout).toContain(esc)
+    const pipe = await runCli(['locate'], { env: cleanEnv({ SHIELDX_HOME: home }) })
+    expect(pipe.stdout).not.toContain(esc)
+    const noColor = await runCli(['locate'], {
+      tty: true,
+      env: cleanEnv({ SHIELDX_HOME: home, NO_COLOR: '1' }),
+    })
+    expect(noColor.stdout).not.toContain(esc)
+    const flag = await runCli(['--no-color', 'locate'], { tty: true, env: cleanEnv({ SHIELDX_HOME: home }) })
+    expect(flag.stdout).not.toContain(esc)
+    const dumb = await runCli(['locate'], { tty: true, env: cleanEnv({ SHIELDX_HOME: home, TERM: 'dumb' }) })
+    expect(dumb.stdout).not.toContain(esc)
+  })
+})
+
+describe('the built binary', () => {
+  it('runs --version, and maps an unknown command to exit 2', async () => {
+    const v = await spawnCli(['--version'])
+    expect(v.code).toBe(0)
+    expect(v.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/)
+    const bad = await spawnCli(['frobnicate'])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain("unknown command 'frobnicate'")
+  })
+
+  it('an unreachable database is one sentence naming host and port, exit 1', async () => {
+    const r = await spawnCli(['migrate', 'status'], {
+      env: cleanEnv({
+        CREDITS_DATABASE_URL: 'postgres://app:hunter22@127.0.0.1:1/ledger',
+        SHIELDX_HOME: tempHome(),
+      }),
+    })
+    expect(r.code).toBe(1)
+    expect(r.stderr.trim()).toBe('error: Cannot connect to PostgreSQL at 127.0.0.1:1: connection refused.')
+    expect(r.stderr + r.stdout).not.toContain('hunter22')
+  })
+})

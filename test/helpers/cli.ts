@@ -1,0 +1,79 @@
+/**
+ * Running shieldx in tests: in-process with captured stdout/stderr and a switchable TTY (fast,
+ * and it exercises the same run() and error boundary as the binary), or as the built
+ * bin/shieldx.js in a child process (end to end: signals, exit codes, startup).
+ */
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { PassThrough } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import { execa } from 'execa'
+import { run } from '../../src/cli.js'
+import type { Io } from '../../src/ui/io.js'
+import { cleanEnv } from './env.js'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+export const BIN = path.join(ROOT, 'bin/shieldx.js')
+
+export interface CliResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+export interface InProcessOptions {
+  env?: NodeJS.ProcessEnv
+  /** Pretend stdin/stdout/stderr are a terminal. */
+  tty?: boolean
+  /** Lines typed at a prompt. */
+  input?: string
+  signal?: AbortSignal
+}
+
+export async function runCli(argv: string[], options: InProcessOptions = {}): Promise<CliResult> {
+  const stdout = new PassThrough() as PassThrough & { isTTY?: boolean; columns?: number }
+  const stderr = new PassThrough() as PassThrough & { isTTY?: boolean; columns?: number }
+  const stdin = new PassThrough() as PassThrough & { isTTY?: boolean }
+  const tty = options.tty === true
+  stdout.isTTY = tty
+  stderr.isTTY = tty
+  stdin.isTTY = tty
+  stdout.columns = 120
+  stderr.columns = 120
+  let out = ''
+  let err = ''
+  stdout.on('data', (d) => {
+    out += d
+  })
+  stderr.on('data', (d) => {
+    err += d
+  })
+  if (options.input !== undefined) stdin.end(options.input)
+  const io: Io = { stdout, stderr, stdin, env: options.env ?? cleanEnv() }
+  const code = await run(argv, io, options.signal ? { signal: options.signal } : {})
+  return { code, stdout: out, stderr: err }
+}
+
+export interface SpawnOptions {
+  env?: NodeJS.ProcessEnv
+  input?: string
+  timeoutMs?: number
+}
+
+export async function spawnCli(argv: string[], options: SpawnOptions = {}): Promise<CliResult> {
+  const r = await execa(process.execPath, [BIN, ...argv], {
+    env: options.env ?? cleanEnv(),
+    extendEnv: false,
+    reject: false,
+    input: options.input ?? '',
+    timeout: options.timeoutMs ?? 60_000,
+    stripFinalNewline: false,
+  })
+  return { code: r.exitCode ?? -1, stdout: r.stdout as string, stderr: r.stderr as string }
+}
+
+/** A fresh, empty SHIELDX_HOME, removed after the test file. */
+export function tempHome(label = 'home'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `shx-${label}-`))
+}
