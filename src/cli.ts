@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import { handleError } from './boundary.js'
-import { Context, type GlobalOptions } from './context.js'
+import type { Context, GlobalOptions } from './context.js'
 import { secretValues } from './core/config/redact.js'
 import { EXIT, InterruptedError, NotBuiltError } from './core/errors.js'
 import type { Io } from './ui/io.js'
@@ -56,7 +56,9 @@ export async function run(argv: string[], io: Io, options: RunOptions = {}): Pro
       verbose: argv.includes('--verbose') || argv.includes('-v'),
     })
 
-  const program = buildProgram(io, (globals) => {
+  const program = buildProgram(io, async (globals) => {
+    // Loaded here, not at the top: settings pull in yaml, and --help should load commander only.
+    const { Context } = await import('./context.js')
     ctx = new Context(io, globals, signal)
     return ctx
   })
@@ -80,7 +82,7 @@ function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   })
 }
 
-export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Context): Command {
+export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<Context>): Command {
   const program = new Command('shieldx')
   program
     .description(
@@ -131,8 +133,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Context)
       <M>(load: Loader<M>, call: (mod: M, ctx: Context, args: unknown[], opts: any) => Promise<void>) =>
       async (...args: unknown[]) => {
         const cmd = args.at(-1) as Command
-        const ctx = makeContext(cmd.optsWithGlobals() as GlobalOptions)
-        const mod = await load()
+        const [ctx, mod] = await Promise.all([makeContext(cmd.optsWithGlobals() as GlobalOptions), load()])
         await call(mod, ctx, args.slice(0, -2), cmd.opts())
       }
 

@@ -4,7 +4,7 @@
  * however the command ends.
  */
 import { type CommandFlags, resolveSettings, type Settings } from './core/config/settings.js'
-import { type Databases, openDatabases } from './core/db/pool.js'
+import type { Databases } from './core/db/pool.js'
 import type { Io } from './ui/io.js'
 import { Output } from './ui/output.js'
 
@@ -73,12 +73,14 @@ export class Context {
 
   /** Open the credits and shadow databases; closed automatically when the command ends. */
   async databases(settings: Settings = this.settings()): Promise<Databases> {
+    const { openDatabases } = await import('./core/db/pool.js')
     const dbs = await openDatabases(settings, {
       timeoutMs: settings.timeoutMs.value,
       env: this.io.env,
       onNotice: (m) => this.out.info(m),
     })
     this.onCleanup(() => dbs.close())
+    this.signal.addEventListener('abort', () => void dbs.cancelActive().catch(() => {}), { once: true })
     return dbs
   }
 

@@ -49,7 +49,7 @@ function capture(json = false, verbose = false) {
 /** Every command path in the program, e.g. ['migrate', 'up']. */
 function commandPaths(): string[][] {
   const io = { stdout: new PassThrough(), stderr: new PassThrough(), stdin: new PassThrough(), env: {} }
-  const program = buildProgram(io, () => ({}) as Context)
+  const program = buildProgram(io, async () => ({}) as Context)
   const out: string[][] = []
   const walk = (cmd: typeof program, prefix: string[]) => {
     for (const c of cmd.commands) {

@@ -184,7 +184,8 @@ describe('advisory lock', () => {
         'got it',
       )
       const { rows } = await a.query(
-        'select 1 from pg_locks where locktype = $1 and classid = $2::int::oid',
+        `select 1 from pg_locks where locktype = $1 and classid = $2::int::oid
+         and database = (select oid from pg_database where datname = current_database())`,
         ['advisory', LOCK_CLASS],
       )
       expect(rows).toHaveLength(0)

@@ -5,10 +5,11 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { execa } from 'execa'
 import pg from 'pg'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { LOCK_CLASS, LOCKS } from '../src/core/db/lock.js'
-import { ROOT, runCli, spawnCli, tempHome } from './helpers/cli.js'
+import { BIN, ROOT, runCli, spawnCli, tempHome } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { cleanEnv } from './helpers/env.js'
 
@@ -313,6 +314,47 @@ describe('the migration lock', () => {
     expect(await applied('credits')).toEqual([1, 2])
     const { rows } = await db.query<{ n: string }>('select count(*) as n from credits.schema_migrations')
     expect(rows[0]!.n).toBe('2')
+  })
+})
+
+describe('interruption', () => {
+  it('Ctrl-C during a migration exits 130, rolls it back and releases the lock', async () => {
+    write(
+      'credits',
+      '0002_slow.up.sql',
+      'create table credits.never_finished (id int);\nselect pg_sleep(30);\n',
+    )
+    const child = execa(process.execPath, [BIN, 'migrate', 'up', '--no-backup'], {
+      env: env(),
+      extendEnv: false,
+      reject: false,
+    })
+    let stderr = ''
+    child.stderr!.on('data', (d) => {
+      stderr += d
+    })
+    // Wait until the slow migration is running, then interrupt.
+    const deadline = Date.now() + 20_000
+    while (
+      !stderr.includes('"event":"migration.start","schema":"credits","version":2') &&
+      Date.now() < deadline
+    ) {
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    const sent = Date.now()
+    child.kill('SIGINT')
+    const r = await child
+    expect(r.exitCode).toBe(130)
+    expect(Date.now() - sent).toBeLessThan(10_000)
+    expect(stderr).toContain('Interrupted')
+    expect(await applied('credits')).toEqual([1])
+    expect(await tableExists('credits.never_finished')).toBe(false)
+    const { rows } = await db.query(
+      `select 1 from pg_locks where locktype = $1 and classid = $2::int::oid
+         and database = (select oid from pg_database where datname = current_database())`,
+      ['advisory', LOCK_CLASS],
+    )
+    expect(rows).toHaveLength(0)
   })
 })
 

@@ -60,8 +60,10 @@ export async function withAdvisoryLock<T>(
 
 async function lockHolder(client: pg.ClientBase, objid: number): Promise<number | null> {
   const { rows } = await client.query<{ pid: number }>(
-    `select pid from pg_locks where locktype = 'advisory' and classid = $1::int::oid and objid = $2::int::oid
-       and objsubid = 2 and granted limit 1`,
+    `select pid from pg_locks
+      where locktype = 'advisory' and classid = $1::int::oid and objid = $2::int::oid and objsubid = 2
+        and granted and database = (select oid from pg_database where datname = current_database())
+      limit 1`,
     [LOCK_CLASS, objid],
   )
   return rows[0]?.pid ?? null

@@ -23,6 +23,12 @@ export interface Database {
   serverMajor: number
   /** Set when the embedded database was created by this start. */
   createdEmbedded: boolean
+  /**
+   * Cancel the statements running on this pool's connections (Ctrl-C): they fail, their
+   * transactions roll back, session locks are released, and close() can finish.
+   * A no-op for the embedded database, whose single backend cannot be interrupted.
+   */
+  cancelActive(): Promise<void>
   close(): Promise<void>
 }
 
@@ -30,6 +36,7 @@ export interface Databases {
   credits: Database
   /** May be the same object as credits. */
   shadow: Database
+  cancelActive(): Promise<void>
   close(): Promise<void>
 }
 
@@ -57,6 +64,12 @@ export async function openDatabases(settings: Settings, options: OpenOptions): P
     shadow,
     async close() {
       await Promise.allSettled([credits.close(), shadow === credits ? Promise.resolve() : shadow.close()])
+    },
+    async cancelActive() {
+      await Promise.allSettled([
+        credits.cancelActive(),
+        shadow === credits ? Promise.resolve() : shadow.cancelActive(),
+      ])
     },
   }
 }
@@ -99,8 +112,7 @@ export async function openServer(url: string, source: string, options: OpenOptio
     idleTimeoutMillis: 10_000,
     ...sessionTimeouts(options.timeoutMs),
   })
-  // Without a listener an idle client killed by the server (pg_terminate_backend) crashes the process.
-  pool.on('error', () => {})
+  swallowClientErrors(pool)
   let serverMajor: number
   try {
     const { rows } = await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)
@@ -109,6 +121,10 @@ export async function openServer(url: string, source: string, options: OpenOptio
     await pool.end().catch(() => {})
     throw connectError(err, target, options.timeoutMs)
   }
+  // Connections in use, so that Ctrl-C can cancel what they are running.
+  const active = new Set<pg.PoolClient>()
+  pool.on('acquire', (client) => active.add(client))
+  pool.on('release', (_err, client) => active.delete(client))
   return {
     kind: 'server',
     label: redactUrl(url),
@@ -116,6 +132,17 @@ export async function openServer(url: string, source: string, options: OpenOptio
     timeoutMs: options.timeoutMs,
     serverMajor,
     createdEmbedded: false,
+    async cancelActive() {
+      const pids = [...active].map((c) => (c as unknown as { processID?: number }).processID).filter(Boolean)
+      if (pids.length === 0) return
+      const canceller = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 })
+      try {
+        await canceller.connect()
+        await canceller.query('select pg_cancel_backend(pid) from unnest($1::int[]) as pid', [pids])
+      } finally {
+        await canceller.end().catch(() => {})
+      }
+    },
     close: once(() => pool.end()),
   }
 }
@@ -132,7 +159,7 @@ async function openEmbedded(dataDir: string, label: string, options: OpenOptions
     max: 1,
     ...sessionTimeouts(options.timeoutMs),
   })
-  pool.on('error', () => {})
+  swallowClientErrors(pool)
   let serverMajor = 0
   try {
     const { rows } = await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)
@@ -151,6 +178,7 @@ async function openEmbedded(dataDir: string, label: string, options: OpenOptions
     timeoutMs: options.timeoutMs,
     serverMajor,
     createdEmbedded: server.created,
+    cancelActive: async () => {},
     close: once(async () => {
       await pool.end().catch(() => {})
       await server.stop()
@@ -212,6 +240,17 @@ function connectError(err: unknown, t: Target, timeoutMs: number): OperationErro
     return e.message ?? String(err)
   })()
   return new OperationError(`Cannot connect to ${where}: ${reason}.`, { code: 'DB_UNREACHABLE', cause: err })
+}
+
+/**
+ * A connection the server kills (pg_terminate_backend, failover) emits 'error' on its client, and
+ * an 'error' event without a listener crashes the process. Idle clients report to the pool,
+ * checked-out ones to themselves: listen on both. The query that was running still rejects with
+ * the error, and the retry logic sees it there.
+ */
+function swallowClientErrors(pool: pg.Pool): void {
+  pool.on('error', () => {})
+  pool.on('connect', (client) => client.on('error', () => {}))
 }
 
 function once(fn: () => Promise<void>): () => Promise<void> {
