@@ -129,8 +129,8 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
 
   /** Build the context, load the command module, call it. */
   const action =
-    // biome-ignore lint/suspicious/noExplicitAny: commander's parsed options are untyped; each command declares its own shape
-      <M>(load: Loader<M>, call: (mod: M, ctx: Context, args: unknown[], opts: any) => Promise<void>) =>
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- commander's options are untyped; each command declares its shape
+    <M>(load: Loader<M>, call: (mod: M, ctx: Context, args: unknown[], opts: any) => Promise<void>) =>
       async (...args: unknown[]) => {
         const cmd = args.at(-1) as Command
         const [ctx, mod] = await Promise.all([makeContext(cmd.optsWithGlobals() as GlobalOptions), load()])

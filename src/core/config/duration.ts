@@ -1,5 +1,8 @@
 import { UsageError } from '../errors.js'
 
+/** Timers and PostgreSQL's timeout settings overflow far above this; nothing we run needs more. */
+const MAX_MS = 86_400_000
+
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 
 /**
@@ -12,11 +15,15 @@ export function parseDuration(input: string, field: string): number {
   if (!match) {
     throw new UsageError(`${field} must be a duration like 30s, 500ms, 15m or 2h; got '${input}'.`)
   }
-  const ms = Number(match[1]) * UNITS[match[2] ?? 's']!
-  if (!Number.isFinite(ms) || ms <= 0) {
-    throw new UsageError(`${field} must be greater than zero; got '${input}'.`)
+  const ms = Math.round(Number(match[1]) * UNITS[match[2] ?? 's']!)
+  // 0 means "no timeout" to PostgreSQL and pg: never let a tiny value switch timeouts off.
+  if (!Number.isFinite(ms) || ms < 1) {
+    throw new UsageError(`${field} must be at least 1ms; got '${input}'.`)
   }
-  return Math.round(ms)
+  if (ms > MAX_MS) {
+    throw new UsageError(`${field} must be at most 24h; got '${input}'.`)
+  }
+  return ms
 }
 
 export function formatDuration(ms: number): string {

@@ -71,7 +71,8 @@ export function loadProfile(home: string, requested: string | undefined): Loaded
 
   const name = requested ?? (typeof root.current_profile === 'string' ? root.current_profile : undefined)
   if (!name) return null
-  const raw = profiles[name]
+  // `prod:` with nothing under it is an empty profile, not an error.
+  const raw = profiles[name] === null ? {} : profiles[name]
   if (raw === undefined) {
     const known = Object.keys(profiles)
     throw new UsageError(

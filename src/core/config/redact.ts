@@ -1,27 +1,41 @@
 /** Replacement shown wherever a secret would be. */
 export const REDACTED = '****'
 
-const SECRET_QUERY_PARAMS = ['password', 'sslpassword', 'sslkey']
+const SCHEME = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is
+const SECRET_PARAMS = /([?&;\s](?:password|sslpassword|sslkey)\s*=\s*)('[^']*'|[^&#\s]*)/gi
 
 /**
- * A connection string with its password (and password-like query parameters) replaced.
- * Falls back to a pattern replace for strings the URL parser rejects, so that a malformed
- * URL in an error message still never shows its password.
+ * The user and password of a URL, read by hand rather than with `new URL()`: a password with an
+ * unencoded '/', '@' or ':' (common in generated secrets) makes the URL parser read it as a host,
+ * port or path, and then the password would be printed. The userinfo is everything up to the
+ * *last* '@'; over-reading into a path only redacts more.
+ */
+export function urlUserinfo(
+  url: string,
+): { prefix: string; user: string; password: string | null; rest: string } | null {
+  const m = SCHEME.exec(url)
+  if (!m) return null
+  const afterScheme = m[2]!
+  const at = afterScheme.lastIndexOf('@')
+  if (at === -1) return null
+  const userinfo = afterScheme.slice(0, at)
+  const colon = userinfo.indexOf(':')
+  return {
+    prefix: m[1]!,
+    user: colon === -1 ? userinfo : userinfo.slice(0, colon),
+    password: colon === -1 ? null : userinfo.slice(colon + 1),
+    rest: afterScheme.slice(at),
+  }
+}
+
+/**
+ * A connection string with its password, and password-like parameters (`?password=`,
+ * `sslpassword=`, keyword DSNs), replaced by ****.
  */
 export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url)
-    if (parsed.password) parsed.password = REDACTED
-    for (const param of SECRET_QUERY_PARAMS) {
-      if (parsed.searchParams.has(param)) parsed.searchParams.set(param, REDACTED)
-    }
-    // URL keeps the scheme's own spelling; decode so "****" is not shown as "%2A%2A%2A%2A".
-    return decodeURIComponent(parsed.toString())
-  } catch {
-    return url
-      .replace(/(\/\/[^:/@]*:)[^@]*@/, `$1${REDACTED}@`)
-      .replace(/(password=)[^&\s]*/gi, `$1${REDACTED}`)
-  }
+  const info = urlUserinfo(url)
+  const out = info && info.password !== null ? `${info.prefix}${info.user}:${REDACTED}${info.rest}` : url
+  return (/^\s*\w+\s*=/.test(out) ? ` ${out}` : out).replace(SECRET_PARAMS, `$1${REDACTED}`).replace(/^ /, '')
 }
 
 /** Remove every occurrence of the given secret strings from a text (error messages, logs). */
@@ -49,13 +63,16 @@ export function secretValues(env: NodeJS.ProcessEnv, argv: readonly string[]): s
   // URLs from the environment and from flags, including the --flag=url form.
   for (const text of [...URL_ENV.map((n) => env[n] ?? ''), ...argv]) {
     const match = /[a-z][a-z0-9+.-]*:\/\/\S+/i.exec(text)
-    if (!match) continue
-    try {
-      const { password } = new URL(match[0])
-      if (password) out.push(password, decodeURIComponent(password))
-    } catch {
-      // not a URL: nothing to extract
+    const password = match ? urlUserinfo(match[0])?.password : null
+    if (password) {
+      out.push(password)
+      try {
+        out.push(decodeURIComponent(password))
+      } catch {
+        // not percent-encoded: the raw form is enough
+      }
     }
+    for (const m of text.matchAll(SECRET_PARAMS)) if (m[2]) out.push(m[2].replace(/^'|'$/g, ''))
   }
   return out.filter((s) => s.length >= 4)
 }

@@ -118,17 +118,22 @@ function ensureGeneratedKey(file: string, spec: KeySpec): string | undefined {
   const length = 'exact' in spec.bytes ? spec.bytes.exact : Math.max(32, spec.bytes.min)
   const bytes = randomBytes(length)
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 })
+  // Written whole to a private temp file, then linked into place: link() fails if the name exists,
+  // so a concurrent first start never sees a half-written key, and the first writer's key wins.
+  const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
   try {
-    // 'wx' fails if another process generated it first: that key wins and we read it.
-    fs.writeFileSync(file, `${fingerprintKid(bytes)}:${bytes.toString('base64')}\n`, {
+    fs.writeFileSync(temp, `${fingerprintKid(bytes)}:${bytes.toString('base64')}\n`, {
       mode: 0o600,
       flag: 'wx',
     })
+    fs.linkSync(temp, file)
     return file
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return undefined
     throw new OperationError(
       `Cannot write the generated ${spec.envName} to ${file}: ${(err as Error).message}.`,
     )
+  } finally {
+    fs.rmSync(temp, { force: true })
   }
 }

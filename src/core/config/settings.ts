@@ -197,7 +197,7 @@ function resolveRedis(
 }
 
 function parseRetention(raw: Resolved<string>): number {
-  const n = Number(raw.value)
+  const n = /^\d+$/.test(raw.value.trim()) ? Number(raw.value) : Number.NaN
   if (!Number.isInteger(n) || n < 1) {
     throw new UsageError(
       `${settingLabel(raw.source, 'backup_retention_days')} must be a whole number of days (1 or more); got '${raw.value}'.`,

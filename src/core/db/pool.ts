@@ -160,7 +160,7 @@ async function openEmbedded(dataDir: string, label: string, options: OpenOptions
     ...sessionTimeouts(options.timeoutMs),
   })
   swallowClientErrors(pool)
-  let serverMajor = 0
+  let serverMajor: number
   try {
     const { rows } = await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)
     serverMajor = Math.floor(Number(rows[0]!.v) / 10000)
