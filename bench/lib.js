@@ -1,0 +1,247 @@
+/**
+ * Benchmark helpers: clean environments, scratch databases and directories, and the timing loop.
+ *
+ * The machine is shared and noisy, so no figure stands alone: every subject is timed in the same
+ * run as its baseline, the two interleaved round by round, and the table compares them. Times are
+ * wall clock from spawn to exit as the parent sees it, which is what a user waits for.
+ */
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { execa } from 'execa'
+import pg from 'pg'
+
+export const ROOT = fileURLToPath(new URL('../', import.meta.url))
+export const BIN = path.join(ROOT, 'bin', 'shieldx.js')
+/** The node running the harness; children use the same binary, not whatever `node` PATH finds. */
+export const NODE = process.execPath
+
+export function adminUrl() {
+  return (
+    process.env.BENCH_DATABASE_URL ??
+    process.env.TEST_DATABASE_URL ??
+    'postgres://postgres@127.0.0.1:5432/postgres'
+  )
+}
+
+/**
+ * The parent's environment minus anything that would point shieldx (or psql) somewhere else:
+ * database and Redis URLs, keys, SHIELDX_*, PG*. The same filter as test/helpers/env.ts.
+ */
+export function cleanEnv(extra = {}) {
+  const env = {}
+  for (const [k, v] of Object.entries(process.env)) {
+    if (/^(CREDITS_|SHADOW_|REDIS_|AUDIT_|ENCRYPT_|BACKUP_|SHIELDX_|PG[A-Z]*$|NO_COLOR|FORCE_COLOR)/.test(k))
+      continue
+    if (k === 'TERM') continue
+    env[k] = v
+  }
+  return { ...env, ...extra }
+}
+
+// --- scratch resources ----------------------------------------------------------------------------
+// Everything made here is registered, so a failed or interrupted run still removes it.
+
+const cleanups = new Set()
+
+/** The child being timed, if any: stopped first on cleanup, so it cannot write into a removed directory. */
+let running = null
+
+/**
+ * Children run in a process group of their own (detached) and are stopped by group: killing only
+ * /usr/bin/time would leave the command it runs orphaned and still going.
+ */
+function stopGroup(sub) {
+  try {
+    process.kill(-sub.pid, 'SIGKILL')
+  } catch {
+    // already gone
+  }
+}
+
+function track(fn) {
+  const entry = async () => {
+    cleanups.delete(entry)
+    await fn()
+  }
+  cleanups.add(entry)
+  return entry
+}
+
+/** Remove every scratch database and directory still alive. */
+export async function cleanupAll() {
+  if (running) {
+    stopGroup(running)
+    await running
+  }
+  await Promise.allSettled([...cleanups].map((fn) => fn()))
+}
+
+/** An empty directory under the OS temp dir; `remove()` deletes it. */
+export function scratchDir(label) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `shx-bench-${label}-`))
+  return { dir, remove: track(() => fs.rmSync(dir, { recursive: true, force: true })) }
+}
+
+async function admin(sql) {
+  const client = new pg.Client({ connectionString: adminUrl() })
+  await client.connect()
+  try {
+    return await client.query(sql)
+  } finally {
+    await client.end()
+  }
+}
+
+/** A new empty database shx_bench_<random> on the server; `drop()` removes it. */
+export async function scratchDatabase() {
+  const name = `shx_bench_${randomBytes(4).toString('hex')}`
+  await admin(`create database ${name}`)
+  const u = new URL(adminUrl())
+  u.pathname = `/${name}`
+  return { name, url: u.toString(), drop: track(() => admin(`drop database if exists ${name} with (force)`)) }
+}
+
+export async function serverVersion() {
+  try {
+    return (await admin('show server_version')).rows[0].server_version
+  } catch (err) {
+    return `unavailable (${err.message})`
+  }
+}
+
+// --- commands -------------------------------------------------------------------------------------
+
+/**
+ * A command to time. `prepare()` runs before each timed run and is not timed: it returns what to
+ * spawn ({ file, args, env }) and optionally `cleanup()` (not timed either) and `expect`, a
+ * RegExp the output must match, so that a benchmark of a command that quietly did nothing fails.
+ */
+export function command(label, prepare) {
+  return { label, prepare }
+}
+
+/** A command with nothing to prepare: the same spec every run. */
+export function fixed(label, spec) {
+  return command(label, async () => spec)
+}
+
+/** The baseline for anything that starts node: node itself, doing nothing. */
+export function bareNode() {
+  return fixed('node -e 0', { file: NODE, args: ['-e', '0'], env: cleanEnv() })
+}
+
+/** `node bin/shieldx.js ...` with a clean environment plus `env`. */
+export function shieldx(args, env = {}) {
+  return { file: NODE, args: [BIN, ...args], env: cleanEnv(env) }
+}
+
+// GNU time gives each child's peak RSS for the price of one extra exec, which the subject and the
+// baseline both pay, so the comparison stays fair. Without it we just report no RSS.
+const TIME = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : null
+
+async function runOnce(cmd, timeoutMs) {
+  const spec = await cmd.prepare()
+  const rssFile = TIME ? path.join(os.tmpdir(), `shx-bench-rss-${randomBytes(4).toString('hex')}`) : null
+  const [file, args] = TIME
+    ? [TIME, ['-f', '%M', '-o', rssFile, spec.file, ...spec.args]]
+    : [spec.file, spec.args]
+  try {
+    const start = performance.now()
+    const sub = execa(file, args, {
+      env: spec.env,
+      extendEnv: false,
+      cwd: ROOT,
+      stdin: 'ignore',
+      reject: false,
+      detached: true,
+    })
+    running = sub
+    let timedOut = false
+    const timer = setTimeout(() => {
+      timedOut = true
+      stopGroup(sub)
+    }, timeoutMs)
+    const r = await sub
+    const ms = performance.now() - start
+    clearTimeout(timer)
+    running = null
+    const output = `${r.stdout}\n${r.stderr}`
+    if (r.failed) {
+      throw new Error(
+        `${cmd.label} failed (${timedOut ? `timed out after ${timeoutMs} ms` : `exit ${r.exitCode ?? r.signal}`}):\n${output.trim().slice(-2000)}`,
+      )
+    }
+    if (spec.expect && !spec.expect.test(output)) {
+      throw new Error(`${cmd.label}: output does not match ${spec.expect}:\n${output.trim().slice(-2000)}`)
+    }
+    // -o gets "Command exited with ..." lines too on failure; the figure is the last line.
+    const rssKb = rssFile ? Number(fs.readFileSync(rssFile, 'utf8').trim().split('\n').at(-1)) : Number.NaN
+    return { ms, rssMb: rssKb / 1024 }
+  } finally {
+    if (rssFile) fs.rmSync(rssFile, { force: true })
+    await spec.cleanup?.()
+  }
+}
+
+/**
+ * Time several commands round-robin: each round runs every command once, and the order rotates
+ * from round to round (AB, BA, ... or ABC, BCA, CAB, ...), so a burst of noise or a warming cache
+ * lands on all of them alike instead of on whichever happened to run in that stretch.
+ * The first `warmup` rounds are not counted. Returns { label: { ms: [...], rssMb: [...] } }.
+ */
+export async function measure(commands, { runs, warmup = 0, timeoutMs = 120_000, progress = () => {} }) {
+  const out = Object.fromEntries(commands.map((c) => [c.label, { ms: [], rssMb: [] }]))
+  for (let round = 0; round < warmup + runs; round++) {
+    const order = commands.map((_, i) => commands[(i + round) % commands.length])
+    for (const cmd of order) {
+      const r = await runOnce(cmd, timeoutMs)
+      if (round < warmup) continue
+      out[cmd.label].ms.push(r.ms)
+      out[cmd.label].rssMb.push(r.rssMb)
+    }
+    progress(round + 1, warmup + runs)
+  }
+  return out
+}
+
+// --- statistics and goals -------------------------------------------------------------------------
+
+export function stats(samples) {
+  const s = [...samples].sort((a, b) => a - b)
+  const n = s.length
+  const median = n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
+  // Nearest rank: with few samples p90 is simply one of the slowest runs, never an interpolation.
+  const p90 = s[Math.max(0, Math.ceil(0.9 * n) - 1)]
+  return { n, median, p90, min: s[0] }
+}
+
+/** How a row is judged. `by` picks what the table shows against the baseline: a difference or a ratio. */
+export const goals = {
+  /** No target yet: the figure is recorded so that a change shows up. */
+  report: (by = 'ratio') => ({ by, text: 'report', pass: () => null }),
+  maxDiffMs: (ms) => ({ by: 'diff', text: `≤ +${ms} ms`, pass: (row) => row.diffMs <= ms }),
+  maxRatio: (x) => ({ by: 'ratio', text: `≤ ×${x}`, pass: (row) => row.ratio <= x }),
+}
+
+/** One table row: a subject's samples against its baseline's, from the same measure() call. */
+export function compare(name, samples, subject, baseline, goal) {
+  const s = stats(samples[subject.label].ms)
+  const b = stats(samples[baseline.label].ms)
+  const rss = samples[subject.label].rssMb.filter(Number.isFinite)
+  const row = {
+    name,
+    subject: subject.label,
+    baseline: baseline.label,
+    ...s,
+    baselineMedian: b.median,
+    diffMs: s.median - b.median,
+    ratio: s.median / b.median,
+    rssMb: rss.length ? stats(rss).median : null,
+    goal,
+  }
+  row.pass = goal.pass(row)
+  return row
+}
