@@ -11,6 +11,20 @@ const onSignal = () => {
 process.on('SIGINT', onSignal)
 process.on('SIGTERM', onSignal)
 
+// Last resort for errors outside any await chain (a library's stray promise): still one sentence,
+// still "this is a bug", the stack only with --verbose, never a raw crash dump.
+const verbose = process.argv.includes('--verbose') || process.argv.includes('-v')
+const crash = (err) => {
+  process.stderr.write(`error: Unexpected error: ${err && err.message ? err.message : String(err)}\n`)
+  process.stderr.write(
+    '  This is a bug in shieldx. Run again with --verbose for details, and report it with that output.\n',
+  )
+  if (verbose && err && err.stack) process.stderr.write(`${err.stack}\n`)
+  process.exit(1)
+}
+process.on('unhandledRejection', crash)
+process.on('uncaughtException', crash)
+
 let cli
 try {
   cli = await import('../dist/cli.js')
