@@ -191,26 +191,123 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     )
     .action(action(loadMigrate, (m, ctx, a, o) => m.create(ctx, a[0] as string, o)))
 
-  // --- credits (not built yet) ------------------------------------------------------------------
+  // --- credits ---------------------------------------------------------------------------------
   const credits = sub(program, 'credits', 'the prepaid credits ledger, with idempotency keys', [
     'shieldx credits topup acme 1000',
     'shieldx credits balance acme --json',
   ])
-  for (const [name, desc, ex] of [
-    ['topup', 'add credits to a tenant (creates the account)', 'shieldx credits topup acme 1000'],
-    ['consume', 'spend credits; never below zero', 'shieldx credits consume acme 25'],
-    ['balance', 'balance, reserved and available', 'shieldx credits balance acme'],
-    ['history', "a tenant's transactions", 'shieldx credits history acme --limit 20'],
-    ['reserve', 'hold credits for later commit', 'shieldx credits reserve acme 100 --ttl 15m'],
-    ['commit', 'commit a reservation (partly or whole)', 'shieldx credits commit RESERVATION_ID'],
-    ['cancel', 'release a reservation', 'shieldx credits cancel RESERVATION_ID'],
-  ] as const) {
-    notBuilt(credits, name, desc, [ex], `credits ${name}`)
-  }
+  const loadCredits = () => import('./commands/credits.js')
+  const idem = (c: Command) =>
+    c.option(
+      '--idempotency-key <key>',
+      'makes a retry safe: the same key replays the first result (generated when absent)',
+    )
 
-  notBuilt(program, 'verify-chain', 'recompute the audit hash chain; exit 4 on any break', [
-    'shieldx verify-chain --json',
+  idem(
+    sub(credits, 'topup', 'add credits to a tenant (creates the account if missing)', [
+      'shieldx credits topup acme 1000 --idempotency-key order-7731',
+      'shieldx credits topup acme 500 --payment-method card --payment-token-file ./token.txt',
+    ]),
+  )
+    .argument('<tenant>', 'tenant id')
+    .argument('<amount>', 'whole credits, > 0')
+    .option('--description <text>', 'a note kept with the transaction')
+    .option('--payment-method <method>', 'e.g. card, invoice')
+    .option(
+      '--payment-token-file <file>',
+      'read the payment token from a file (stored encrypted, shown masked)',
+    )
+    .option('--payment-token-stdin', 'read the payment token from standard input')
+    .action(action(loadCredits, (m, ctx, a, o) => m.topup(ctx, a[0] as string, a[1] as string, o)))
+
+  idem(
+    sub(credits, 'consume', 'spend credits; never below zero', [
+      'shieldx credits consume acme 25 --description "scan 9912"',
+    ]),
+  )
+    .argument('<tenant>', 'tenant id')
+    .argument('<amount>', 'whole credits, > 0')
+    .option('--description <text>', 'a note kept with the transaction')
+    .action(action(loadCredits, (m, ctx, a, o) => m.consume(ctx, a[0] as string, a[1] as string, o)))
+
+  idem(
+    sub(credits, 'reserve', 'hold credits for a later commit; prints the reservation id', [
+      'shieldx credits reserve acme 100 --ttl 15m',
+    ]),
+  )
+    .argument('<tenant>', 'tenant id')
+    .argument('<amount>', 'whole credits, > 0')
+    .option('--ttl <duration>', 'how long the hold lasts before gc releases it', '15m')
+    .option('--description <text>', 'a note kept with the transaction')
+    .action(action(loadCredits, (m, ctx, a, o) => m.reserve(ctx, a[0] as string, a[1] as string, o)))
+
+  idem(
+    sub(credits, 'commit', 'spend a reservation, whole or in part (the rest is released)', [
+      'shieldx credits commit 5d0c2f9e-1b7a-4f7e-9d7a-2b1c3d4e5f60 --amount 60',
+    ]),
+  )
+    .argument('<reservation>', 'reservation id, as printed by reserve')
+    .option('--amount <n>', 'commit only this much; the rest of the hold is released')
+    .action(action(loadCredits, (m, ctx, a, o) => m.commit(ctx, a[0] as string, o)))
+
+  idem(
+    sub(credits, 'cancel', 'release a reservation without spending it', [
+      'shieldx credits cancel 5d0c2f9e-1b7a-4f7e-9d7a-2b1c3d4e5f60',
+    ]),
+  )
+    .argument('<reservation>', 'reservation id')
+    .action(action(loadCredits, (m, ctx, a, o) => m.cancel(ctx, a[0] as string, o)))
+
+  sub(credits, 'balance', 'balance, reserved and available (from the cache when fresh enough)', [
+    'shieldx credits balance acme',
+    'shieldx credits balance acme --fresh --json',
   ])
+    .argument('<tenant>', 'tenant id')
+    .option('--fresh', 'read the database, not the cache')
+    .action(action(loadCredits, (m, ctx, a, o) => m.balance(ctx, a[0] as string, o)))
+
+  sub(credits, 'history', "a tenant's transactions, newest first", [
+    'shieldx credits history acme --limit 20',
+    'shieldx credits history acme --since 24h --json',
+  ])
+    .argument('<tenant>', 'tenant id')
+    .option('--limit <n>', 'at most this many', intArg('--limit'), 50)
+    .option('--since <when>', 'a date, a timestamp, or a duration back from now (24h)')
+    .action(action(loadCredits, (m, ctx, a, o) => m.history(ctx, a[0] as string, o)))
+
+  sub(credits, 'apply', 'many operations from JSON lines, one result line each', [
+    'shieldx credits apply --file ops.jsonl',
+    `echo '{"op":"consume","tenant":"acme","amount":5}' | shieldx credits apply`,
+  ])
+    .option('--file <file>', 'JSON lines to apply (default: standard input)')
+    .option('--chunk-size <n>', 'operations per transaction', intArg('--chunk-size'))
+    .addHelpText(
+      'after',
+      '\nEach line: {"op":"topup|consume|reserve|commit|cancel","tenant":"acme","amount":5,"reservation":"...","ttl":"15m","idempotency_key":"..."}.\nA line without idempotency_key gets one from its line number and content, so re-running a file replays it.',
+    )
+    .action(action(loadCredits, (m, ctx, _a, o) => m.apply(ctx, o)))
+
+  sub(credits, 'gc', 'purge expired idempotency keys; release overdue reservations', [
+    'shieldx credits gc --json',
+  ]).action(action(loadCredits, (m, ctx) => m.gc(ctx)))
+
+  sub(program, 'verify-chain', 'recompute the audit hash chain; exit 4 on any break', [
+    'shieldx verify-chain',
+    'shieldx verify-chain --checkpoint --checkpoint-file /secure/shieldx-checkpoint.json --json',
+  ])
+    .option('--tenant <tenant>', 'only this tenant')
+    .option('--workers <n>', 'worker threads (default: one per core)', intArg('--workers'))
+    .option('--checkpoint', 'after a clean run, record every chain head, signed')
+    .option(
+      '--checkpoint-file <file>',
+      'check against, and with --checkpoint write, a checkpoint outside the database',
+    )
+    .action(
+      action(
+        () => import('./commands/verify-chain.js'),
+        (m, ctx, _a, o) => m.verify(ctx, o),
+      ),
+    )
 
   // --- backup & restore (not built yet) ---------------------------------------------------------
   const backup = sub(program, 'backup', 'streamed, compressed, encrypted dumps with a manifest', [
@@ -263,9 +360,17 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     ),
   )
 
-  notBuilt(program, 'status', 'the P0 invariants: negative balances, chain errors, unguarded deployments', [
-    'shieldx status --json',
-  ])
+  sub(
+    program,
+    'status',
+    'the P0 invariants: negative balances and chain errors must be 0 (exit 4 otherwise)',
+    ['shieldx status', 'shieldx status --json'],
+  ).action(
+    action(
+      () => import('./commands/status.js'),
+      (m, ctx) => m.status(ctx),
+    ),
+  )
 
   sub(program, 'demo', 'the whole flow end to end on the embedded database: run this first', [
     'npx shieldx demo',

@@ -12,6 +12,8 @@ export interface RetryOptions {
   maxDelayMs?: number
   /** Retry on a dropped connection too (the caller knows the work is idempotent or did not start). */
   onConnectionLoss?: boolean
+  /** Another error worth a retry (e.g. a unique-key race the caller resolves by replaying). */
+  retryIf?: (err: unknown) => boolean
   /** Called before each retry, e.g. to log it with --verbose. */
   onRetry?: (err: unknown, attempt: number) => void
 }
@@ -22,7 +24,12 @@ export async function withRetry<T>(
 ): Promise<T> {
   const retryConnections = options.onConnectionLoss ?? true
   const policy = retry(
-    handleWhen((err) => isSerializationError(err) || (retryConnections && isConnectionError(err))),
+    handleWhen(
+      (err) =>
+        isSerializationError(err) ||
+        (retryConnections && isConnectionError(err)) ||
+        (options.retryIf?.(err) ?? false),
+    ),
     {
       maxAttempts: (options.maxAttempts ?? 6) - 1,
       backoff: new ExponentialBackoff({

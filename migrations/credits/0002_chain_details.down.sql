@@ -1,0 +1,2 @@
+drop table if exists credits.chain_verifications;
+alter table credits.audit_logs drop column if exists reserved_after;

@@ -1,0 +1,250 @@
+import { randomUUID } from 'node:crypto'
+import fs from 'node:fs'
+import readline from 'node:readline'
+import type { Context } from '../context.js'
+import { EXIT, UsageError } from '../core/errors.js'
+import { validatePaymentToken } from '../core/crypto/payment.js'
+import { applyLines } from '../core/ledger/apply.js'
+import { type Ledger, openLedger } from '../core/ledger/ledger.js'
+import { applyOperation, type LedgerRequest, type LedgerResult } from '../core/ledger/operations.js'
+import { collectGarbage, fromCache, parseSince, readBalance, readHistory } from '../core/ledger/queries.js'
+import * as v from '../core/ledger/validate.js'
+import { renderTable } from '../ui/table.js'
+
+interface WriteOptions {
+  idempotencyKey?: string
+  description?: string
+}
+
+async function ledger(
+  ctx: Context,
+  options: { paymentKey?: boolean; cache?: boolean } = {},
+): Promise<Ledger> {
+  const settings = ctx.settings()
+  const dbs = await ctx.databases(settings)
+  const l = await openLedger(settings, dbs.credits, { ...options, notice: (m) => ctx.out.warn(m) })
+  ctx.onCleanup(() => l.cache.close())
+  return l
+}
+
+/** Apply one write, keep the cache right, and print the result. */
+async function write(ctx: Context, l: Ledger, req: LedgerRequest, opts: WriteOptions): Promise<void> {
+  const key = opts.idempotencyKey === undefined ? randomUUID() : v.idempotencyKey(opts.idempotencyKey)
+  if (opts.idempotencyKey === undefined && !ctx.out.json) {
+    ctx.out.info(
+      `idempotency key: ${key}  (pass --idempotency-key ${key} to retry this exact request safely)`,
+    )
+  }
+  const tenantBefore = 'tenantId' in req ? req.tenantId : null
+  if (tenantBefore) await l.cache.invalidate(tenantBefore)
+  const r = await applyOperation(l.db.pool, req, key, l.keys, { timeoutMs: l.db.timeoutMs })
+  if (!r.replayed)
+    await l.cache.set({
+      tenant_id: r.tenant_id,
+      balance: r.balance,
+      reserved: r.reserved,
+      version: r.version,
+    })
+  else await l.cache.invalidate(r.tenant_id)
+  print(ctx, r)
+}
+
+function print(ctx: Context, r: LedgerResult): void {
+  const { version: _version, ...doc } = r
+  if (ctx.out.json) return ctx.out.document(doc)
+  const sign = r.kind === 'topup' ? '+' : r.kind === 'consume' || r.kind === 'commit' ? '-' : ''
+  const what =
+    r.kind === 'reserve'
+      ? `reserved ${r.amount}`
+      : r.kind === 'cancel'
+        ? `released ${r.amount}`
+        : `${sign}${r.amount}`
+  ctx.out.result(
+    `${r.kind} ${r.tenant_id} ${what}: balance ${r.balance}, reserved ${r.reserved}, available ${r.available}` +
+      (r.replayed ? ctx.out.style('yellow', '  (replayed: already applied, nothing changed)') : ''),
+  )
+  if (r.reservation_id && r.kind === 'reserve')
+    ctx.out.result(`reservation ${r.reservation_id} expires ${r.expires_at}`)
+  ctx.out.result(ctx.out.style('gray', `transaction ${r.transaction_id}`))
+}
+
+async function readToken(
+  opts: { paymentTokenFile?: string; paymentTokenStdin?: boolean },
+  ctx: Context,
+): Promise<string | null> {
+  if (opts.paymentTokenFile && opts.paymentTokenStdin) {
+    throw new UsageError('Give --payment-token-file or --payment-token-stdin, not both.')
+  }
+  if (opts.paymentTokenFile) {
+    try {
+      return validatePaymentToken(fs.readFileSync(opts.paymentTokenFile, 'utf8'))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code) {
+        throw new UsageError(
+          `Cannot read --payment-token-file ${opts.paymentTokenFile}: ${(err as NodeJS.ErrnoException).code}.`,
+        )
+      }
+      throw err
+    }
+  }
+  if (opts.paymentTokenStdin) {
+    let text = ''
+    for await (const chunk of ctx.io.stdin) text += chunk
+    return validatePaymentToken(text)
+  }
+  return null
+}
+
+export async function topup(
+  ctx: Context,
+  tenant: string,
+  amount: string,
+  opts: WriteOptions & { paymentMethod?: string; paymentTokenFile?: string; paymentTokenStdin?: boolean },
+) {
+  const token = await readToken(opts, ctx)
+  const req: LedgerRequest = {
+    kind: 'topup',
+    tenantId: v.tenantId(tenant),
+    amount: v.amount(amount),
+    description: v.description(opts.description),
+    paymentToken: token,
+    paymentMethod: opts.paymentMethod ?? null,
+  }
+  await write(ctx, await ledger(ctx, { paymentKey: token !== null }), req, opts)
+}
+
+export async function consume(ctx: Context, tenant: string, amount: string, opts: WriteOptions) {
+  const req: LedgerRequest = {
+    kind: 'consume',
+    tenantId: v.tenantId(tenant),
+    amount: v.amount(amount),
+    description: v.description(opts.description),
+  }
+  await write(ctx, await ledger(ctx), req, opts)
+}
+
+export async function reserve(
+  ctx: Context,
+  tenant: string,
+  amount: string,
+  opts: WriteOptions & { ttl: string },
+) {
+  const req: LedgerRequest = {
+    kind: 'reserve',
+    tenantId: v.tenantId(tenant),
+    amount: v.amount(amount),
+    ttlMs: v.ttl(opts.ttl),
+    description: v.description(opts.description),
+  }
+  await write(ctx, await ledger(ctx), req, opts)
+}
+
+export async function commit(ctx: Context, reservation: string, opts: WriteOptions & { amount?: string }) {
+  const req: LedgerRequest = {
+    kind: 'commit',
+    reservationId: v.reservationId(reservation),
+    amount: opts.amount === undefined ? null : v.amount(opts.amount, '--amount'),
+  }
+  await write(ctx, await ledger(ctx), req, opts)
+}
+
+export async function cancel(ctx: Context, reservation: string, opts: WriteOptions) {
+  const req: LedgerRequest = { kind: 'cancel', reservationId: v.reservationId(reservation) }
+  await write(ctx, await ledger(ctx), req, opts)
+}
+
+export async function balance(ctx: Context, tenant: string, opts: { fresh?: boolean }) {
+  const tenantId = v.tenantId(tenant)
+  const l = await ledger(ctx)
+  const cached = opts.fresh ? null : await l.cache.get(tenantId)
+  let b
+  let source: 'cache' | 'db'
+  if (cached) {
+    b = fromCache(cached)
+    source = 'cache'
+  } else {
+    b = await readBalance(l.db.pool, tenantId)
+    source = 'db'
+    await l.cache.set({
+      tenant_id: b.tenant_id,
+      balance: b.balance,
+      reserved: b.reserved,
+      version: b.version,
+    })
+  }
+  if (ctx.out.json) {
+    return ctx.out.document({
+      tenant_id: b.tenant_id,
+      balance: b.balance,
+      reserved: b.reserved,
+      available: b.available,
+      source,
+    })
+  }
+  ctx.out.result(`${b.tenant_id}: balance ${b.balance}, reserved ${b.reserved}, available ${b.available}`)
+  ctx.out.info(
+    ctx.out.styleErr(
+      'gray',
+      `from the ${source === 'cache' ? 'cache (--fresh reads the database)' : 'database'}`,
+    ),
+  )
+}
+
+export async function history(ctx: Context, tenant: string, opts: { limit: number; since?: string }) {
+  const tenantId = v.tenantId(tenant)
+  const since = opts.since === undefined ? undefined : parseSince(opts.since)
+  const l = await ledger(ctx, { cache: false })
+  const entries = await readHistory(l.db.pool, tenantId, { limit: opts.limit, ...(since ? { since } : {}) })
+  if (ctx.out.json) return ctx.out.document({ tenant_id: tenantId, transactions: entries })
+  if (entries.length === 0) return ctx.out.result(`No transactions for ${tenantId}.`)
+  ctx.out.result(
+    renderTable(
+      ['when', 'kind', 'amount', 'balance after', 'payment', 'description', 'transaction'],
+      entries.map((e) => [
+        e.created_at.replace('T', ' ').slice(0, 19),
+        e.kind,
+        String(e.amount),
+        String(e.balance_after),
+        e.payment ?? '',
+        e.description ?? '',
+        e.transaction_id,
+      ]),
+    ),
+  )
+}
+
+export async function apply(ctx: Context, opts: { file?: string; chunkSize?: number }) {
+  const l = await ledger(ctx)
+  const touched = new Set<string>()
+  const input = !opts.file || opts.file === '-' ? ctx.io.stdin : openInput(opts.file)
+  const lines = readline.createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })
+  const summary = await applyLines(l.db.pool, lines, l.keys, {
+    ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
+    signal: ctx.signal,
+    // One JSON line per operation on stdout, in input order, whatever the output mode.
+    onResult: (r) => {
+      if (r.result) touched.add(r.result.tenant_id)
+      ctx.out.jsonLine(r)
+    },
+  })
+  // Every write invalidates its tenant's cached balance; here once per tenant at the end.
+  await Promise.all([...touched].map((t) => l.cache.invalidate(t)))
+  ctx.out.info(
+    `${summary.lines} operation(s): ${summary.applied} applied, ${summary.replayed} replayed, ${summary.failed} failed.`,
+  )
+  if (summary.failed > 0) ctx.exitCode = EXIT.failed
+}
+
+function openInput(file: string): fs.ReadStream {
+  if (!fs.existsSync(file)) throw new UsageError(`--file ${file} does not exist.`)
+  return fs.createReadStream(file, { encoding: 'utf8' })
+}
+
+export async function gc(ctx: Context) {
+  const l = await ledger(ctx, { cache: false })
+  const r = await collectGarbage(l.db.pool, l.keys, l.db.timeoutMs)
+  if (ctx.out.json) return ctx.out.document(r)
+  ctx.out.result(
+    `Purged ${r.idempotency_keys_purged} expired idempotency key(s); expired ${r.reservations_expired} reservation(s), releasing ${r.credits_released} credit(s).`,
+  )
+}

@@ -1,0 +1,79 @@
+import type { Context } from '../context.js'
+import { verifyChain } from '../core/audit/verify.js'
+import { EXIT, UsageError } from '../core/errors.js'
+import { openLedger } from '../core/ledger/ledger.js'
+import * as v from '../core/ledger/validate.js'
+import { renderTable } from '../ui/table.js'
+
+export async function verify(
+  ctx: Context,
+  opts: { tenant?: string; workers?: number; checkpoint?: boolean; checkpointFile?: string },
+) {
+  const tenant = opts.tenant === undefined ? undefined : v.tenantId(opts.tenant, '--tenant')
+  if (opts.checkpoint && tenant) throw new UsageError('--checkpoint records every tenant: drop --tenant.')
+  const settings = ctx.settings()
+  const dbs = await ctx.databases(settings)
+  const l = await openLedger(settings, dbs.credits, { cache: false, notice: (m) => ctx.out.warn(m) })
+
+  const progress = progressReporter(ctx)
+  const result = await verifyChain(l.db, l.keys.audit, {
+    ...(tenant ? { tenant } : {}),
+    ...(opts.workers ? { workers: opts.workers } : {}),
+    ...(opts.checkpoint ? { checkpoint: true } : {}),
+    ...(opts.checkpointFile ? { checkpointFile: opts.checkpointFile } : {}),
+    onProgress: progress.add,
+  })
+  progress.done(result.rows_checked)
+
+  if (!result.ok) ctx.exitCode = EXIT.integrity
+  if (ctx.out.json) return ctx.out.document(result)
+  if (result.ok) {
+    ctx.out.result(
+      `Chain intact: ${result.tenants_checked} tenant(s), ${result.rows_checked} row(s) verified.`,
+    )
+  } else {
+    ctx.out.result(
+      `Chain BROKEN for ${result.broken.length} tenant(s) (of ${result.tenants_checked}); first broken link of each:`,
+    )
+    ctx.out.result(
+      renderTable(
+        ['tenant', 'seq', 'reason'],
+        result.broken.map((b) => [b.tenant_id, String(b.seq), ctx.out.style('red', b.reason)]),
+      ),
+    )
+  }
+  for (const c of result.checkpoint?.checked_against ?? []) {
+    ctx.out.info(`checked against the checkpoint in ${c.source} (${c.created_at}, ${c.tenants} tenant(s))`)
+  }
+  const w = result.checkpoint?.written
+  if (w) ctx.out.info(`wrote checkpoint #${w.id}${w.file ? ` and ${w.file}` : ''} (${w.tenants} tenant(s))`)
+  else if (opts.checkpoint && !result.ok) ctx.out.warn('no checkpoint written: the chain is broken.')
+}
+
+/** A counter on a terminal, a JSON line every few seconds otherwise. */
+function progressReporter(ctx: Context) {
+  let rows = 0
+  const started = Date.now()
+  let last = started
+  const tty = ctx.out.interactive
+  return {
+    add: (n: number) => {
+      rows += n
+      const now = Date.now()
+      if (now - last < (tty ? 200 : 5000)) return
+      last = now
+      const rate = Math.round(rows / Math.max(0.001, (now - started) / 1000))
+      if (tty)
+        ctx.io.stderr.write(
+          `\rverifying: ${rows.toLocaleString('en-US')} rows (${rate.toLocaleString('en-US')}/s)`,
+        )
+      else ctx.out.log('verify.progress', { rows, rows_per_second: rate })
+    },
+    done: (total: number) => {
+      if (tty && last > 0)
+        ctx.io.stderr.write(
+          `\rverified ${total.toLocaleString('en-US')} rows in ${Date.now() - started} ms\n`,
+        )
+    },
+  }
+}

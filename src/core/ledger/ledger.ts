@@ -1,0 +1,72 @@
+/**
+ * The ledger as the commands use it: the credits database checked to be at the schema version
+ * this shieldx expects, the audit (and payment) keys, and the balance cache.
+ */
+import type pg from 'pg'
+import { loadKeyring } from '../config/secrets.js'
+import type { Settings } from '../config/settings.js'
+import type { Database } from '../db/pool.js'
+import { OperationError } from '../errors.js'
+import { discoverMigrations } from '../migrations/files.js'
+import { type BalanceCache, createBalanceCache } from './cache.js'
+import type { LedgerKeys } from './operations.js'
+
+export const AUDIT_KEY_SPEC = { envName: 'AUDIT_HMAC_KEY', bytes: { min: 32 } } as const
+export const PAYMENT_KEY_SPEC = { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } } as const
+
+export interface Ledger {
+  db: Database
+  keys: LedgerKeys
+  cache: BalanceCache
+}
+
+export interface OpenLedgerOptions {
+  /** Load ENCRYPT_KEY too (a topup with a payment token). */
+  paymentKey?: boolean
+  /** Connect the balance cache (balance reads and writes; not gc, not verify). */
+  cache?: boolean
+  notice: (message: string) => void
+}
+
+export async function openLedger(
+  settings: Settings,
+  db: Database,
+  options: OpenLedgerOptions,
+): Promise<Ledger> {
+  await assertSchemaCurrent(db.pool, settings.migrationsDir.value)
+  const audit = loadKeyring(settings.auditHmacKey, AUDIT_KEY_SPEC)
+  if (audit.generatedAt) options.notice(`Generated a new audit HMAC key in ${audit.generatedAt} (mode 0600).`)
+  const keys: LedgerKeys = { audit: audit.keyring }
+  if (options.paymentKey) {
+    const payment = loadKeyring(settings.encryptKey, PAYMENT_KEY_SPEC)
+    if (payment.generatedAt)
+      options.notice(`Generated a new payment-data key in ${payment.generatedAt} (mode 0600).`)
+    keys.payment = payment.keyring
+  }
+  const cache = createBalanceCache({
+    url: options.cache === false ? null : settings.redis.value,
+    onWarning: options.notice,
+  })
+  return { db, keys, cache }
+}
+
+/** The ledger's code and the credits schema must agree: refuse to run against an older schema. */
+export async function assertSchemaCurrent(pool: pg.Pool, migrationsDir: string): Promise<void> {
+  const files = discoverMigrations(migrationsDir, 'credits')
+  const wanted = files.at(-1)?.version ?? 0
+  const { rows: exists } = await pool.query<{ t: string | null }>(
+    `select to_regclass('credits.schema_migrations')::text as t`,
+  )
+  const current = exists[0]?.t
+    ? ((await pool.query<{ v: number | null }>('select max(version) as v from credits.schema_migrations'))
+        .rows[0]?.v ?? 0)
+    : 0
+  if (current < wanted) {
+    throw new OperationError(
+      current === 0
+        ? 'The credits schema has not been created in this database yet.'
+        : `The credits schema is at version ${current}; this shieldx needs ${wanted}.`,
+      { code: 'SCHEMA_NOT_CURRENT', hint: "Run 'shieldx migrate up' first." },
+    )
+  }
+}
