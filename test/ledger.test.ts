@@ -1,0 +1,538 @@
+/**
+ * The credits ledger through the CLI, against a real PostgreSQL and Redis: balances, refusals,
+ * idempotency, reservations, gc, the balance cache, payment data, apply, status.
+ */
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Redis } from 'ioredis'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { parseKeyring } from '../src/core/config/secrets.js'
+import { decryptPaymentToken } from '../src/core/crypto/payment.js'
+import { runCli, tempHome } from './helpers/cli.js'
+import { createTestDatabase, type TestDatabase } from './helpers/db.js'
+import { cleanEnv, redisUrl } from './helpers/env.js'
+
+let db: TestDatabase
+let home: string
+const auditKey = `k1:${randomBytes(32).toString('base64')}`
+const encryptKey = `e1:${randomBytes(32).toString('base64')}`
+// Tenants are unique per run: the Redis cache is shared by every test file.
+const run = randomBytes(3).toString('hex')
+const t = (name: string) => `${name}-${run}`
+
+function env(extra: Record<string, string | undefined> = {}) {
+  return cleanEnv({
+    CREDITS_DATABASE_URL: db.url,
+    SHIELDX_HOME: home,
+    AUDIT_HMAC_KEY: auditKey,
+    ENCRYPT_KEY: encryptKey,
+    REDIS_URL: redisUrl(),
+    ...extra,
+  })
+}
+
+const cli = (args: string[], extra: Record<string, string | undefined> = {}, input?: string) =>
+  runCli(['--no-color', ...args], { env: env(extra), ...(input !== undefined ? { input } : {}) })
+
+async function json(args: string[], extra: Record<string, string | undefined> = {}) {
+  const r = await cli(['--json', ...args], extra)
+  return { ...r, doc: JSON.parse(r.stdout) }
+}
+
+async function count(sql: string, params: unknown[] = []): Promise<number> {
+  const { rows } = await db.query<{ n: string }>(sql, params)
+  return Number(rows[0]!.n)
+}
+
+async function account(tenant: string) {
+  const { rows } = await db.query<{ balance: string; reserved: string }>(
+    'select balance, reserved from credits.credit_accounts where tenant_id = $1',
+    [tenant],
+  )
+  return rows[0] ? { balance: Number(rows[0].balance), reserved: Number(rows[0].reserved) } : null
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase('ledger')
+  home = tempHome('ledger')
+  const r = await cli(['migrate', 'up', '--no-backup'])
+  expect(r.code, r.stderr).toBe(0)
+})
+afterAll(async () => {
+  await db.drop()
+  fs.rmSync(home, { recursive: true, force: true })
+})
+
+describe('topup and consume', () => {
+  it('topup creates the account; consume spends; --json has the documented fields', async () => {
+    const tenant = t('acme')
+    const top = await json(['credits', 'topup', tenant, '100', '--idempotency-key', 'top-1'])
+    expect(top.code, top.stderr).toBe(0)
+    expect(top.doc).toMatchObject({
+      tenant_id: tenant,
+      kind: 'topup',
+      amount: 100,
+      balance: 100,
+      reserved: 0,
+      available: 100,
+      replayed: false,
+      idempotency_key: 'top-1',
+    })
+    expect(Object.keys(top.doc).sort()).toEqual(
+      [
+        'amount',
+        'available',
+        'balance',
+        'idempotency_key',
+        'kind',
+        'replayed',
+        'reserved',
+        'tenant_id',
+        'transaction_id',
+      ].sort(),
+    )
+    const spend = await json(['credits', 'consume', tenant, '30'])
+    expect(spend.doc).toMatchObject({ kind: 'consume', amount: 30, balance: 70, available: 70 })
+    expect(spend.doc.idempotency_key).toMatch(/^[0-9a-f-]{36}$/) // generated
+    expect(await account(tenant)).toEqual({ balance: 70, reserved: 0 })
+  })
+
+  it('prints a generated idempotency key so the user can retry safely', async () => {
+    const r = await cli(['credits', 'topup', t('printed'), '5'])
+    expect(r.code).toBe(0)
+    expect(r.stderr).toMatch(/idempotency key: [0-9a-f-]{36}/)
+    expect(r.stdout).toContain('balance 5, reserved 0, available 5')
+  })
+
+  it('refuses to consume more than available: exit 1, INSUFFICIENT_CREDITS with the figures, nothing changes', async () => {
+    const tenant = t('poor')
+    await cli(['credits', 'topup', tenant, '50'])
+    const txBefore = await count(
+      'select count(*) as n from credits.credit_transactions where tenant_id = $1',
+      [tenant],
+    )
+    const r = await json(['credits', 'consume', tenant, '51'])
+    expect(r.code).toBe(1)
+    expect(r.doc.error).toMatchObject({
+      code: 'INSUFFICIENT_CREDITS',
+      available: 50,
+      balance: 50,
+      reserved: 0,
+      requested: 51,
+    })
+    expect(r.stderr).toContain(
+      "tenant '" + tenant + "' has 50 available (balance 50, reserved 0); cannot consume 51",
+    )
+    expect(await account(tenant)).toEqual({ balance: 50, reserved: 0 })
+    expect(
+      await count('select count(*) as n from credits.credit_transactions where tenant_id = $1', [tenant]),
+    ).toBe(txBefore)
+    expect(await count('select count(*) as n from credits.audit_logs where tenant_id = $1', [tenant])).toBe(
+      txBefore,
+    )
+  })
+
+  it('consuming from a tenant without an account is exit 1, and creates nothing', async () => {
+    const r = await json(['credits', 'consume', t('ghost'), '1'])
+    expect(r.code).toBe(1)
+    expect(r.doc.error.code).toBe('ACCOUNT_NOT_FOUND')
+    expect(await account(t('ghost'))).toBeNull()
+  })
+
+  it.each([
+    ['0', 'AMOUNT'],
+    ['-5', 'AMOUNT'],
+    ['1.5', 'AMOUNT'],
+    ['ten', 'AMOUNT'],
+    ['99999999999999999999', 'AMOUNT'],
+  ])('rejects amount %s with exit 2 naming the field, writing nothing', async (amount, field) => {
+    const tenant = t('strict')
+    const r = await cli(['credits', 'topup', tenant, amount])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain(`${field} must be a positive whole number`)
+    expect(r.stderr).not.toMatch(/\n\s+at /)
+    expect(await account(tenant)).toBeNull()
+  })
+
+  it('rejects a malformed tenant with exit 2', async () => {
+    const r = await cli(['credits', 'topup', "acme'; drop table x; --", '5'])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('TENANT must be')
+  })
+
+  it('never lets concurrent consumers take a balance below zero', async () => {
+    const tenant = t('race')
+    await cli(['credits', 'topup', tenant, '100'])
+    const results = await Promise.all(
+      Array.from({ length: 20 }, () => cli(['credits', 'consume', tenant, '10'])),
+    )
+    expect(results.filter((r) => r.code === 0)).toHaveLength(10)
+    expect(results.filter((r) => r.code === 1 && r.stderr.includes('Insufficient credits'))).toHaveLength(10)
+    expect(await account(tenant)).toEqual({ balance: 0, reserved: 0 })
+  })
+})
+
+describe('idempotency', () => {
+  it('a replay returns the original result with replayed: true and changes nothing', async () => {
+    const tenant = t('idem')
+    const first = await json(['credits', 'topup', tenant, '40', '--idempotency-key', 'pay-1'])
+    const again = await json(['credits', 'topup', tenant, '40', '--idempotency-key', 'pay-1'])
+    expect(again.code).toBe(0)
+    expect(again.doc).toEqual({ ...first.doc, replayed: true })
+    expect(await account(tenant)).toEqual({ balance: 40, reserved: 0 })
+    expect(
+      await count('select count(*) as n from credits.credit_transactions where tenant_id = $1', [tenant]),
+    ).toBe(1)
+  })
+
+  it('the same key with different parameters is exit 5 and changes nothing', async () => {
+    const tenant = t('idem2')
+    await cli(['credits', 'topup', tenant, '40', '--idempotency-key', 'pay-2'])
+    const r = await json(['credits', 'topup', tenant, '41', '--idempotency-key', 'pay-2'])
+    expect(r.code).toBe(5)
+    expect(r.doc.error.code).toBe('IDEMPOTENCY_KEY_REUSED')
+    expect(await account(tenant)).toEqual({ balance: 40, reserved: 0 })
+  })
+
+  it('the same new key sent by 10 clients at once is applied exactly once', async () => {
+    const tenant = t('idem3')
+    await cli(['credits', 'topup', tenant, '100'])
+    const results = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        json(['credits', 'consume', tenant, '7', '--idempotency-key', 'burst-1']),
+      ),
+    )
+    expect(results.every((r) => r.code === 0)).toBe(true)
+    expect(new Set(results.map((r) => r.doc.transaction_id)).size).toBe(1)
+    expect(results.filter((r) => r.doc.replayed === false)).toHaveLength(1)
+    expect(await account(tenant)).toEqual({ balance: 93, reserved: 0 })
+  })
+
+  it('keys are stored hashed, and expire: after the TTL the same key is a new operation', async () => {
+    const tenant = t('idem4')
+    await cli(['credits', 'topup', tenant, '10', '--idempotency-key', 'plain-text-key-123'])
+    expect(
+      await count(
+        `select count(*) as n from credits.idempotency_keys where key_hash::text like '%plain-text%' or response::text like '%plain-text-key-123%'`,
+      ),
+    ).toBe(0)
+    await db.query(
+      `update credits.idempotency_keys set expires_at = now() - interval '1 second' where tenant_id = $1`,
+      [tenant],
+    )
+    const r = await json(['credits', 'topup', tenant, '10', '--idempotency-key', 'plain-text-key-123'])
+    expect(r.doc.replayed).toBe(false)
+    expect(await account(tenant)).toEqual({ balance: 20, reserved: 0 })
+  })
+})
+
+describe('reservations', () => {
+  it('reserve holds credits; a partial commit spends part and releases the rest', async () => {
+    const tenant = t('res')
+    await cli(['credits', 'topup', tenant, '100'])
+    const res = await json(['credits', 'reserve', tenant, '60', '--ttl', '10m'])
+    expect(res.doc).toMatchObject({ kind: 'reserve', amount: 60, balance: 100, reserved: 60, available: 40 })
+    expect(res.doc.reservation_id).toMatch(/^[0-9a-f-]{36}$/)
+    const over = await json(['credits', 'consume', tenant, '41'])
+    expect(over.doc.error.code).toBe('INSUFFICIENT_CREDITS')
+    const commit = await json(['credits', 'commit', res.doc.reservation_id, '--amount', '25'])
+    expect(commit.doc).toMatchObject({
+      kind: 'commit',
+      amount: 25,
+      balance: 75,
+      reserved: 0,
+      available: 75,
+      reservation_id: res.doc.reservation_id,
+    })
+    const twice = await json(['credits', 'commit', res.doc.reservation_id])
+    expect(twice.code).toBe(1)
+    expect(twice.doc.error.code).toBe('RESERVATION_NOT_HELD')
+    expect(await account(tenant)).toEqual({ balance: 75, reserved: 0 })
+  })
+
+  it('cancel releases everything; committing more than reserved is refused', async () => {
+    const tenant = t('res2')
+    await cli(['credits', 'topup', tenant, '100'])
+    const res = await json(['credits', 'reserve', tenant, '30'])
+    const tooMuch = await json(['credits', 'commit', res.doc.reservation_id, '--amount', '31'])
+    expect(tooMuch.code).toBe(1)
+    expect(tooMuch.doc.error.code).toBe('COMMIT_EXCEEDS_RESERVATION')
+    const cancel = await json(['credits', 'cancel', res.doc.reservation_id])
+    expect(cancel.doc).toMatchObject({ kind: 'cancel', amount: 30, balance: 100, reserved: 0 })
+    expect(await account(tenant)).toEqual({ balance: 100, reserved: 0 })
+  })
+
+  it('a concurrent commit and cancel of one reservation settle it once', async () => {
+    const tenant = t('res3')
+    await cli(['credits', 'topup', tenant, '100'])
+    const res = await json(['credits', 'reserve', tenant, '40'])
+    const [a, b] = await Promise.all([
+      json(['credits', 'commit', res.doc.reservation_id]),
+      json(['credits', 'cancel', res.doc.reservation_id]),
+    ])
+    expect([a.code, b.code].sort()).toEqual([0, 1])
+    const acct = await account(tenant)
+    expect(acct!.reserved).toBe(0)
+    expect([60, 100]).toContain(acct!.balance)
+  })
+
+  it('an expired reservation cannot be committed; gc releases it on database time, once', async () => {
+    const tenant = t('res4')
+    await cli(['credits', 'topup', tenant, '100'])
+    const res = await json(['credits', 'reserve', tenant, '45'])
+    await db.query(`update credits.reservations set expires_at = now() - interval '1 minute' where id = $1`, [
+      res.doc.reservation_id,
+    ])
+    const late = await json(['credits', 'commit', res.doc.reservation_id])
+    expect(late.doc.error.code).toBe('RESERVATION_EXPIRED')
+    const health = await json(['status'])
+    expect(
+      health.doc.checks.find((c: { name: string }) => c.name === 'overdue_reservations').value,
+    ).toBeGreaterThanOrEqual(1)
+    const gc = await json(['credits', 'gc'])
+    expect(gc.code, gc.stderr).toBe(0)
+    expect(gc.doc.reservations_expired).toBeGreaterThanOrEqual(1)
+    expect(await account(tenant)).toEqual({ balance: 100, reserved: 0 })
+    const again = await json(['credits', 'gc'])
+    expect(again.doc.reservations_expired).toBe(0)
+    const { rows } = await db.query(`select status from credits.reservations where id = $1`, [
+      res.doc.reservation_id,
+    ])
+    expect(rows[0]!.status).toBe('expired')
+    expect(
+      await count(`select count(*) as n from credits.audit_logs where tenant_id = $1 and action = 'expire'`, [
+        tenant,
+      ]),
+    ).toBe(1)
+  })
+
+  it('gc purges expired idempotency keys', async () => {
+    await cli(['credits', 'topup', t('gc'), '1', '--idempotency-key', 'old'])
+    await db.query(
+      `update credits.idempotency_keys set expires_at = now() - interval '1 day' where tenant_id = $1`,
+      [t('gc')],
+    )
+    const gc = await json(['credits', 'gc'])
+    expect(gc.doc.idempotency_keys_purged).toBeGreaterThanOrEqual(1)
+    expect(
+      await count('select count(*) as n from credits.idempotency_keys where tenant_id = $1', [t('gc')]),
+    ).toBe(0)
+  })
+
+  it('rejects a reservation id that is not a uuid with exit 2', async () => {
+    const r = await cli(['credits', 'commit', 'not-a-uuid'])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('RESERVATION must be a reservation id')
+  })
+})
+
+describe('balance and the Redis cache', () => {
+  it('balance reads the cache after a write, --fresh reads the database', async () => {
+    const tenant = t('cached')
+    await cli(['credits', 'topup', tenant, '12'])
+    const cached = await json(['credits', 'balance', tenant])
+    expect(cached.doc).toEqual({
+      tenant_id: tenant,
+      balance: 12,
+      reserved: 0,
+      available: 12,
+      source: 'cache',
+    })
+    const fresh = await json(['credits', 'balance', tenant, '--fresh'])
+    expect(fresh.doc.source).toBe('db')
+    // A write updates the cache: the next cached read is the new figure, not the old one.
+    await cli(['credits', 'consume', tenant, '2'])
+    expect((await json(['credits', 'balance', tenant])).doc).toMatchObject({ balance: 10, source: 'cache' })
+  })
+
+  it('consume never trusts the cache: a stale cached balance cannot allow an overdraft', async () => {
+    const tenant = t('stale')
+    await cli(['credits', 'topup', tenant, '10'])
+    // Poison the cache with a newer-looking, larger balance.
+    const redis = new Redis(redisUrl())
+    try {
+      await redis.hset(`shieldx:balance:${tenant}`, { version: '999', balance: '1000', reserved: '0' })
+      const r = await json(['credits', 'consume', tenant, '500'])
+      expect(r.code).toBe(1)
+      expect(r.doc.error.code).toBe('INSUFFICIENT_CREDITS')
+      expect(await account(tenant)).toEqual({ balance: 10, reserved: 0 })
+    } finally {
+      await redis.del(`shieldx:balance:${tenant}`)
+      redis.disconnect()
+    }
+  })
+
+  it('keeps working without Redis, with one warning that does not show the password', async () => {
+    const tenant = t('noredis')
+    const extra = { REDIS_URL: 'redis://:r3dis-pw@127.0.0.1:1' }
+    const top = await cli(['credits', 'topup', tenant, '9'], extra)
+    expect(top.code, top.stderr).toBe(0)
+    expect(top.stderr.match(/unavailable/g)).toHaveLength(1)
+    expect(top.stderr).not.toContain('r3dis-pw')
+    const bal = await json(['credits', 'balance', tenant], extra)
+    expect(bal.doc).toMatchObject({ balance: 9, source: 'db' })
+  })
+})
+
+describe('payment data', () => {
+  it('the token is stored encrypted and masked, and appears nowhere else', async () => {
+    const tenant = t('card')
+    const token = 'tok_live_4000056655665556'
+    const file = path.join(os.tmpdir(), `shx-token-${run}`)
+    fs.writeFileSync(file, token + '\n')
+    try {
+      const viaFile = await cli([
+        '--verbose',
+        'credits',
+        'topup',
+        tenant,
+        '50',
+        '--payment-method',
+        'card',
+        '--payment-token-file',
+        file,
+      ])
+      const viaStdin = await cli(
+        ['--json', 'credits', 'topup', tenant, '5', '--payment-token-stdin'],
+        {},
+        token,
+      )
+      const history = await cli(['credits', 'history', tenant])
+      const historyJson = await cli(['--json', 'credits', 'history', tenant])
+      for (const r of [viaFile, viaStdin, history, historyJson]) {
+        expect(r.code, r.stderr).toBe(0)
+        expect(r.stdout + r.stderr).not.toContain(token)
+        expect(r.stdout + r.stderr).not.toContain('4000056655665556')
+      }
+      expect(history.stdout).toContain('**** 5556')
+      for (const table of [
+        'credit_transactions',
+        'audit_logs',
+        'idempotency_keys',
+        'credit_accounts',
+        'reservations',
+      ]) {
+        const n = await count(`select count(*) as n from credits.${table} x where x::text like $1`, [
+          `%${token.slice(-12)}%`,
+        ])
+        expect(n, table).toBe(0)
+      }
+      const { rows } = await db.query<{ payment_encrypted: Buffer; payment_masked: string }>(
+        `select payment_encrypted, payment_masked from credits.credit_transactions where tenant_id = $1 and payment_encrypted is not null`,
+        [tenant],
+      )
+      expect(rows).toHaveLength(2)
+      const ring = parseKeyring(encryptKey, { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } })
+      for (const row of rows) {
+        expect(row.payment_masked).toBe('**** 5556')
+        expect(decryptPaymentToken(row.payment_encrypted, ring, { tenantId: tenant })).toBe(token)
+      }
+    } finally {
+      fs.rmSync(file, { force: true })
+    }
+  })
+
+  it('a token needs ENCRYPT_KEY against a server: exit 2, nothing written', async () => {
+    const tenant = t('nokey')
+    const r = await cli(
+      ['credits', 'topup', tenant, '5', '--payment-token-stdin'],
+      { ENCRYPT_KEY: undefined },
+      'tok_123456789',
+    )
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('ENCRYPT_KEY is not set')
+    expect(await account(tenant)).toBeNull()
+  })
+})
+
+describe('credits apply', () => {
+  it('applies many operations, one result line each in order; bad lines fail alone; a re-run replays', async () => {
+    const a = t('bulk-a')
+    const b = t('bulk-b')
+    const lines = [
+      JSON.stringify({ op: 'topup', tenant: a, amount: 100 }),
+      JSON.stringify({ op: 'topup', tenant: b, amount: 10 }),
+      JSON.stringify({ op: 'consume', tenant: a, amount: 30 }),
+      '{not json',
+      JSON.stringify({ op: 'consume', tenant: b, amount: 11 }),
+      JSON.stringify({ op: 'consume', tenant: a, amount: 30, idempotency_key: 'bulk-k1' }),
+      JSON.stringify({ op: 'explode', tenant: a, amount: 1 }),
+      JSON.stringify({ op: 'consume', tenant: a, amount: 30 }),
+    ]
+    const file = path.join(os.tmpdir(), `shx-ops-${run}.jsonl`)
+    fs.writeFileSync(file, lines.join('\n') + '\n')
+    try {
+      const first = await cli(['credits', 'apply', '--file', file, '--chunk-size', '3'])
+      expect(first.code).toBe(1) // some lines failed
+      const out = first.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+      expect(out.map((o) => o.line)).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+      expect(out.map((o) => o.ok)).toEqual([true, true, true, false, false, true, false, true])
+      expect(out[3].error.code).toBe('USAGE')
+      expect(out[4].error.code).toBe('INSUFFICIENT_CREDITS')
+      expect(out[6].error.message).toContain('op must be one of')
+      expect(first.stderr).toContain('8 operation(s): 5 applied, 0 replayed, 3 failed')
+      expect(await account(a)).toEqual({ balance: 10, reserved: 0 })
+      expect(await account(b)).toEqual({ balance: 10, reserved: 0 })
+
+      const again = await cli(['credits', 'apply', '--file', file])
+      expect(again.stderr).toContain('8 operation(s): 0 applied, 5 replayed, 3 failed')
+      expect(await account(a)).toEqual({ balance: 10, reserved: 0 })
+    } finally {
+      fs.rmSync(file, { force: true })
+    }
+  })
+
+  it('reads standard input', async () => {
+    const tenant = t('stdin')
+    const r = await cli(['credits', 'apply'], {}, `${JSON.stringify({ op: 'topup', tenant, amount: 3 })}\n`)
+    expect(r.code, r.stderr).toBe(0)
+    expect(JSON.parse(r.stdout.trim()).result).toMatchObject({ balance: 3 })
+  })
+})
+
+describe('history and status', () => {
+  it('history lists the transactions newest first, with --limit and --since', async () => {
+    const tenant = t('hist')
+    await cli(['credits', 'topup', tenant, '10'])
+    await cli(['credits', 'consume', tenant, '1', '--description', 'scan 1'])
+    await cli(['credits', 'consume', tenant, '2', '--description', 'scan 2'])
+    const all = await json(['credits', 'history', tenant])
+    expect(
+      all.doc.transactions.map((e: { kind: string; amount: number }) => `${e.kind}:${e.amount}`),
+    ).toEqual(['consume:2', 'consume:1', 'topup:10'])
+    expect((await json(['credits', 'history', tenant, '--limit', '1'])).doc.transactions).toHaveLength(1)
+    expect(
+      (await json(['credits', 'history', tenant, '--since', '2999-01-01'])).doc.transactions,
+    ).toHaveLength(0)
+    expect((await cli(['credits', 'history', tenant, '--since', 'yesterday-ish'])).code).toBe(2)
+  })
+
+  it('status reports the P0 figures and exits 0 when they are all zero', async () => {
+    const v = await cli(['verify-chain'])
+    expect(v.code, v.stdout + v.stderr).toBe(0)
+    const r = await json(['status'])
+    expect(r.code, r.stderr).toBe(0)
+    const byName = Object.fromEntries(
+      r.doc.checks.map((c: { name: string; value: number }) => [c.name, c.value]),
+    )
+    expect(byName.negative_balances).toBe(0)
+    expect(byName.chain_errors).toBe(0)
+    expect(r.doc.ok).toBe(true)
+  })
+
+  it('a ledger command against an unmigrated database says to run migrate up', async () => {
+    const empty = await createTestDatabase('ledger_empty')
+    try {
+      const r = await cli(['credits', 'balance', 'x'], { CREDITS_DATABASE_URL: empty.url })
+      expect(r.code).toBe(1)
+      expect(r.stderr).toContain("Run 'shieldx migrate up' first")
+    } finally {
+      await empty.drop()
+    }
+  })
+})
