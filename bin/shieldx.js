@@ -25,6 +25,16 @@ const crash = (err) => {
 process.on('unhandledRejection', crash)
 process.on('uncaughtException', crash)
 
+// A reader that went away (`shieldx ... --json | head -c 10`) is not a bug: whatever we still
+// write to that stream is dropped, the command finishes (a migration is not cut off halfway),
+// and the exit code is the command's own. Without a listener, the EPIPE would reach crash().
+const dropWhenClosed = (err) => {
+  if (err && (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED')) return
+  crash(err)
+}
+process.stdout.on('error', dropWhenClosed)
+process.stderr.on('error', dropWhenClosed)
+
 let cli
 try {
   cli = await import('../dist/cli.js')

@@ -5,16 +5,25 @@
  * message is scrubbed of known secret values anyway.
  */
 import { CommanderError } from 'commander'
+import { scrubSecrets } from './core/config/redact.js'
 import { EXIT, type ExitCode, isShieldxError } from './core/errors.js'
 import type { Output } from './ui/output.js'
 
 export function handleError(err: unknown, out: Output, secrets: readonly string[] = []): ExitCode {
-  const scrub = (s: string) =>
-    secrets.reduce((acc, secret) => (secret.length >= 4 ? acc.split(secret).join('****') : acc), s)
+  const scrub = (s: string) => scrubSecrets(s, secrets)
 
   if (err instanceof CommanderError) {
-    // Commander has already printed its message (with "Did you mean ...?").
-    return err.exitCode === 0 ? EXIT.ok : EXIT.usage
+    // --help and --version end here too, with exit code 0.
+    if (err.exitCode === 0) return EXIT.ok
+    // Commander has already printed its message (with "Did you mean ...?") on stderr; --json
+    // still owes stdout its one document.
+    if (out.json) {
+      out.document({
+        ok: false,
+        error: { code: 'USAGE', message: scrub(commanderMessage(err)), exit_code: EXIT.usage },
+      })
+    }
+    return EXIT.usage
   }
   if (isShieldxError(err)) {
     const message = scrub(err.message)
@@ -39,4 +48,12 @@ export function handleError(err: unknown, out: Output, secrets: readonly string[
   }
   if (out.verbose && e.stack) out.debug(scrub(e.stack))
   return EXIT.failed
+}
+
+/** Commander's message without its "error: " prefix; a group run without a subcommand says so. */
+function commanderMessage(err: CommanderError): string {
+  if (err.code === 'commander.help' || err.message === '(outputHelp)') {
+    return 'A subcommand is required; run with --help to see them.'
+  }
+  return err.message.replace(/^error: /, '').trim()
 }

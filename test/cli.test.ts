@@ -4,6 +4,7 @@
  */
 
 import { PassThrough } from 'node:stream'
+import { execa } from 'execa'
 import { describe, expect, it } from 'vitest'
 import { handleError } from '../src/boundary.js'
 import { buildProgram } from '../src/cli.js'
@@ -12,12 +13,14 @@ import {
   ConflictError,
   EXIT,
   IntegrityError,
+  InterruptedError,
   OperationError,
   SafetyError,
   TimeoutError,
+  UsageError,
 } from '../src/core/errors.js'
 import { Output } from '../src/ui/output.js'
-import { runCli, spawnCli, tempHome } from './helpers/cli.js'
+import { BIN, runCli, spawnCli, tempHome } from './helpers/cli.js'
 import { cleanEnv } from './helpers/env.js'
 
 function capture(json = false, verbose = false) {
@@ -135,6 +138,33 @@ describe('usage errors: exit 2, with a suggestion, never a stack', () => {
     expect(num.stderr).toContain('--to must be a whole number')
   })
 
+  it('--json: every usage error is exactly one JSON document on stdout', async () => {
+    const cases: Array<[string[], string]> = [
+      [['--json', 'migrat'], "unknown command 'migrat'"],
+      [['--json', 'migrate', 'up', '--dry-runn'], "unknown option '--dry-runn'"],
+      [['--json', 'migrate', 'up', '--schema', 'billing'], 'credits, shadow, all'],
+      [['--json', 'migrate', 'up', '--to', 'latest'], '--to must be a whole number'],
+      [['--json', 'migrate', 'create', '--schema', 'credits'], "missing required argument 'name'"],
+      [['--json', 'migrate'], 'A subcommand is required'],
+    ]
+    for (const [argv, text] of cases) {
+      const r = await runCli(argv)
+      expect(r.code, argv.join(' ')).toBe(2)
+      const doc = JSON.parse(r.stdout) // throws unless stdout is exactly one document
+      expect(doc, argv.join(' ')).toEqual({
+        ok: false,
+        error: { code: 'USAGE', message: expect.stringContaining(text), exit_code: 2 },
+      })
+      expect(doc.error.message).not.toMatch(/^error: /)
+    }
+  })
+
+  it('--json with --help or --version prints no error document', async () => {
+    const v = await runCli(['--json', '--version'])
+    expect(v.code).toBe(0)
+    expect(v.stdout).not.toContain('"ok"')
+  })
+
   it('a group without a subcommand shows its help and exits 2', async () => {
     const r = await runCli(['migrate'])
     expect(r.code).toBe(2)
@@ -142,14 +172,40 @@ describe('usage errors: exit 2, with a suggestion, never a stack', () => {
   })
 })
 
+describe('database URLs', () => {
+  it('a malformed %-escape is a usage error naming where the URL came from, not a bug', async () => {
+    const flag = await runCli(['--credits-db', 'postgres://us%zzer:pw@127.0.0.1/x', 'migrate', 'status'], {
+      env: cleanEnv({ SHIELDX_HOME: tempHome() }),
+    })
+    expect(flag.code).toBe(2)
+    expect(flag.stderr).toContain('The user name in the database URL from flag --credits-db')
+    expect(flag.stderr).not.toContain('bug')
+    const env = await runCli(['migrate', 'status'], {
+      env: cleanEnv({ SHIELDX_HOME: tempHome(), CREDITS_DATABASE_URL: 'postgres://app:pw@127.0.0.1/led%g' }),
+    })
+    expect(env.code).toBe(2)
+    expect(env.stderr).toContain('The database name in the database URL from env CREDITS_DATABASE_URL')
+  })
+
+  it('no part of a password with @, / and : in it appears in the error', async () => {
+    const password = 'hunter@secret99/zz:q7'
+    const r = await runCli(['migrate', 'status'], {
+      env: cleanEnv({
+        SHIELDX_HOME: tempHome(),
+        CREDITS_DATABASE_URL: `postgres://app:${password}@127.0.0.1:1/credits`,
+      }),
+    })
+    expect(r.code).toBe(1)
+    expect(r.stderr.trim()).toBe('error: Cannot connect to PostgreSQL at 127.0.0.1:1: connection refused.')
+    for (let i = 0; i + 3 <= password.length; i++) {
+      expect(r.stderr + r.stdout, password.slice(i, i + 3)).not.toContain(password.slice(i, i + 3))
+    }
+  })
+})
+
 describe('commands not built yet', () => {
   it('say so in one sentence and exit 1, with no fake output', async () => {
-    for (const argv of [
-      ['credits', 'topup', 'acme', '100'],
-      ['verify-chain'],
-      ['backup', 'create'],
-      ['deploy-canary', 'x'],
-    ]) {
+    for (const argv of [['backup', 'create'], ['restore', 'x'], ['evaluate'], ['deploy-canary', 'x']]) {
       const r = await runCli(argv)
       expect(r.code, argv.join(' ')).toBe(1)
       expect(r.stderr).toContain(`'shieldx ${argv[0]}`)
@@ -159,7 +215,7 @@ describe('commands not built yet', () => {
   })
 
   it('--json gives a JSON error document on stdout', async () => {
-    const r = await runCli(['--json', 'status'])
+    const r = await runCli(['--json', 'evaluate'])
     expect(r.code).toBe(1)
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: false, error: { code: 'NOT_BUILT', exit_code: 1 } })
   })
@@ -169,10 +225,12 @@ describe('the error boundary', () => {
   it('maps each typed error to its exit code', () => {
     const cases: Array<[Error, number]> = [
       [new OperationError('x'), 1],
+      [new UsageError('x'), 2],
       [new SafetyError('x'), 3],
       [new IntegrityError('x'), 4],
       [new ConflictError('x'), 5],
       [new TimeoutError('x'), 124],
+      [new InterruptedError('x'), 130],
     ]
     for (const [err, code] of cases) {
       const c = capture()
@@ -241,6 +299,18 @@ describe('the built binary', () => {
     const bad = await spawnCli(['frobnicate'])
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain("unknown command 'frobnicate'")
+  })
+
+  it('a reader that goes away (| head) is not a crash: no bug message, the exit code of the command', async () => {
+    // `true` exits at once, so every write to stdout hits a closed pipe (EPIPE).
+    const r = await execa(
+      'bash',
+      ['-c', `"${process.execPath}" "${BIN}" --json locate | true; echo "code=\${PIPESTATUS[0]}" >&2`],
+      { env: cleanEnv({ SHIELDX_HOME: tempHome() }), extendEnv: false, reject: false },
+    )
+    expect(r.stderr).not.toContain('EPIPE')
+    expect(r.stderr).not.toContain('bug')
+    expect(r.stderr.trim()).toBe('code=0')
   })
 
   it('an unreachable database is one sentence naming host and port, exit 1', async () => {

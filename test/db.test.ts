@@ -7,7 +7,7 @@ import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { resolveSettings } from '../src/core/config/settings.js'
 import { LOCK_CLASS, withAdvisoryLock } from '../src/core/db/lock.js'
-import { openDatabase, openServer } from '../src/core/db/pool.js'
+import { openDatabases, openServer } from '../src/core/db/pool.js'
 import { transaction } from '../src/core/db/tx.js'
 import { ConflictError, OperationError, TimeoutError, UsageError } from '../src/core/errors.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
@@ -58,14 +58,66 @@ describe('connecting', () => {
     await expect(open('mysql://root@127.0.0.1/x')).rejects.toBeInstanceOf(UsageError)
   })
 
-  it('shares one pool when the shadow database is the credits database', async () => {
-    const settings = resolveSettings({ env: cleanEnv({ CREDITS_DATABASE_URL: db.url }) })
-    const credits = await openDatabase(settings, 'credits', { timeoutMs: 5000, env: {} })
+  it('shares one pool when the shadow database is the credits database, and only then', async () => {
+    const same = await openDatabases(resolveSettings({ env: cleanEnv({ CREDITS_DATABASE_URL: db.url }) }), {
+      timeoutMs: 5000,
+      env: {},
+    })
     try {
-      expect(credits.kind).toBe('server')
-      expect(credits.serverMajor).toBeGreaterThanOrEqual(13)
+      expect(same.credits.kind).toBe('server')
+      expect(same.credits.serverMajor).toBeGreaterThanOrEqual(13)
+      expect(same.shadow).toBe(same.credits)
     } finally {
-      await credits.close()
+      await same.close()
+    }
+    const sameUrl = await openDatabases(
+      resolveSettings({ env: cleanEnv({ CREDITS_DATABASE_URL: db.url, SHADOW_DATABASE_URL: db.url }) }),
+      { timeoutMs: 5000, env: {} },
+    )
+    try {
+      expect(sameUrl.shadow).toBe(sameUrl.credits)
+    } finally {
+      await sameUrl.close()
+    }
+    const shadowUrl = `${db.url}?application_name=shieldx_shadow`
+    const separate = await openDatabases(
+      resolveSettings({ env: cleanEnv({ CREDITS_DATABASE_URL: db.url, SHADOW_DATABASE_URL: shadowUrl }) }),
+      { timeoutMs: 5000, env: {} },
+    )
+    try {
+      expect(separate.shadow).not.toBe(separate.credits)
+      expect(separate.shadow.pool).not.toBe(separate.credits.pool)
+      await separate.shadow.pool.query('select 1')
+    } finally {
+      await separate.close()
+    }
+  })
+
+  it('reads a password with unencoded @, / and : as a password, and connects to the right host', async () => {
+    // The server trusts local connections, so any password gets in, if it reaches the right host.
+    const u = new URL(db.url)
+    const url = `postgres://${u.username || 'postgres'}:p@ss/w0rd:x@${u.host}${u.pathname}`
+    const database = await open(url)
+    try {
+      const { rows } = await database.pool.query<{ d: string }>('select current_database() as d')
+      expect(rows[0]!.d).toBe(db.name)
+      expect(database.label).toBe(`postgres://${u.username || 'postgres'}:****@${u.host}${u.pathname}`)
+    } finally {
+      await database.close()
+    }
+  })
+
+  it('a malformed %-escape is a UsageError naming the source, never the password', async () => {
+    for (const [url, what] of [
+      ['postgres://us%zzer:pw@127.0.0.1/x', 'user name'],
+      ['postgres://app:se%zzcret@127.0.0.1/x', 'password'],
+      ['postgres://app@127.0.0.1/x%', 'database name'],
+    ] as const) {
+      const err = await open(url).catch((e) => e)
+      expect(err, url).toBeInstanceOf(UsageError)
+      expect(err.message).toBe(
+        `The ${what} in the database URL from env CREDITS_DATABASE_URL has a '%' that is not a valid %XX escape.`,
+      )
     }
   })
 })

@@ -4,12 +4,24 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { execa } from 'execa'
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { resolveSettings } from '../src/core/config/settings.js'
-import { startEmbedded } from '../src/core/db/embedded.js'
+import { acquireDirLock, startEmbedded, takeOverStale } from '../src/core/db/embedded.js'
 import { openDatabase } from '../src/core/db/pool.js'
-import { runCli, spawnCli, tempHome } from './helpers/cli.js'
+import { discoverMigrations, fileLabel } from '../src/core/migrations/files.js'
+import { ROOT, runCli, spawnCli, tempHome } from './helpers/cli.js'
 import { cleanEnv } from './helpers/env.js'
+
+/** The shipped migrations, as the demo reports them: credits/0001_ledger, ... */
+const shipped = (['credits', 'shadow'] as const).map((schema) =>
+  discoverMigrations(path.join(ROOT, 'migrations'), schema),
+)
+const shippedLabels = shipped.flat().map((m) => fileLabel(m))
+const shippedVersions = {
+  credits: shipped[0]!.at(-1)?.version ?? 0,
+  shadow: shipped[1]!.at(-1)?.version ?? 0,
+}
 
 let home: string
 let demoHome: string
@@ -28,13 +40,18 @@ beforeAll(async () => {
 afterAll(() => {
   fs.rmSync(home, { recursive: true, force: true })
 })
+afterEach(() => {
+  vi.unstubAllEnvs()
+})
 
 describe('shieldx demo on an empty home', () => {
   it('creates the embedded database, migrates, and says what it did', () => {
     expect(first.code, first.stderr).toBe(0)
     expect(first.stdout).toContain(`Embedded database: ${path.join(demoHome, 'data')}`)
-    expect(first.stdout).toContain('Migrations applied: credits/0001_ledger, shadow/0001_rules')
-    expect(first.stdout).toContain('Schema versions: credits 1, shadow 1')
+    expect(first.stdout).toContain(`Migrations applied: ${shippedLabels.join(', ')}`)
+    expect(first.stdout).toContain(
+      `Schema versions: credits ${shippedVersions.credits}, shadow ${shippedVersions.shadow}`,
+    )
     expect(first.stderr).toContain('your configured databases are not touched')
     expect(first.stderr).toContain('step.done') // JSON progress lines without a TTY
     expect(fs.existsSync(path.join(demoHome, 'data', 'PG_VERSION'))).toBe(true)
@@ -48,8 +65,24 @@ describe('shieldx demo on an empty home', () => {
     expect(doc).toEqual({
       database: path.join(demoHome, 'data'),
       migrations_applied: [],
-      schema_versions: { credits: 1, shadow: 1 },
+      schema_versions: shippedVersions,
     })
+  })
+
+  it('runs with a broken config.yaml in the home: the demo does not read profiles', async () => {
+    const config = path.join(home, 'config.yaml')
+    fs.writeFileSync(config, 'profiles: [this is: not: valid\n')
+    try {
+      // The broken file does break commands that read it...
+      const locate = await runCli(['locate'], { env: cleanEnv({ SHIELDX_HOME: home }) })
+      expect(locate.code).toBe(2)
+      // ...but not the demo.
+      const r = await runCli(['--json', 'demo'], { env: cleanEnv({ SHIELDX_HOME: home }) })
+      expect(r.code, r.stderr).toBe(0)
+      expect(JSON.parse(r.stdout).database).toBe(path.join(demoHome, 'data'))
+    } finally {
+      fs.rmSync(config, { force: true })
+    }
   })
 })
 
@@ -68,8 +101,8 @@ describe('the embedded default', () => {
     const status = await runCli(['--json', 'migrate', 'status'], { env })
     expect(status.code, status.stderr).toBe(0)
     const doc = JSON.parse(status.stdout)
-    expect(doc.schemas.credits.current).toBe(1)
-    expect(doc.schemas.shadow.current).toBe(1)
+    expect(doc.schemas.credits.current).toBe(shippedVersions.credits)
+    expect(doc.schemas.shadow.current).toBe(shippedVersions.shadow)
     expect(doc.schemas.credits.database).toContain('embedded PGlite')
   })
 
@@ -88,6 +121,25 @@ describe('the embedded default', () => {
     } finally {
       await db.close()
     }
+  })
+
+  it('ignores PG* variables meant for a real server (PGSSLMODE=require, PGUSER, PGDATABASE, ...)', async () => {
+    // pg reads these from process.env, not from the io the command gets: set both.
+    const pgEnv = {
+      PGSSLMODE: 'require',
+      PGUSER: 'nobody',
+      PGDATABASE: 'nope',
+      PGPASSWORD: 'wrong-password',
+      PGHOST: '/nonexistent',
+      PGPORT: '1',
+      PGSSLNEGOTIATION: 'direct',
+    }
+    for (const [k, v] of Object.entries(pgEnv)) vi.stubEnv(k, v)
+    const r = await runCli(['--json', 'migrate', 'status'], {
+      env: cleanEnv({ SHIELDX_HOME: demoHome, ...pgEnv }),
+    })
+    expect(r.code, r.stderr).toBe(0)
+    expect(JSON.parse(r.stdout).schemas.credits.current).toBe(shippedVersions.credits)
   })
 
   it('migrates down and up inside PGlite', async () => {
@@ -122,5 +174,66 @@ describe('the embedded default', () => {
     const r = await runCli(['migrate', 'status'], { env: cleanEnv({ SHIELDX_HOME: demoHome }) })
     expect(r.code, r.stderr).toBe(0)
     expect(fs.existsSync(lockDir)).toBe(false)
+  })
+})
+
+describe('the lock on the embedded data directory', () => {
+  const lockDir = () => path.join(tempHome('lock'), 'data.lock')
+  const pidOf = (dir: string) => fs.readFileSync(path.join(dir, 'pid'), 'utf8').split('\n')[0]
+
+  it('a takeover that finds a fresh lock in place of the stale one it judged leaves it alone', async () => {
+    // B saw a dead holder (999999); before B acts, A took the stale lock over and made its own.
+    const dir = lockDir()
+    const releaseA = await acquireDirLock(dir, 1000, 'test')
+    takeOverStale(dir, '999999\n') // B, acting on what it saw
+    expect(fs.existsSync(dir)).toBe(true)
+    expect(pidOf(dir)).toBe(String(process.pid))
+    const err = await acquireDirLock(dir, 300, 'test').catch((e) => e)
+    expect(err.code).toBe('EMBEDDED_LOCKED') // A still holds it
+    releaseA()
+    expect(fs.existsSync(dir)).toBe(false)
+    expect(fs.readdirSync(path.dirname(dir))).toEqual([]) // no litter
+  })
+
+  it('takes over a lock without a pid only once it is old, not while its maker is writing it', async () => {
+    const dir = lockDir()
+    fs.mkdirSync(dir)
+    const err = await acquireDirLock(dir, 300, 'test').catch((e) => e)
+    expect(err.code).toBe('EMBEDDED_LOCKED')
+    const old = new Date(Date.now() - 60_000)
+    fs.utimesSync(dir, old, old)
+    const release = await acquireDirLock(dir, 1000, 'test')
+    expect(pidOf(dir)).toBe(String(process.pid))
+    release()
+    expect(fs.existsSync(dir)).toBe(false)
+  })
+
+  it('processes racing for a stale lock hold it one at a time', async () => {
+    const dir = lockDir()
+    fs.mkdirSync(dir)
+    fs.writeFileSync(path.join(dir, 'pid'), '999999\n') // died
+    const marker = path.join(path.dirname(dir), 'holder')
+    const script = `
+      import fs from 'node:fs'
+      const { acquireDirLock } = await import(${JSON.stringify(path.join(ROOT, 'dist/core/db/embedded.js'))})
+      const [dir, marker, start] = process.argv.slice(1)
+      while (Date.now() < Number(start)) {}
+      for (let i = 0; i < 5; i++) {
+        const release = await acquireDirLock(dir, 20000, 'test')
+        try { fs.writeFileSync(marker, String(process.pid), { flag: 'wx' }) } catch { console.log('overlap'); process.exit(1) }
+        await new Promise((r) => setTimeout(r, 20))
+        fs.rmSync(marker)
+        release()
+      }
+      console.log('ok')
+    `
+    const start = String(Date.now() + 1500)
+    const runs = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        execa(process.execPath, ['--input-type=module', '-e', script, dir, marker, start], { reject: false }),
+      ),
+    )
+    for (const r of runs) expect(r.stdout.trim(), r.stderr).toBe('ok')
+    expect(fs.existsSync(dir)).toBe(false)
   })
 })

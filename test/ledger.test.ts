@@ -424,7 +424,7 @@ describe('payment data', () => {
         [tenant],
       )
       expect(rows).toHaveLength(2)
-      const ring = parseKeyring(encryptKey, { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } })
+      const ring = parseKeyring(encryptKey, { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } }, 'test')
       for (const row of rows) {
         expect(row.payment_masked).toBe('**** 5556')
         expect(decryptPaymentToken(row.payment_encrypted, ring, { tenantId: tenant })).toBe(token)

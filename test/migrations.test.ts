@@ -7,19 +7,40 @@ import os from 'node:os'
 import path from 'node:path'
 import { execa } from 'execa'
 import pg from 'pg'
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { resolveSettings } from '../src/core/config/settings.js'
 import { LOCK_CLASS, LOCKS } from '../src/core/db/lock.js'
+import { openDatabases } from '../src/core/db/pool.js'
+import { ConflictError } from '../src/core/errors.js'
+import { migrateDown } from '../src/core/migrations/runner.js'
 import { BIN, ROOT, runCli, spawnCli, tempHome } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { cleanEnv } from './helpers/env.js'
 
 let db: TestDatabase
 let dir: string
+const madeDirs: string[] = []
 
-/** A migrations directory for one test: the real ones, plus whatever the test writes. */
+/**
+ * The first real migration of each schema: the baseline these tests build on. Later real
+ * migrations are left out, so that a new one landing does not renumber every test here; the
+ * shipped set as a whole is tested by 'the shipped migrations' below.
+ */
+const BASELINE = ['credits/0001_ledger', 'shadow/0001_rules']
+
+/** A migrations directory for one test: the baseline, plus whatever the test writes. */
 function freshMigrationsDir(): string {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), 'shx-migrations-'))
-  fs.cpSync(path.join(ROOT, 'migrations'), d, { recursive: true })
+  madeDirs.push(d)
+  for (const base of BASELINE) {
+    fs.mkdirSync(path.join(d, path.dirname(base)), { recursive: true })
+    for (const direction of ['up', 'down']) {
+      fs.copyFileSync(
+        path.join(ROOT, 'migrations', `${base}.${direction}.sql`),
+        path.join(d, `${base}.${direction}.sql`),
+      )
+    }
+  }
   return d
 }
 
@@ -66,6 +87,9 @@ afterAll(async () => {
 beforeEach(async () => {
   await resetDatabase()
   dir = freshMigrationsDir()
+})
+afterEach(() => {
+  for (const d of madeDirs.splice(0)) fs.rmSync(d, { recursive: true, force: true })
 })
 
 describe('migrate up', () => {
@@ -259,6 +283,36 @@ describe('migrate up', () => {
     expect(await applied('credits')).toEqual([1])
   })
 
+  it('a migrations directory that does not exist is exit 2, naming it, and creates nothing', async () => {
+    const missing = path.join(dir, 'no-such-dir')
+    for (const args of [
+      ['migrate', 'up', '--no-backup'],
+      ['migrate', 'status'],
+      ['migrate', 'down', '--yes'],
+    ]) {
+      const r = await cli(args, { SHIELDX_MIGRATIONS_DIR: missing })
+      expect(r.code, args.join(' ')).toBe(2)
+      expect(r.stderr).toContain(`The migrations directory ${missing} does not exist.`)
+      expect(r.stdout).not.toContain('Nothing to apply')
+    }
+    const create = await cli(['migrate', 'create', 'x', '--schema', 'credits'], {
+      SHIELDX_MIGRATIONS_DIR: missing,
+    })
+    expect(create.code).toBe(2)
+    expect(fs.existsSync(missing)).toBe(false)
+    expect(await tableExists('credits.schema_migrations')).toBe(false)
+    const { rows } = await db.query(`select 1 from pg_namespace where nspname in ('credits', 'shadow')`)
+    expect(rows).toHaveLength(0)
+  })
+
+  it('a schema folder missing inside the migrations directory just means no migrations there', async () => {
+    fs.rmSync(path.join(dir, 'shadow'), { recursive: true })
+    const r = await cli(['migrate', 'up', '--no-backup'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(await applied('credits')).toEqual([1])
+    expect(await applied('shadow')).toEqual([])
+  })
+
   it('names a misnamed migration file with exit 2 before touching the database', async () => {
     write('credits', '2_Bad-Name.up.sql', 'select 1;\n')
     const r = await cli(['migrate', 'up', '--no-backup'])
@@ -299,18 +353,21 @@ describe('the migration lock', () => {
   })
 
   it('two runners started together: both succeed, every version is applied exactly once', async () => {
-    // A slow migration widens the window in which the two overlap.
-    write('credits', '0002_slow.up.sql', 'select pg_sleep(1.5);\ncreate table credits.slow_done (id int);\n')
+    // A slow migration makes the two overlap: the loser must find the lock held and wait.
+    write('credits', '0002_slow.up.sql', 'select pg_sleep(2);\ncreate table credits.slow_done (id int);\n')
     const e = env()
-    const [a, b] = await Promise.all([
+    const runs = [
       spawnCli(['migrate', 'up', '--no-backup'], { env: e }),
       spawnCli(['migrate', 'up', '--no-backup'], { env: e }),
-    ])
-    expect(a.code, a.stderr).toBe(0)
-    expect(b.code, b.stderr).toBe(0)
-    const outputs = [a.stdout, b.stdout]
-    expect(outputs.filter((o) => o.includes('Applied 3 migration(s)'))).toHaveLength(1)
-    expect(outputs.filter((o) => o.includes('Nothing to apply'))).toHaveLength(1)
+    ]
+    const [a, b] = await Promise.all(runs)
+    expect(a!.code, a!.stderr).toBe(0)
+    expect(b!.code, b!.stderr).toBe(0)
+    const winner = [a!, b!].filter((r) => r.stdout.includes('Applied 3 migration(s)'))
+    const loser = [a!, b!].filter((r) => r.stdout.includes('Nothing to apply'))
+    expect(winner).toHaveLength(1)
+    expect(loser).toHaveLength(1)
+    expect(loser[0]!.stderr).toContain('"event":"migration.lock_wait"')
     expect(await applied('credits')).toEqual([1, 2])
     const { rows } = await db.query<{ n: string }>('select count(*) as n from credits.schema_migrations')
     expect(rows[0]!.n).toBe('2')
@@ -438,6 +495,47 @@ describe('migrate down', () => {
     expect(await applied('credits')).toEqual([1, 2, 3])
   })
 
+  it('reverts nothing (exit 5) when the applied migrations changed after the plan was confirmed', async () => {
+    const settings = resolveSettings({ env: env() })
+    const dbs = await openDatabases(settings, { timeoutMs: 5000, env: {} })
+    try {
+      const targets = [{ schema: 'credits' as const, db: dbs.credits }]
+      const options = { migrationsDir: dir, timeoutMs: 5000 }
+      // What the user is shown and confirms: revert credits 0002.
+      const plan = await migrateDown(targets, { ...options, dryRun: true })
+      expect(plan.steps.map((st) => st.version)).toEqual([2])
+      // Meanwhile another runner applies 0003.
+      write('credits', '0003_meanwhile.up.sql', 'create table credits.meanwhile (id int);\n')
+      write('credits', '0003_meanwhile.down.sql', 'drop table credits.meanwhile;\n')
+      expect((await cli(['migrate', 'up', '--no-backup'])).code).toBe(0)
+      const expected = plan.steps.map((st) => ({ schema: st.schema, version: st.version }))
+      const err = await migrateDown(targets, { ...options, expect: expected }).catch((e: unknown) => e)
+      expect(err).toBeInstanceOf(ConflictError)
+      expect((err as ConflictError).exitCode).toBe(5)
+      expect((err as Error).message).toContain('The applied migrations changed since you confirmed')
+      expect(await applied('credits')).toEqual([1, 2, 3])
+      expect(await tableExists('credits.meanwhile')).toBe(true)
+      // The plan as it stands now goes through.
+      const again = await migrateDown(targets, { ...options, expect: [{ schema: 'credits', version: 3 }] })
+      expect(again.steps.map((st) => st.version)).toEqual([3])
+      expect(await applied('credits')).toEqual([1, 2])
+      // A schema whose part of the plan was reverted meanwhile counts too.
+      const both = [
+        { schema: 'shadow' as const, db: dbs.shadow },
+        { schema: 'credits' as const, db: dbs.credits },
+      ]
+      const plan2 = await migrateDown(both, { ...options, dryRun: true })
+      expect(plan2.steps.map((st) => `${st.schema}:${st.version}`)).toEqual(['shadow:1', 'credits:2'])
+      expect((await cli(['migrate', 'down', '--schema', 'shadow', '--yes'])).code).toBe(0)
+      const expected2 = plan2.steps.map((st) => ({ schema: st.schema, version: st.version }))
+      const err2 = await migrateDown(both, { ...options, expect: expected2 }).catch((e: unknown) => e)
+      expect(err2).toBeInstanceOf(ConflictError)
+      expect(await applied('credits')).toEqual([1, 2])
+    } finally {
+      await dbs.close()
+    }
+  })
+
   it('rejects --steps together with --to, and a non-number, with exit 2', async () => {
     expect((await cli(['migrate', 'down', '--steps', '1', '--to', '0', '--yes'])).code).toBe(2)
     const bad = await cli(['migrate', 'down', '--steps', 'two', '--yes'])
@@ -484,5 +582,42 @@ describe('migrate status and create', () => {
     expect(bad.stderr).toContain('lowercase letters')
     const noSchema = await cli(['migrate', 'create', 'x'])
     expect(noSchema.code).toBe(2)
+  })
+
+  it('create refuses a NAME longer than 100 characters with exit 2, writing nothing', async () => {
+    const before = fs.readdirSync(path.join(dir, 'credits')).sort()
+    const r = await cli(['migrate', 'create', 'a'.repeat(300), '--schema', 'credits'])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('NAME must be at most 100 characters; got 300')
+    expect(r.stderr).not.toContain('bug')
+    expect(fs.readdirSync(path.join(dir, 'credits')).sort()).toEqual(before)
+    const ok = await cli(['migrate', 'create', 'a'.repeat(100), '--schema', 'credits'])
+    expect(ok.code, ok.stderr).toBe(0)
+  })
+})
+
+describe('the shipped migrations', () => {
+  it('all apply, then all revert, then apply again', async () => {
+    const shipped = cleanEnv({ CREDITS_DATABASE_URL: db.url, SHIELDX_HOME: tempHome() })
+    const count = ['credits', 'shadow']
+      .map((schema) =>
+        fs.readdirSync(path.join(ROOT, 'migrations', schema)).filter((f) => f.endsWith('.up.sql')),
+      )
+      .flat().length
+    const up = await runCli(['migrate', 'up', '--no-backup'], { env: shipped })
+    expect(up.code, up.stderr).toBe(0)
+    expect(up.stdout).toContain(`Applied ${count} migration(s)`)
+    const status = await runCli(['--json', 'migrate', 'status'], { env: shipped })
+    const doc = JSON.parse(status.stdout)
+    expect(doc.schemas.credits.pending).toEqual([])
+    expect(doc.schemas.shadow.pending).toEqual([])
+    const down = await runCli(['migrate', 'down', '--to', '0', '--yes'], { env: shipped })
+    expect(down.code, down.stderr).toBe(0)
+    expect(await applied('credits')).toEqual([])
+    expect(await applied('shadow')).toEqual([])
+    expect(await tableExists('credits.credit_accounts')).toBe(false)
+    const again = await runCli(['migrate', 'up', '--no-backup'], { env: shipped })
+    expect(again.code, again.stderr).toBe(0)
+    expect(again.stdout).toContain(`Applied ${count} migration(s)`)
   })
 })

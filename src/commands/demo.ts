@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Context } from '../context.js'
-import { tildify } from '../core/config/paths.js'
+import { defaultHome, tildify } from '../core/config/paths.js'
 import { embeddedDataDir, resolveSettings, type Settings } from '../core/config/settings.js'
 import type { Databases } from '../core/db/pool.js'
 import { migrateUp, migrationStatus, type SchemaTarget } from '../core/migrations/runner.js'
@@ -31,14 +31,22 @@ interface DemoState {
   versions: Record<string, number>
 }
 
+function userHome(ctx: Context): string {
+  const fromEnv = ctx.io.env.SHIELDX_HOME
+  if (ctx.globals.home) return path.resolve(ctx.globals.home)
+  if (fromEnv !== undefined && fromEnv.trim() !== '') return path.resolve(fromEnv)
+  return defaultHome(ctx.io.env)
+}
+
 /**
  * `shieldx demo`: the whole flow on an embedded database of its own ($SHIELDX_HOME/demo), so it
  * runs on a bare machine and can never touch the database a profile or the environment points at.
  * Each capability adds its step here as it lands.
  */
 export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<void> {
-  const base = ctx.settings()
-  const demoHome = path.join(base.home.value, 'demo')
+  // Only the home, resolved as the locator does (flag > SHIELDX_HOME > default): the demo ignores
+  // profiles, so a broken config.yaml must not stop it.
+  const demoHome = path.join(userHome(ctx), 'demo')
   if (opts.reset) fs.rmSync(demoHome, { recursive: true, force: true })
   const env = { ...ctx.io.env }
   for (const name of IGNORED_ENV) delete env[name]

@@ -148,7 +148,13 @@ export async function down(
     action: 'migrate down',
     question: `Revert ${plan.steps.length} migration(s) on ${[...new Set(chosen.map((t) => t.db.label))].join(', ')}?`,
   })
-  const result = await migrateDown(chosen, { ...base, onEvent: reporter(ctx) })
+  // Revert exactly what was shown: if another runner changed the applied migrations since the
+  // plan was made, the runner refuses (exit 5) instead of reverting something else.
+  const result = await migrateDown(chosen, {
+    ...base,
+    expect: plan.steps.map((s) => ({ schema: s.schema, version: s.version })),
+    onEvent: reporter(ctx),
+  })
   if (ctx.out.json) return ctx.out.document(resultDoc(result))
   ctx.out.result(
     `Reverted ${result.steps.length} migration(s): ${result.steps.map((s) => fileLabel(s)).join(', ')}.`,

@@ -9,6 +9,7 @@ import path from 'node:path'
 import { PassThrough } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
+import { afterAll } from 'vitest'
 import { run } from '../../src/cli.js'
 import type { Io } from '../../src/ui/io.js'
 import { cleanEnv } from './env.js'
@@ -50,7 +51,7 @@ export async function runCli(argv: string[], options: InProcessOptions = {}): Pr
     err += d
   })
   if (options.input !== undefined) stdin.end(options.input)
-  const io: Io = { stdout, stderr, stdin, env: options.env ?? cleanEnv() }
+  const io: Io = { stdout, stderr, stdin, env: options.env ?? defaultEnv() }
   const code = await run(argv, io, options.signal ? { signal: options.signal } : {})
   return { code, stdout: out, stderr: err }
 }
@@ -63,7 +64,7 @@ export interface SpawnOptions {
 
 export async function spawnCli(argv: string[], options: SpawnOptions = {}): Promise<CliResult> {
   const r = await execa(process.execPath, [BIN, ...argv], {
-    env: options.env ?? cleanEnv(),
+    env: options.env ?? defaultEnv(),
     extendEnv: false,
     reject: false,
     input: options.input ?? '',
@@ -73,7 +74,29 @@ export async function spawnCli(argv: string[], options: SpawnOptions = {}): Prom
   return { code: r.exitCode ?? -1, stdout: r.stdout as string, stderr: r.stderr as string }
 }
 
+const made: string[] = []
+let fileHome: string | undefined
+
+/**
+ * The environment of a run that names none: clean, with SHIELDX_HOME a temporary home of this
+ * test file, so that a command never touches the developer's ~/.shieldx.
+ */
+function defaultEnv(): NodeJS.ProcessEnv {
+  fileHome ??= tempHome('default')
+  return cleanEnv({ SHIELDX_HOME: fileHome })
+}
+
+// Registered when a test file imports this module (vitest evaluates it once per file), so the
+// homes a file makes are removed after that file, after the file's own afterAll hooks (which may
+// still be closing an embedded database in one of them).
+afterAll(() => {
+  for (const dir of made.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
+  fileHome = undefined
+})
+
 /** A fresh, empty SHIELDX_HOME, removed after the test file. */
 export function tempHome(label = 'home'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `shx-${label}-`))
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `shx-${label}-`))
+  made.push(dir)
+  return dir
 }

@@ -8,6 +8,7 @@
  * dead is stale and taken over. Hand-written because we want the holder's pid in the message and
  * liveness by pid, not by mtime as proper-lockfile does.
  */
+import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -90,34 +91,38 @@ async function initDataDir(
   fs.renameSync(scratch, dataDir)
 }
 
-async function acquireDirLock(lockDir: string, timeoutMs: number, what: string): Promise<() => void> {
+/** A lock directory without a pid file (left by an old shieldx, or made by hand) is stale after this. */
+const NO_PID_STALE_MS = 5000
+
+/**
+ * Take the lock directory, waiting up to timeoutMs for a live holder; a holder that died is
+ * taken over. Every step that changes `lockDir` is one rename, so there is no moment in which
+ * the directory exists without its pid file, and nobody ever deletes `lockDir` in place:
+ * - create: make `lockDir.new-*` with the pid file inside, rename it to `lockDir` (fails if
+ *   `lockDir` exists, because a lock made this way is never empty);
+ * - take over or release: rename `lockDir` to a unique `lockDir.stale-*`, then delete that.
+ */
+export async function acquireDirLock(lockDir: string, timeoutMs: number, what: string): Promise<() => void> {
   const deadline = Date.now() + timeoutMs
   const pidFile = path.join(lockDir, 'pid')
+  // The pid, and a nonce so that two locks by the same pid are still told apart.
+  const token = `${process.pid}\n${randomBytes(8).toString('hex')}\n`
   for (;;) {
-    try {
-      fs.mkdirSync(lockDir, { mode: 0o700 })
-      fs.writeFileSync(pidFile, String(process.pid))
+    if (tryCreateLock(lockDir, token)) {
+      sweepLitter(lockDir)
       let released = false
       return () => {
         if (released) return
         released = true
-        fs.rmSync(lockDir, { recursive: true, force: true })
+        if (readText(pidFile) === token) removeLockDir(lockDir)
       }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     }
-    const holder = readPid(pidFile)
-    if (holder !== null && !isAlive(holder)) {
-      fs.rmSync(lockDir, { recursive: true, force: true })
+    const seen = readText(pidFile)
+    const holder = parsePid(seen)
+    const stale = holder !== null ? !isAlive(holder) : ageMs(lockDir) > NO_PID_STALE_MS
+    if (stale) {
+      takeOverStale(lockDir, seen)
       continue
-    }
-    if (holder === null) {
-      // The holder made the directory but has not written its pid yet, or died in between.
-      const age = ageMs(lockDir)
-      if (age > 5000) {
-        fs.rmSync(lockDir, { recursive: true, force: true })
-        continue
-      }
     }
     if (Date.now() >= deadline) {
       throw new ConflictError(
@@ -129,13 +134,95 @@ async function acquireDirLock(lockDir: string, timeoutMs: number, what: string):
   }
 }
 
-function readPid(file: string): number | null {
+function tryCreateLock(lockDir: string, token: string): boolean {
+  // rename() would silently replace an *empty* directory, such as one made by hand or by an
+  // older shieldx that has not written its pid yet: leave any existing lock to the stale check.
+  if (fs.existsSync(lockDir)) return false
+  const tmp = `${lockDir}.new-${process.pid}-${randomBytes(4).toString('hex')}`
+  fs.mkdirSync(tmp, { mode: 0o700 })
   try {
-    const pid = Number(fs.readFileSync(file, 'utf8').trim())
-    return Number.isInteger(pid) && pid > 0 ? pid : null
+    fs.writeFileSync(path.join(tmp, 'pid'), token)
+    fs.renameSync(tmp, lockDir)
+    return true
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOTEMPTY' || code === 'EEXIST') return false
+    throw err
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true }) // gone already after a successful rename
+  }
+}
+
+/**
+ * Remove a lock judged stale, whose pid file read `seen`. Two processes can judge the same lock
+ * stale: the first moves it away and makes its own, and the second must not then remove that
+ * fresh lock. So: move `lockDir` away (atomic: of two movers, one gets ENOENT), then look at what
+ * was moved; if it is not the lock that was judged, put it back. Exported for tests.
+ */
+export function takeOverStale(lockDir: string, seen: string | null): void {
+  const grave = `${lockDir}.stale-${process.pid}-${randomBytes(4).toString('hex')}`
+  try {
+    fs.renameSync(lockDir, grave)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return // someone else took it over
+    throw err
+  }
+  const moved = readText(path.join(grave, 'pid'))
+  const same = moved === seen && (seen !== null || ageMs(grave) > NO_PID_STALE_MS)
+  if (!same) {
+    try {
+      fs.renameSync(grave, lockDir)
+      return
+    } catch {
+      // A third process made a lock in the instant between the two renames. The lock we moved
+      // cannot go back; removing it is no worse than leaving it where its holder never looks.
+    }
+  }
+  fs.rmSync(grave, { recursive: true, force: true })
+}
+
+function removeLockDir(lockDir: string): void {
+  const grave = `${lockDir}.stale-${process.pid}-${randomBytes(4).toString('hex')}`
+  try {
+    fs.renameSync(lockDir, grave)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+    throw err
+  }
+  fs.rmSync(grave, { recursive: true, force: true })
+}
+
+/** `lockDir.new-PID-*` and `lockDir.stale-PID-*` left by a process killed halfway. */
+function sweepLitter(lockDir: string): void {
+  const dir = path.dirname(lockDir)
+  const litter = new RegExp(`^${escapeRegExp(path.basename(lockDir))}\\.(?:new|stale)-(\\d+)-[0-9a-f]+$`)
+  try {
+    for (const name of fs.readdirSync(dir)) {
+      const m = litter.exec(name)
+      if (m && !isAlive(Number(m[1]))) fs.rmSync(path.join(dir, name), { recursive: true, force: true })
+    }
+  } catch {
+    // tidiness only
+  }
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+}
+
+function readText(file: string): string | null {
+  try {
+    return fs.readFileSync(file, 'utf8')
   } catch {
     return null
   }
+}
+
+/** The pid on the first line of a lock's pid file. */
+function parsePid(text: string | null): number | null {
+  if (text === null) return null
+  const pid = Number(text.split('\n', 1)[0]!.trim())
+  return Number.isInteger(pid) && pid > 0 ? pid : null
 }
 
 function isAlive(pid: number): boolean {

@@ -5,7 +5,7 @@
  */
 import pg from 'pg'
 import { tildify } from '../config/paths.js'
-import { redactUrl } from '../config/redact.js'
+import { redactUrl, urlUserinfo } from '../config/redact.js'
 import { embeddedDataDir, type Settings } from '../config/settings.js'
 import { OperationError, UsageError } from '../errors.js'
 import { type EmbeddedServer, startEmbedded } from './embedded.js'
@@ -17,6 +17,8 @@ export interface Database {
   kind: 'server' | 'embedded'
   /** What to show the user: a redacted URL or the embedded data directory. */
   label: string
+  /** For connections of our own (worker threads); null for the embedded database. Never print it. */
+  connectionString: string | null
   pool: pg.Pool
   timeoutMs: number
   /** The server's major version, e.g. 15 or 18. */
@@ -106,6 +108,8 @@ function sessionTimeouts(timeoutMs: number) {
 
 export async function openServer(url: string, source: string, options: OpenOptions): Promise<Database> {
   const target = parseTarget(url, source)
+  // From here on, the URL with its userinfo encoded: pg reads it the way we do.
+  url = target.url
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max ?? 4,
@@ -128,6 +132,7 @@ export async function openServer(url: string, source: string, options: OpenOptio
   return {
     kind: 'server',
     label: redactUrl(url),
+    connectionString: url,
     pool,
     timeoutMs: options.timeoutMs,
     serverMajor,
@@ -150,11 +155,19 @@ export async function openServer(url: string, source: string, options: OpenOptio
 async function openEmbedded(dataDir: string, label: string, options: OpenOptions): Promise<Database> {
   const server: EmbeddedServer = await startEmbedded(dataDir, options.timeoutMs)
   if (server.created) options.onNotice?.(`Created the embedded database in ${label}.`)
+  // Every connection field is given, so that the PG* variables meant for a real server
+  // (PGSSLMODE=require, PGUSER, PGDATABASE, PGPASSWORD, ...) cannot change how we reach our own
+  // socket. pg reads the environment for any field that is missing or empty: hence the password
+  // as a function, and ssl: false rather than leaving it out.
   const pool = new pg.Pool({
     host: server.socketDir,
     port: server.port,
     user: 'postgres',
     database: 'postgres',
+    password: () => '',
+    ssl: false,
+    // PGSSLNEGOTIATION=direct would demand TLS (not typed in @types/pg 8.15).
+    ...({ sslnegotiation: 'postgres' } as pg.PoolConfig),
     // PGlite is one backend session: a second connection would share the first one's transaction.
     max: 1,
     ...sessionTimeouts(options.timeoutMs),
@@ -174,6 +187,7 @@ async function openEmbedded(dataDir: string, label: string, options: OpenOptions
   return {
     kind: 'embedded',
     label: `embedded PGlite (${label})`,
+    connectionString: null,
     pool,
     timeoutMs: options.timeoutMs,
     serverMajor,
@@ -191,12 +205,25 @@ interface Target {
   port: number
   database: string
   user: string
+  /**
+   * The URL with its user and password percent-encoded, which is what pg is given: pg's parser
+   * splits the userinfo at the first '@', so an unencoded '@', '/' or ':' in a password would
+   * send it to the wrong host.
+   */
+  url: string
 }
 
+/**
+ * Where a database URL points, read so that no part of the password can end up in a message:
+ * the userinfo ends at the *last* '@' (urlUserinfo), and only what follows it is parsed as
+ * host, port and database.
+ */
 function parseTarget(url: string, source: string): Target {
+  const info = urlUserinfo(url)
   let parsed: URL
   try {
-    parsed = new URL(url)
+    // Without the userinfo: the URL parser never sees the password.
+    parsed = new URL(info ? `${info.prefix}${info.rest.slice(1)}` : url)
   } catch {
     throw new UsageError(`The database URL from ${source} is not a valid URL: ${redactUrl(url)}.`, {
       hint: 'Expected postgres://user:password@host:5432/database.',
@@ -207,11 +234,27 @@ function parseTarget(url: string, source: string): Target {
       `The database URL from ${source} must start with postgres:// or postgresql://; got ${parsed.protocol}//.`,
     )
   }
+  const decode = (text: string, what: string): string => {
+    try {
+      return decodeURIComponent(text)
+    } catch {
+      throw new UsageError(
+        `The ${what} in the database URL from ${source} has a '%' that is not a valid %XX escape.`,
+        { hint: "Percent-encode special characters in it; a literal '%' is %25." },
+      )
+    }
+  }
+  const user = info ? decode(info.user, 'user name') : ''
+  const password = info && info.password !== null ? decode(info.password, 'password') : null
+  const database = decode(parsed.pathname.replace(/^\//, ''), 'database name')
   return {
     host: parsed.hostname || parsed.searchParams.get('host') || 'localhost',
     port: Number(parsed.port || 5432),
-    database: decodeURIComponent(parsed.pathname.replace(/^\//, '')) || 'postgres',
-    user: decodeURIComponent(parsed.username) || 'postgres',
+    database: database || 'postgres',
+    user: user || 'postgres',
+    url: info
+      ? `${info.prefix}${encodeURIComponent(user)}${password === null ? '' : `:${encodeURIComponent(password)}`}${info.rest}`
+      : url,
   }
 }
 

@@ -21,9 +21,10 @@ export interface MigrationFile {
   upSql: string
   downSql: string | null
   checksum: string
-  /** First line is `-- shieldx:no-transaction` (e.g. CREATE INDEX CONCURRENTLY). */
-  transactional: boolean
 }
+
+/** Longest NAME `migrate create` accepts: NNNN_ + name + .down.sql must fit a 255-byte file name. */
+export const MAX_NAME_LENGTH = 100
 
 const FILE = /^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$/
 
@@ -40,8 +41,36 @@ export function isTransactional(sql: string): boolean {
   return first !== NO_TRANSACTION_MARKER
 }
 
-/** Every migration of a schema, in version order. Malformed or duplicate files are a UsageError. */
+/**
+ * The migrations root must exist: a mistyped SHIELDX_MIGRATIONS_DIR would otherwise look like
+ * "no migrations", and `migrate up` would report success. A schema folder missing inside an
+ * existing root is fine: that schema has no migrations yet.
+ */
+function assertRoot(root: string): void {
+  let stat: fs.Stats
+  try {
+    stat = fs.statSync(root)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    throw new UsageError(`The migrations directory ${root} does not exist.`, {
+      code: 'MIGRATIONS_DIR_MISSING',
+      hint: 'Point SHIELDX_MIGRATIONS_DIR at the folder holding credits/ and shadow/, or unset it.',
+    })
+  }
+  if (!stat.isDirectory()) {
+    throw new UsageError(`The migrations directory ${root} is not a directory.`, {
+      code: 'MIGRATIONS_DIR_MISSING',
+      hint: 'Point SHIELDX_MIGRATIONS_DIR at the folder holding credits/ and shadow/, or unset it.',
+    })
+  }
+}
+
+/**
+ * Every migration of a schema, in version order. A missing root, malformed or duplicate files are
+ * a UsageError.
+ */
 export function discoverMigrations(root: string, schema: SchemaName): MigrationFile[] {
+  assertRoot(root)
   const dir = path.join(root, schema)
   let names: string[]
   try {
@@ -86,7 +115,6 @@ export function discoverMigrations(root: string, schema: SchemaName): MigrationF
       upSql,
       downSql,
       checksum: checksum(upSql),
-      transactional: isTransactional(upSql),
     })
   }
   return out
@@ -109,6 +137,12 @@ export function createMigrationFiles(
   if (!/^[a-z0-9_]+$/.test(name)) {
     throw new UsageError(
       `NAME must be lowercase letters, digits and underscores (e.g. add_invoice_index); got '${name}'.`,
+    )
+  }
+  // File names are limited to 255 bytes; a name this long is a mistake anyway.
+  if (name.length > MAX_NAME_LENGTH) {
+    throw new UsageError(
+      `NAME must be at most ${MAX_NAME_LENGTH} characters; got ${name.length} ('${name.slice(0, 20)}...').`,
     )
   }
   const existing = discoverMigrations(root, schema)

@@ -8,8 +8,16 @@ import type pg from 'pg'
 import { LOCKS, withAdvisoryLock } from '../db/lock.js'
 import { describeSqlError, isConnectionError, isTimeout, toTimeoutError } from '../db/pg-errors.js'
 import type { Database } from '../db/pool.js'
-import { IntegrityError, OperationError, SafetyError, TimeoutError, UsageError } from '../errors.js'
 import {
+  ConflictError,
+  IntegrityError,
+  OperationError,
+  SafetyError,
+  TimeoutError,
+  UsageError,
+} from '../errors.js'
+import {
+  checksum,
   discoverMigrations,
   fileLabel,
   isTransactional,
@@ -80,6 +88,12 @@ export interface UpOptions extends RunOptions {
 export interface DownOptions extends RunOptions {
   steps?: number
   to?: number
+  /**
+   * The steps the user confirmed (from a dry run). Under the lock, if what would be reverted now
+   * differs (another runner applied or reverted something in between), nothing is reverted and a
+   * ConflictError is thrown.
+   */
+  expect?: Array<{ schema: SchemaName; version: number }>
 }
 
 export interface RunResult {
@@ -168,33 +182,29 @@ export async function migrateUp(targets: SchemaTarget[], options: UpOptions): Pr
   if (options.to !== undefined && (!Number.isInteger(options.to) || options.to < 0)) {
     throw new UsageError(`--to must be a migration version (a whole number, 0 or more); got '${options.to}'.`)
   }
-  return runLocked(targets, options, async (client, target, files, status) => {
-    const pending = files.filter(
-      (f) =>
-        status.pending.some((p) => p.version === f.version) &&
-        (options.to === undefined || f.version <= options.to),
-    )
-    // A pending version below the current one means migrations were merged out of order.
-    const behind = pending.find((f) => f.version < status.current)
-    if (behind) {
-      throw new SafetyError(
-        `Migration ${fileLabel(behind)} is older than the applied ${target.schema} version ${pad(status.current)} but was never applied.`,
-        { code: 'OUT_OF_ORDER', hint: 'Renumber it after the newest applied migration.' },
+  return runLocked(targets, options, {
+    plan: (target, files, status) => {
+      const pending = files.filter(
+        (f) =>
+          status.pending.some((p) => p.version === f.version) &&
+          (options.to === undefined || f.version <= options.to),
       )
-    }
-    const steps = pending.map((f) => step(f, 'up'))
-    if (steps.length === 0) {
-      options.onEvent?.({ type: 'nothing', schema: target.schema, current: status.current })
-      return []
-    }
-    if (options.dryRun) return steps.map((s) => ({ ...s, ms: null }))
-    await options.beforeApply?.(target, steps)
-    const done: Array<PlannedStep & { ms: number }> = []
-    for (const [i, s] of steps.entries()) {
-      const ms = await applyStep(client, s, pending[i]!.checksum, options)
-      done.push({ ...s, ms })
-    }
-    return done
+      // A pending version below the current one means migrations were merged out of order.
+      const behind = pending.find((f) => f.version < status.current)
+      if (behind) {
+        throw new SafetyError(
+          `Migration ${fileLabel(behind)} is older than the applied ${target.schema} version ${pad(status.current)} but was never applied.`,
+          { code: 'OUT_OF_ORDER', hint: 'Renumber it after the newest applied migration.' },
+        )
+      }
+      return pending.map((f) => step(f, 'up'))
+    },
+    apply: async (client, target, steps) => {
+      await options.beforeApply?.(target, steps)
+      const done: Array<PlannedStep & { ms: number }> = []
+      for (const s of steps) done.push({ ...s, ms: await applyStep(client, s, options) })
+      return done
+    },
   })
 }
 
@@ -211,36 +221,52 @@ export async function migrateDown(targets: SchemaTarget[], options: DownOptions)
   if (options.to !== undefined && (!Number.isInteger(options.to) || options.to < 0)) {
     throw new UsageError(`--to must be a migration version (a whole number, 0 or more); got '${options.to}'.`)
   }
-  return runLocked(targets, options, async (client, target, files, status) => {
-    const applied = [...status.applied].reverse()
-    const chosen =
-      options.to !== undefined
-        ? applied.filter((a) => a.version > options.to!)
-        : applied.slice(0, options.steps ?? 1)
-    if (chosen.length === 0) {
-      options.onEvent?.({ type: 'nothing', schema: target.schema, current: status.current })
-      return []
-    }
-    const steps = chosen.map((a) => {
-      const file = files.find((f) => f.version === a.version)!
-      if (file.downSql === null) {
-        throw new SafetyError(`Migration ${fileLabel(file)} has no down file, so it cannot be reverted.`, {
-          code: 'NO_DOWN_FILE',
-        })
-      }
-      return step(file, 'down')
-    })
-    if (options.dryRun) return steps.map((s) => ({ ...s, ms: null }))
-    const done: Array<PlannedStep & { ms: number }> = []
-    for (const s of steps) done.push({ ...s, ms: await applyStep(client, s, null, options) })
-    return done
+  return runLocked(targets, options, {
+    plan: (_target, files, status) => {
+      const applied = [...status.applied].reverse()
+      const chosen =
+        options.to !== undefined
+          ? applied.filter((a) => a.version > options.to!)
+          : applied.slice(0, options.steps ?? 1)
+      return chosen.map((a) => {
+        const file = files.find((f) => f.version === a.version)!
+        if (file.downSql === null) {
+          throw new SafetyError(`Migration ${fileLabel(file)} has no down file, so it cannot be reverted.`, {
+            code: 'NO_DOWN_FILE',
+          })
+        }
+        return step(file, 'down')
+      })
+    },
+    check: options.expect && ((planned) => assertAsConfirmed(planned, options.expect!)),
+    apply: async (client, _target, steps) => {
+      const done: Array<PlannedStep & { ms: number }> = []
+      for (const s of steps) done.push({ ...s, ms: await applyStep(client, s, options) })
+      return done
+    },
   })
 }
 
-/** What migrate down would do, without the lock: for the confirmation prompt. */
-export async function planDown(targets: SchemaTarget[], options: DownOptions): Promise<PlannedStep[]> {
-  const result = await migrateDown(targets, { ...options, dryRun: true })
-  return result.steps
+/**
+ * The plan the user confirmed must still be the plan under the lock: otherwise another runner
+ * changed the applied migrations in between, and we would revert something nobody was shown.
+ */
+function assertAsConfirmed(
+  planned: PlannedStep[],
+  expected: ReadonlyArray<{ schema: SchemaName; version: number }>,
+): void {
+  const key = (s: { schema: string; version: number }) => `${s.schema}/${pad(s.version)}`
+  const now = planned.map(key)
+  const then = expected.map(key)
+  if (now.length !== then.length || now.some((k, i) => k !== then[i])) {
+    throw new ConflictError(
+      'The applied migrations changed since you confirmed; nothing was reverted. Run again to see the new plan.',
+      {
+        code: 'PLAN_CHANGED',
+        data: { confirmed: then, now },
+      },
+    )
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,57 +285,89 @@ function step(f: MigrationFile, direction: 'up' | 'down'): PlannedStep {
   }
 }
 
-type SchemaWork = (
-  client: pg.PoolClient,
-  target: SchemaTarget,
-  files: MigrationFile[],
-  status: SchemaStatus,
-) => Promise<Array<PlannedStep & { ms: number | null }>>
+interface SchemaWork {
+  /** What would run on this schema, decided under the lock. */
+  plan(target: SchemaTarget, files: MigrationFile[], status: SchemaStatus): PlannedStep[]
+  /** Sees every schema's plan before anything runs; throws to stop the run. */
+  check?: ((planned: PlannedStep[]) => void) | undefined
+  /** Runs a non-empty plan (never on a dry run). */
+  apply(
+    client: pg.PoolClient,
+    target: SchemaTarget,
+    steps: PlannedStep[],
+  ): Promise<Array<PlannedStep & { ms: number }>>
+}
 
 /**
- * Per database: one client, the migration lock, then each schema's work. A dry run takes the
- * lock too, so its plan is not racing a runner that is applying right now.
+ * One client per database and the migration lock on each of them (taken in a fixed order, so two
+ * runners cannot hold one each), then: plan every schema, check the plans, apply them. Planning
+ * everything before applying anything means a refusal (a changed plan, a missing down file)
+ * leaves every schema as it was. A dry run takes the locks too, so its plan is not racing a runner
+ * that is applying right now.
  */
 async function runLocked(targets: SchemaTarget[], options: RunOptions, work: SchemaWork): Promise<RunResult> {
   // Read every file first: a misnamed file is a usage error before anything is touched.
   const filesBySchema = new Map(
     targets.map((t) => [t.schema, discoverMigrations(options.migrationsDir, t.schema)]),
   )
-  const byDb = new Map<Database, SchemaTarget[]>()
-  for (const t of targets) byDb.set(t.db, [...(byDb.get(t.db) ?? []), t])
-
-  const steps: RunResult['steps'] = []
-  for (const [db, dbTargets] of byDb) {
-    const client = await db.pool.connect()
-    let failed: unknown
-    try {
-      await withAdvisoryLock(
-        client,
-        LOCKS.migrations,
-        {
-          timeoutMs: options.timeoutMs,
-          name: 'migrations',
-          onWait: () => options.onEvent?.({ type: 'lock-wait', database: db.label }),
-        },
-        async () => {
-          for (const target of dbTargets) {
-            const files = filesBySchema.get(target.schema)!
-            if (!options.dryRun) await bootstrap(client, target.schema)
-            const status = buildStatus(target, files, await readApplied(client, target.schema))
-            assertConsistent(status, files)
-            steps.push(...(await work(client, target, files, status)))
-          }
-        },
-      )
-    } catch (err) {
-      failed = err
-      throw err
-    } finally {
-      // A client whose connection failed must not go back to the pool.
+  const dbs = [...new Set(targets.map((t) => t.db))]
+  const clients = new Map<Database, pg.PoolClient>()
+  let failed: unknown
+  try {
+    for (const db of dbs) clients.set(db, await db.pool.connect())
+    const lockOrder = [...dbs].sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0))
+    return await withLocks(lockOrder, clients, options, async () => {
+      const plans: Array<{ target: SchemaTarget; status: SchemaStatus; steps: PlannedStep[] }> = []
+      for (const target of targets) {
+        const client = clients.get(target.db)!
+        const files = filesBySchema.get(target.schema)!
+        if (!options.dryRun) await bootstrap(client, target.schema)
+        const status = buildStatus(target, files, await readApplied(client, target.schema))
+        assertConsistent(status, files)
+        plans.push({ target, status, steps: work.plan(target, files, status) })
+      }
+      work.check?.(plans.flatMap((p) => p.steps))
+      const steps: RunResult['steps'] = []
+      for (const { target, status, steps: planned } of plans) {
+        if (planned.length === 0) {
+          options.onEvent?.({ type: 'nothing', schema: target.schema, current: status.current })
+        } else if (options.dryRun) {
+          steps.push(...planned.map((s) => ({ ...s, ms: null })))
+        } else {
+          steps.push(...(await work.apply(clients.get(target.db)!, target, planned)))
+        }
+      }
+      return { steps, dryRun: options.dryRun === true }
+    })
+  } catch (err) {
+    failed = err
+    throw err
+  } finally {
+    // A client whose connection failed must not go back to the pool.
+    for (const client of clients.values()) {
       client.release(isConnectionError(failed) ? (failed as Error) : undefined)
     }
   }
-  return { steps, dryRun: options.dryRun === true }
+}
+
+function withLocks<T>(
+  dbs: Database[],
+  clients: Map<Database, pg.PoolClient>,
+  options: RunOptions,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const [db, ...rest] = dbs
+  if (!db) return fn()
+  return withAdvisoryLock(
+    clients.get(db)!,
+    LOCKS.migrations,
+    {
+      timeoutMs: options.timeoutMs,
+      name: 'migrations',
+      onWait: () => options.onEvent?.({ type: 'lock-wait', database: db.label }),
+    },
+    () => withLocks(rest, clients, options, fn),
+  )
 }
 
 async function bootstrap(client: pg.ClientBase, schema: SchemaName): Promise<void> {
@@ -325,12 +383,7 @@ async function bootstrap(client: pg.ClientBase, schema: SchemaName): Promise<voi
   )
 }
 
-async function applyStep(
-  client: pg.ClientBase,
-  s: PlannedStep,
-  upChecksum: string | null,
-  options: RunOptions,
-): Promise<number> {
+async function applyStep(client: pg.ClientBase, s: PlannedStep, options: RunOptions): Promise<number> {
   options.onEvent?.({ type: 'start', step: s })
   const started = performance.now()
   const record = async () => {
@@ -338,7 +391,7 @@ async function applyStep(
     if (s.direction === 'up') {
       await client.query(
         `insert into ${s.schema}.${TABLE} (version, name, checksum, execution_ms) values ($1, $2, $3, $4)`,
-        [s.version, s.name, upChecksum, ms],
+        [s.version, s.name, checksum(s.sql), ms],
       )
     } else {
       await client.query(`delete from ${s.schema}.${TABLE} where version = $1`, [s.version])
