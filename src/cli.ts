@@ -64,22 +64,22 @@ export async function run(argv: string[], io: Io, options: RunOptions = {}): Pro
   })
 
   try {
-    await raceAbort(program.parseAsync(argv, { from: 'user' }), signal)
+    if (signal.aborted) throw new InterruptedError()
+    // On Ctrl-C the command is not abandoned: its running statements are cancelled (Context) and
+    // it stops at its next check, so nothing is left half-done and no result is printed after.
+    // A second Ctrl-C exits at once (bin/).
+    await program.parseAsync(argv, { from: 'user' })
+    if (signal.aborted) throw new InterruptedError()
     return ctx?.exitCode ?? EXIT.ok
   } catch (err) {
-    return handleError(err, ctx?.out ?? fallbackOut(), secretValues(io.env, argv))
+    const cause = signal.aborted
+      ? new InterruptedError('Interrupted; stopped and cleaned up.', { cause: err })
+      : err
+    const secrets = [...secretValues(io.env, argv), ...(ctx?.secretValues() ?? [])]
+    return handleError(cause, ctx?.out ?? fallbackOut(), secrets)
   } finally {
     await ctx?.cleanup()
   }
-}
-
-function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(new InterruptedError())
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new InterruptedError('Interrupted; stopped and cleaned up.'))
-    signal.addEventListener('abort', onAbort, { once: true })
-    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-  })
 }
 
 export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<Context>): Command {

@@ -3,6 +3,7 @@
  * settings, and a place to register cleanup (pools, the embedded server) that the CLI runs
  * however the command ends.
  */
+import { urlUserinfo } from './core/config/redact.js'
 import { type CommandFlags, resolveSettings, type Settings } from './core/config/settings.js'
 import type { Databases } from './core/db/pool.js'
 import type { Io } from './ui/io.js'
@@ -40,6 +41,8 @@ export class Context {
       json: globals.json === true,
       color: globals.color !== false,
       verbose: globals.verbose === true,
+      // After Ctrl-C, results are not printed: the run ends as interrupted.
+      silenced: () => signal.aborted,
     })
   }
 
@@ -82,6 +85,16 @@ export class Context {
     this.onCleanup(() => dbs.close())
     this.signal.addEventListener('abort', () => void dbs.cancelActive().catch(() => {}), { once: true })
     return dbs
+  }
+
+  /** Passwords in the resolved database and Redis URLs (a profile's too): scrubbed from errors. */
+  secretValues(): string[] {
+    if (!this.cached) return []
+    const urls = [this.cached.creditsDb.value, this.cached.shadowDb.value, this.cached.redis.value]
+    return urls.flatMap((u) => {
+      const password = u ? urlUserinfo(u)?.password : null
+      return password ? [password] : []
+    })
   }
 
   onCleanup(fn: () => Promise<void>): void {

@@ -375,6 +375,48 @@ describe('the migration lock', () => {
 })
 
 describe('interruption', () => {
+  it('Ctrl-C while waiting for the lock stops the run: nothing is applied later, exit 130, one JSON document', async () => {
+    const holder = new pg.Client({ connectionString: db.url })
+    await holder.connect()
+    await holder.query('select pg_advisory_lock($1, $2)', [LOCK_CLASS, LOCKS.migrations])
+    try {
+      const child = execa(
+        process.execPath,
+        [BIN, '--json', '--timeout', '20s', 'migrate', 'up', '--no-backup'],
+        {
+          env: env(),
+          extendEnv: false,
+          reject: false,
+        },
+      )
+      let stderr = ''
+      child.stderr!.on('data', (d) => {
+        stderr += d
+      })
+      const deadline = Date.now() + 15_000
+      while (!stderr.includes('migration.lock_wait') && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      const sent = Date.now()
+      child.kill('SIGINT')
+      const r = await child
+      expect(r.exitCode).toBe(130)
+      expect(Date.now() - sent).toBeLessThan(5000) // it stopped waiting; it did not sit out the 20s
+      const docs = String(r.stdout)
+        .trim()
+        .split(/\n(?=\{)/)
+      expect(docs).toHaveLength(1)
+      expect(JSON.parse(docs[0]!)).toMatchObject({
+        ok: false,
+        error: { code: 'INTERRUPTED', exit_code: 130 },
+      })
+    } finally {
+      await holder.end()
+    }
+    await new Promise((r) => setTimeout(r, 300))
+    expect(await tableExists('credits.schema_migrations')).toBe(false)
+  })
+
   it('Ctrl-C during a migration exits 130, rolls it back and releases the lock', async () => {
     write(
       'credits',

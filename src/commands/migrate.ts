@@ -91,6 +91,7 @@ export async function up(
   const dbs = await ctx.databases(settings)
   const result = await migrateUp(targets(dbs, opts.schema), {
     migrationsDir: settings.migrationsDir.value,
+    signal: ctx.signal,
     timeoutMs: settings.timeoutMs.value,
     to: opts.to,
     dryRun: opts.dryRun,
@@ -125,6 +126,7 @@ export async function down(
   const dbs = await ctx.databases(settings)
   const base = {
     migrationsDir: settings.migrationsDir.value,
+    signal: ctx.signal,
     timeoutMs: settings.timeoutMs.value,
     steps: opts.steps,
     to: opts.to,

@@ -9,6 +9,8 @@ export interface OutputOptions {
   json: boolean
   color: boolean
   verbose: boolean
+  /** When true, results are no longer printed (the run was interrupted). */
+  silenced?: () => boolean
 }
 
 export function colorEnabled(stream: OutStream, env: NodeJS.ProcessEnv, flag: boolean): boolean {
@@ -25,6 +27,7 @@ export type Style = keyof typeof CODES
 export class Output {
   readonly json: boolean
   readonly verbose: boolean
+  private readonly silenced: () => boolean
   private readonly colorOut: boolean
   private readonly colorErr: boolean
 
@@ -34,6 +37,7 @@ export class Output {
   ) {
     this.json = options.json
     this.verbose = options.verbose
+    this.silenced = options.silenced ?? (() => false)
     this.colorOut = colorEnabled(io.stdout, io.env, options.color)
     this.colorErr = colorEnabled(io.stderr, io.env, options.color)
   }
@@ -55,16 +59,18 @@ export class Output {
 
   /** A line of the result, for people. Suppressed under --json, where the document is the result. */
   result(line = ''): void {
-    if (!this.json) this.io.stdout.write(line + '\n')
+    if (!this.json && !this.silenced()) this.io.stdout.write(line + '\n')
   }
 
   /** The one JSON document of a --json run. */
   document(doc: unknown): void {
+    if (this.silenced() && !isErrorDocument(doc)) return
     this.io.stdout.write(JSON.stringify(doc, jsonReplacer, 2) + '\n')
   }
 
   /** One JSON line on stdout, for streaming results (--json on a stream). */
   jsonLine(doc: unknown): void {
+    if (this.silenced()) return
     this.io.stdout.write(JSON.stringify(doc, jsonReplacer) + '\n')
   }
 
@@ -94,6 +100,10 @@ export class Output {
       JSON.stringify({ ts: new Date().toISOString(), event, ...fields }, jsonReplacer) + '\n',
     )
   }
+}
+
+function isErrorDocument(doc: unknown): boolean {
+  return typeof doc === 'object' && doc !== null && (doc as { ok?: unknown }).ok === false
 }
 
 function paint(style: Style, text: string): string {

@@ -5,7 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
-import { ConflictError } from '../errors.js'
+import { ConflictError, InterruptedError } from '../errors.js'
 
 /** The two-int key space shieldx uses: classid 0x73686c78 ('shlx'). */
 export const LOCK_CLASS = 0x73686c78
@@ -22,6 +22,8 @@ export interface LockOptions {
   pollMs?: number
   /** Called once when the lock is found held, so the CLI can say it is waiting. */
   onWait?: () => void
+  /** Ctrl-C: stop waiting. */
+  signal?: AbortSignal
 }
 
 export async function withAdvisoryLock<T>(
@@ -38,6 +40,7 @@ export async function withAdvisoryLock<T>(
       objid,
     ])
     if (rows[0]!.ok) break
+    if (options.signal?.aborted) throw new InterruptedError()
     if (!told) {
       options.onWait?.()
       told = true

@@ -15,6 +15,7 @@ import {
   SafetyError,
   TimeoutError,
   UsageError,
+  InterruptedError,
 } from '../errors.js'
 import {
   checksum,
@@ -79,6 +80,8 @@ export interface RunOptions {
    * applied. The backup issue fills this in for servers (pre-migration backup).
    */
   beforeApply?: (target: SchemaTarget, steps: PlannedStep[]) => Promise<void>
+  /** Ctrl-C: stop waiting for the lock, and stop between migrations (never inside one). */
+  signal?: AbortSignal
 }
 
 export interface UpOptions extends RunOptions {
@@ -365,6 +368,7 @@ function withLocks<T>(
       timeoutMs: options.timeoutMs,
       name: 'migrations',
       onWait: () => options.onEvent?.({ type: 'lock-wait', database: db.label }),
+      ...(options.signal ? { signal: options.signal } : {}),
     },
     () => withLocks(rest, clients, options, fn),
   )
@@ -384,6 +388,7 @@ async function bootstrap(client: pg.ClientBase, schema: SchemaName): Promise<voi
 }
 
 async function applyStep(client: pg.ClientBase, s: PlannedStep, options: RunOptions): Promise<number> {
+  if (options.signal?.aborted) throw new InterruptedError()
   options.onEvent?.({ type: 'start', step: s })
   const started = performance.now()
   const record = async () => {
