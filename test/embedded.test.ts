@@ -56,17 +56,37 @@ describe('shieldx demo on an empty home', () => {
     expect(first.stderr).toContain('step.done') // JSON progress lines without a TTY
     expect(fs.existsSync(path.join(demoHome, 'data', 'PG_VERSION'))).toBe(true)
     expect(fs.existsSync(path.join(demoHome, 'data.lock'))).toBe(false) // lock released
+    // The ledger steps: a retry replays instead of charging twice, an overdraft is refused.
+    expect(first.stdout).toMatch(
+      /Ledger: demo-\w+ topped up 1000, consumed 250 \(balance 750\); the retry replayed/,
+    )
+    expect(first.stdout).toContain('an overdraft of 5000 was refused')
+    expect(first.stdout).toContain('Audit chain: intact, 2 row(s) across 1 tenant(s).')
+    // Keys are generated once, mode 0600, and the CLI says so.
+    expect(first.stderr).toContain('Generated a new audit HMAC key')
+    expect(fs.statSync(path.join(demoHome, 'keys', 'audit_hmac.key')).mode & 0o777).toBe(0o600)
   })
 
   it('runs again on the same home, finding nothing to apply; --json is one document', async () => {
     const again = await spawnCli(['--json', 'demo'], { env: cleanEnv({ SHIELDX_HOME: home }) })
     expect(again.code, again.stderr).toBe(0)
     const doc = JSON.parse(again.stdout)
-    expect(doc).toEqual({
+    expect(doc).toMatchObject({
       database: path.join(demoHome, 'data'),
       migrations_applied: [],
       schema_versions: shippedVersions,
+      ledger: {
+        topup: { amount: 1000, balance: 1000, replayed: false },
+        consume: { amount: 250, balance: 750, replayed: false },
+        replay: { amount: 250, balance: 750, replayed: true },
+        overdraft_refused: true,
+        // A second run: its own tenant, plus the first run's chain, both intact.
+        chain: { ok: true, tenants_checked: 2, rows_checked: 4 },
+        negative_balances: 0,
+      },
     })
+    expect(doc.ledger.replay.transaction_id).toBe(doc.ledger.consume.transaction_id)
+    expect(again.stderr).not.toContain('Generated a new audit HMAC key') // the key is kept
   })
 
   it('runs with a broken config.yaml in the home: the demo does not read profiles', async () => {
@@ -116,7 +136,7 @@ describe('the embedded default', () => {
       ).rejects.toThrow(/credit_accounts_balance_nonnegative/)
       await expect(db.pool.query('truncate credits.audit_logs')).rejects.toThrow(/append-only: TRUNCATE/)
       // The single connection is still usable after those errors.
-      const { rows } = await db.pool.query<{ n: string }>('select count(*) as n from credits.credit_accounts')
+      const { rows } = await db.pool.query<{ n: string }>("select count(*) as n from credits.credit_accounts where tenant_id = 'neg'")
       expect(rows[0]!.n).toBe('0')
     } finally {
       await db.close()

@@ -5,6 +5,11 @@ import { defaultHome, tildify } from '../core/config/paths.js'
 import { embeddedDataDir, resolveSettings, type Settings } from '../core/config/settings.js'
 import type { Databases } from '../core/db/pool.js'
 import { migrateUp, migrationStatus, type SchemaTarget } from '../core/migrations/runner.js'
+import { verifyChain, type VerifyResult } from '../core/audit/verify.js'
+import { IntegrityError, OperationError } from '../core/errors.js'
+import { type Ledger, openLedger } from '../core/ledger/ledger.js'
+import { applyOperation, type LedgerRequest, type LedgerResult } from '../core/ledger/operations.js'
+import { type LedgerHealth, ledgerHealth } from '../core/ledger/queries.js'
 import { runSteps } from '../ui/tasks.js'
 
 /** Settings the demo may not take from the environment: it never touches a real database or cache. */
@@ -27,8 +32,16 @@ const IGNORED_ENV = [
 interface DemoState {
   settings: Settings
   dbs?: Databases
+  ledger?: Ledger
   applied: string[]
   versions: Record<string, number>
+  tenant: string
+  topup?: LedgerResult
+  consume?: LedgerResult
+  replay?: LedgerResult
+  refusal?: string
+  chain?: VerifyResult
+  health?: LedgerHealth
 }
 
 function userHome(ctx: Context): string {
@@ -52,7 +65,12 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
   for (const name of IGNORED_ENV) delete env[name]
   const settings = resolveSettings({ env, flags: { home: demoHome, timeout: ctx.globals.timeout } })
   const where = tildify(embeddedDataDir(demoHome), ctx.io.env)
-  const state: DemoState = { settings, applied: [], versions: {} }
+  // A new tenant each run, so the figures printed are this run's own.
+  const tenant = `demo-${Date.now().toString(36)}`
+  const state: DemoState = { settings, applied: [], versions: {}, tenant }
+  const consumeKey = `demo-consume-${tenant}`
+  const write = (s: DemoState, req: LedgerRequest, key: string) =>
+    applyOperation(s.ledger!.db.pool, req, key, s.ledger!.keys, { timeoutMs: s.ledger!.db.timeoutMs })
   const targets = (dbs: Databases): SchemaTarget[] => [
     { schema: 'credits', db: dbs.credits },
     { schema: 'shadow', db: dbs.shadow },
@@ -88,10 +106,96 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
         return statuses.map((st) => `${st.schema} at ${st.current}`).join(', ')
       },
     },
+    {
+      title: `Top up tenant ${tenant} with 1000 credits`,
+      run: async (s) => {
+        s.ledger = await openLedger(s.settings, s.dbs!.credits, {
+          cache: false,
+          notice: (m) => ctx.out.info(m),
+        })
+        s.topup = await write(
+          s,
+          { kind: 'topup', tenantId: tenant, amount: 1000, description: 'demo' },
+          `demo-topup-${tenant}`,
+        )
+        return `balance ${s.topup.balance}`
+      },
+    },
+    {
+      title: 'Consume 250 credits (idempotency key demo-consume-...)',
+      run: async (s) => {
+        s.consume = await write(
+          s,
+          { kind: 'consume', tenantId: tenant, amount: 250, description: 'demo scan' },
+          consumeKey,
+        )
+        return `balance ${s.consume.balance}`
+      },
+    },
+    {
+      title: 'Send the same consume again, as a client retrying after a timeout would',
+      run: async (s) => {
+        s.replay = await write(
+          s,
+          { kind: 'consume', tenantId: tenant, amount: 250, description: 'demo scan' },
+          consumeKey,
+        )
+        if (!s.replay.replayed || s.replay.transaction_id !== s.consume!.transaction_id) {
+          throw new OperationError('The retried consume was applied twice: the ledger is broken.')
+        }
+        return `replayed, balance still ${s.replay.balance}`
+      },
+    },
+    {
+      title: 'Try to consume more than is available',
+      run: async (s) => {
+        try {
+          await write(s, { kind: 'consume', tenantId: tenant, amount: 5000 }, `demo-overdraft-${tenant}`)
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'INSUFFICIENT_CREDITS') throw err
+          s.refusal = (err as Error).message
+          return 'refused (INSUFFICIENT_CREDITS), nothing changed'
+        }
+        throw new OperationError('An overdraft was allowed: the ledger is broken.')
+      },
+    },
+    {
+      title: 'Verify the audit hash chain',
+      run: async (s) => {
+        s.chain = await verifyChain(s.ledger!.db, s.ledger!.keys.audit, {})
+        if (!s.chain.ok) throw new IntegrityError('The audit chain of the demo database is broken.')
+        return `intact: ${s.chain.tenants_checked} tenant(s), ${s.chain.rows_checked} row(s)`
+      },
+    },
+    {
+      title: 'Check the P0 invariants',
+      run: async (s) => {
+        s.health = await ledgerHealth(s.ledger!.db.pool)
+        return `negative balances ${s.health.negative_balances}, chain errors ${s.health.last_verification?.chain_errors ?? 0}`
+      },
+    },
   ])
 
+  const ledgerDoc = {
+    tenant,
+    topup: pick(state.topup!),
+    consume: pick(state.consume!),
+    replay: pick(state.replay!),
+    overdraft_refused: state.refusal !== undefined,
+    chain: {
+      ok: state.chain!.ok,
+      tenants_checked: state.chain!.tenants_checked,
+      rows_checked: state.chain!.rows_checked,
+    },
+    negative_balances: state.health!.negative_balances,
+  }
   if (ctx.out.json) {
-    ctx.out.document({ database: where, migrations_applied: state.applied, schema_versions: state.versions })
+    ctx.out.document({
+      database: where,
+      migrations_applied: state.applied,
+      schema_versions: state.versions,
+      ledger: ledgerDoc,
+    })
     return
   }
   ctx.out.result(`Embedded database: ${where}`)
@@ -105,7 +209,18 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}`,
   )
+  ctx.out.result(
+    `Ledger: ${tenant} topped up 1000, consumed 250 (balance ${state.consume!.balance}); the retry replayed transaction ${state.replay!.transaction_id.slice(0, 8)} instead of charging twice; an overdraft of 5000 was refused.`,
+  )
+  ctx.out.result(
+    `Audit chain: intact, ${state.chain!.rows_checked} row(s) across ${state.chain!.tenants_checked} tenant(s).`,
+  )
   ctx.out.result('')
-  ctx.out.result('Next: shieldx locate   (what a command would touch, and why)')
-  ctx.out.result('      shieldx migrate status')
+  ctx.out.result(`Next: shieldx --home ${tildify(demoHome, ctx.io.env)} credits history ${tenant}`)
+  ctx.out.result(`      shieldx --home ${tildify(demoHome, ctx.io.env)} verify-chain`)
+  ctx.out.result('      shieldx locate   (what a command would touch, and why)')
+}
+
+function pick(r: LedgerResult) {
+  return { transaction_id: r.transaction_id, amount: r.amount, balance: r.balance, replayed: r.replayed }
 }
