@@ -241,8 +241,11 @@ function openInput(file: string): fs.ReadStream {
 }
 
 export async function gc(ctx: Context) {
-  const l = await ledger(ctx, { cache: false })
-  const r = await collectGarbage(l.db.pool, l.keys, l.db.timeoutMs)
+  const l = await ledger(ctx)
+  const touched = new Set<string>()
+  const r = await collectGarbage(l.db.pool, l.keys, l.db.timeoutMs, (t) => touched.add(t))
+  // Released reservations change what is available: drop those cached balances.
+  await Promise.all([...touched].map((t) => l.cache.invalidate(t)))
   if (ctx.out.json) return ctx.out.document(r)
   ctx.out.result(
     `Purged ${r.idempotency_keys_purged} expired idempotency key(s); expired ${r.reservations_expired} reservation(s), releasing ${r.credits_released} credit(s).`,

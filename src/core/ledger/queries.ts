@@ -102,7 +102,12 @@ export interface GcResult {
 }
 
 /** Purge expired idempotency keys and release overdue reservations, all on database time. */
-export async function collectGarbage(pool: pg.Pool, keys: LedgerKeys, timeoutMs: number): Promise<GcResult> {
+export async function collectGarbage(
+  pool: pg.Pool,
+  keys: LedgerKeys,
+  timeoutMs: number,
+  onReleased?: (tenantId: string) => void,
+): Promise<GcResult> {
   const purged = await pool.query('delete from credits.idempotency_keys where expires_at <= now()')
   let expired = 0
   let released = 0
@@ -120,6 +125,7 @@ export async function collectGarbage(pool: pg.Pool, keys: LedgerKeys, timeoutMs:
         if (!r.replayed) {
           expired++
           released += r.amount
+          onReleased?.(r.tenant_id)
         }
       } catch (err) {
         // Committed or cancelled between our select and its lock: nothing to release.
