@@ -309,22 +309,71 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
       ),
     )
 
-  // --- backup & restore (not built yet) ---------------------------------------------------------
+  // --- backup & restore --------------------------------------------------------------------------
   const backup = sub(program, 'backup', 'streamed, compressed, encrypted dumps with a manifest', [
     'shieldx backup create',
     'shieldx backup list',
   ])
-  for (const [name, desc, ex] of [
-    ['create', 'dump, compress and encrypt a database', 'shieldx backup create --label nightly'],
-    ['list', 'backups in the backup directory', 'shieldx backup list --json'],
-    ['verify', 'check a backup, optionally by restoring it', 'shieldx backup verify FILE --restore-test'],
-    ['prune', 'delete backups past the retention policy', 'shieldx backup prune --dry-run'],
-  ] as const) {
-    notBuilt(backup, name, desc, [ex], `backup ${name}`)
-  }
-  notBuilt(program, 'restore', 'guarded restore of a backup, then chain verification', [
-    'shieldx restore FILE --target postgres://...',
-  ])
+  const loadBackup = () => import('./commands/backup.js')
+  const dirOption = (c: Command) =>
+    c.option('--dir <dir>', 'backup directory (env BACKUP_DIR; default $SHIELDX_HOME/backups)')
+
+  dirOption(
+    sub(backup, 'create', 'dump, compress and encrypt a database, with a manifest beside it', [
+      'shieldx backup create --label nightly',
+      'shieldx backup create --db all --dir /var/backups/shieldx --json',
+    ]),
+  )
+    .addOption(
+      new Option('--db <db>', 'which database').choices(['credits', 'shadow', 'all']).default('credits'),
+    )
+    .option('--label <label>', 'a name kept in the file name and the manifest')
+    .action(action(loadBackup, (m, ctx, _a, o) => m.create(ctx, o)))
+
+  dirOption(
+    sub(backup, 'list', 'backups in the backup directory, newest first', ['shieldx backup list --json']),
+  ).action(action(loadBackup, (m, ctx, _a, o) => m.list(ctx, o)))
+
+  sub(
+    backup,
+    'verify',
+    'check a backup: manifest, checksum, every chunk, the dump; --restore-test restores it',
+    [
+      'shieldx backup verify ~/.shieldx/backups/shieldx-credits-20261122T020000Z-nightly.shxb',
+      'shieldx backup verify FILE --restore-test --json',
+    ],
+  )
+    .argument('<file>', 'the .shxb file')
+    .option(
+      '--restore-test',
+      'restore into a scratch database, compare with the manifest, verify the chain, drop it',
+    )
+    .action(action(loadBackup, (m, ctx, a, o) => m.verify(ctx, a[0] as string, o)))
+
+  dirOption(
+    sub(backup, 'prune', 'delete backups past the retention policy (asks first; --yes without a terminal)', [
+      'shieldx backup prune --dry-run',
+      'shieldx backup prune --retention-days 14 --keep-last 7 --yes',
+    ]),
+  )
+    .option('--retention-days <n>', 'keep backups younger than this (env BACKUP_RETENTION_DAYS; default 30)')
+    .option('--keep-last <n>', 'always keep this many newest per database', intArg('--keep-last'), 3)
+    .option('--dry-run', 'show what would be deleted')
+    .action(action(loadBackup, (m, ctx, _a, o) => m.prune(ctx, o)))
+
+  sub(
+    program,
+    'restore',
+    'restore a backup into a database, then check it against its manifest and verify the chain',
+    [
+      'shieldx restore ./shieldx-credits-20261122T020000Z.shxb --target postgres://ops@db-restore:5432/credits_check --create',
+    ],
+  )
+    .argument('<file>', 'the .shxb file')
+    .option('--target <url>', 'the database to restore into (required)')
+    .option('--create', 'create the target database if it does not exist')
+    .option('--force', 'restore over a non-empty target or one with other connections')
+    .action(action(loadBackup, (m, ctx, a, o) => m.restore(ctx, a[0] as string, o)))
 
   // --- shadow evaluation & rollout (not built yet) -----------------------------------------------
   notBuilt(program, 'evaluate', 'replay labelled traffic through the control and a candidate rule', [
@@ -343,9 +392,21 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
   notBuilt(program, 'deploy-canary', 'staged rollout of a rule gated on a conclusive evaluation', [
     'shieldx deploy-canary waf-sqli --version 2',
   ])
-  notBuilt(program, 'rollback', 'return a rule or the database to its previous version', [
-    'shieldx rollback --migration --yes',
-  ])
+  sub(
+    program,
+    'rollback',
+    'return the database to its newest pre-migration backup (a rule: with deploy-canary)',
+    [
+      'shieldx rollback --migration',
+      'shieldx rollback --migration --backup ~/.shieldx/backups/shieldx-credits-20261122T020000Z-pre-migrate-credits-0002.shxb --yes',
+    ],
+  )
+    .option('--migration', 'restore the newest pre-migration backup')
+    .option('--backup <file>', 'restore this backup instead')
+    .addOption(
+      new Option('--schema <schema>', 'which schema').choices(['credits', 'shadow', 'all']).default('all'),
+    )
+    .action(action(loadBackup, (m, ctx, _a, o) => m.rollbackMigration(ctx, o)))
 
   // --- diagnostics --------------------------------------------------------------------------------
   sub(

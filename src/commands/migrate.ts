@@ -96,12 +96,15 @@ export async function up(
     to: opts.to,
     dryRun: opts.dryRun,
     onEvent: reporter(ctx),
-    beforeApply: async (target) => {
-      // The hook for the pre-migration backup: the backup issue fills it in.
+    beforeApply: async (target, steps) => {
+      // Against a server, a backup before anything changes: what `rollback --migration` restores.
       if (target.db.kind !== 'server' || opts.backup === false) return
-      ctx.out.warn(
-        `no pre-migration backup of ${target.schema}: 'shieldx backup' is not built yet (pass --no-backup to accept that silently).`,
-      )
+      const { backupDatabase } = await import('./backup.js')
+      const current = Math.min(...steps.map((s) => s.version)) - 1
+      const label = `pre-migrate-${target.schema}-${pad(current)}`
+      const r = await backupDatabase(ctx, settings, target.db, target.schema, label)
+      if (!ctx.out.json) ctx.out.info(`pre-migration backup of ${target.schema}: ${r.file}`)
+      else ctx.out.log('migration.backup', { schema: target.schema, file: r.file })
     },
   })
   if (ctx.out.json) return ctx.out.document(resultDoc(result))

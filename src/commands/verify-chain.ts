@@ -3,6 +3,7 @@ import { verifyChain } from '../core/audit/verify.js'
 import { EXIT, UsageError } from '../core/errors.js'
 import { openLedger } from '../core/ledger/ledger.js'
 import * as v from '../core/ledger/validate.js'
+import { progress } from '../ui/progress.js'
 import { renderTable } from '../ui/table.js'
 
 export async function verify(
@@ -15,15 +16,15 @@ export async function verify(
   const dbs = await ctx.databases(settings)
   const l = await openLedger(settings, dbs.credits, { cache: false, notice: (m) => ctx.out.warn(m) })
 
-  const progress = progressReporter(ctx)
+  const shown = progress(ctx.out, 'verifying', 'rows')
   const result = await verifyChain(l.db, l.keys.audit, {
     ...(tenant ? { tenant } : {}),
     ...(opts.workers ? { workers: opts.workers } : {}),
     ...(opts.checkpoint ? { checkpoint: true } : {}),
     ...(opts.checkpointFile ? { checkpointFile: opts.checkpointFile } : {}),
-    onProgress: progress.add,
+    onProgress: shown.add,
   })
-  progress.done(result.rows_checked)
+  shown.done()
 
   if (!result.ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document(result)
@@ -48,32 +49,4 @@ export async function verify(
   const w = result.checkpoint?.written
   if (w) ctx.out.info(`wrote checkpoint #${w.id}${w.file ? ` and ${w.file}` : ''} (${w.tenants} tenant(s))`)
   else if (opts.checkpoint && !result.ok) ctx.out.warn('no checkpoint written: the chain is broken.')
-}
-
-/** A counter on a terminal, a JSON line every few seconds otherwise. */
-function progressReporter(ctx: Context) {
-  let rows = 0
-  const started = Date.now()
-  let last = started
-  const tty = ctx.out.interactive
-  return {
-    add: (n: number) => {
-      rows += n
-      const now = Date.now()
-      if (now - last < (tty ? 200 : 5000)) return
-      last = now
-      const rate = Math.round(rows / Math.max(0.001, (now - started) / 1000))
-      if (tty)
-        ctx.io.stderr.write(
-          `\rverifying: ${rows.toLocaleString('en-US')} rows (${rate.toLocaleString('en-US')}/s)`,
-        )
-      else ctx.out.log('verify.progress', { rows, rows_per_second: rate })
-    },
-    done: (total: number) => {
-      if (tty && last > 0)
-        ctx.io.stderr.write(
-          `\rverified ${total.toLocaleString('en-US')} rows in ${Date.now() - started} ms\n`,
-        )
-    },
-  }
 }

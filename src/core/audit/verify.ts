@@ -32,6 +32,8 @@ export interface VerifyOptions {
   /** Also check against, and with `checkpoint` write to, this file outside the database. */
   checkpointFile?: string
   onProgress?: (rows: number) => void
+  /** Record the run in credits.chain_verifications (for `status`). Default true. */
+  record?: boolean
 }
 
 export interface VerifyResult {
@@ -126,7 +128,7 @@ export async function verifyChain(
             written,
           },
   }
-  if (!options.tenant) await recordRun(db.pool, startedAt, result, checkpointId)
+  if (!options.tenant && options.record !== false) await recordRun(db.pool, startedAt, result, checkpointId)
   return result
 }
 

@@ -21,23 +21,26 @@ export interface EmbeddedServer {
   port: number
   /** True when this start ran initdb on an empty home. */
   created: boolean
+  /** The PGlite instance itself: PGlite's own pg_dump (backups) runs on it, not over the socket. */
+  pglite: import('@electric-sql/pglite').PGlite
   stop(): Promise<void>
 }
 
 const SOCKET_PORT = 5432
 
-export async function startEmbedded(dataDir: string, timeoutMs: number): Promise<EmbeddedServer> {
-  fs.mkdirSync(path.dirname(dataDir), { recursive: true, mode: 0o700 })
-  const releaseLock = await acquireDirLock(`${dataDir}.lock`, timeoutMs, dataDir)
+/** `dataDir` null: a scratch database in memory (a backup's test restore), no lock, gone on stop. */
+export async function startEmbedded(dataDir: string | null, timeoutMs: number): Promise<EmbeddedServer> {
+  if (dataDir) fs.mkdirSync(path.dirname(dataDir), { recursive: true, mode: 0o700 })
+  const releaseLock = dataDir ? await acquireDirLock(`${dataDir}.lock`, timeoutMs, dataDir) : () => {}
   try {
     // Loaded here, not at the top: PGlite's WASM is ~10 MB and most commands on a server never need it.
     const { PGlite } = await import('@electric-sql/pglite')
     const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
 
-    const created = !fs.existsSync(dataDir)
-    if (created) await initDataDir(dataDir, PGlite)
+    const created = dataDir === null || !fs.existsSync(dataDir)
+    if (dataDir && created) await initDataDir(dataDir, PGlite)
 
-    const db = await PGlite.create({ dataDir })
+    const db = dataDir ? await PGlite.create({ dataDir }) : await PGlite.create()
     const socketDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shieldx-pg-'))
     const server = new PGLiteSocketServer({
       db,
@@ -55,6 +58,7 @@ export async function startEmbedded(dataDir: string, timeoutMs: number): Promise
       socketDir,
       port: SOCKET_PORT,
       created,
+      pglite: db,
       async stop() {
         if (stopped) return
         stopped = true

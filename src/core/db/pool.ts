@@ -17,8 +17,10 @@ export interface Database {
   kind: 'server' | 'embedded'
   /** What to show the user: a redacted URL or the embedded data directory. */
   label: string
-  /** For connections of our own (worker threads); null for the embedded database. Never print it. */
+  /** For connections of our own (worker threads, pg_dump); null for the embedded database. Never print it. */
   connectionString: string | null
+  /** The embedded database's PGlite instance (its pg_dump runs on it); null for a server. */
+  pglite: import('@electric-sql/pglite').PGlite | null
   pool: pg.Pool
   timeoutMs: number
   /** The server's major version, e.g. 15 or 18. */
@@ -133,6 +135,7 @@ export async function openServer(url: string, source: string, options: OpenOptio
     kind: 'server',
     label: redactUrl(url),
     connectionString: url,
+    pglite: null,
     pool,
     timeoutMs: options.timeoutMs,
     serverMajor,
@@ -152,9 +155,14 @@ export async function openServer(url: string, source: string, options: OpenOptio
   }
 }
 
-async function openEmbedded(dataDir: string, label: string, options: OpenOptions): Promise<Database> {
+/** An empty embedded database in memory, reached like any other: a backup's test restore. */
+export function openScratchEmbedded(options: OpenOptions): Promise<Database> {
+  return openEmbedded(null, 'scratch, in memory', options)
+}
+
+async function openEmbedded(dataDir: string | null, label: string, options: OpenOptions): Promise<Database> {
   const server: EmbeddedServer = await startEmbedded(dataDir, options.timeoutMs)
-  if (server.created) options.onNotice?.(`Created the embedded database in ${label}.`)
+  if (server.created && dataDir) options.onNotice?.(`Created the embedded database in ${label}.`)
   // Every connection field is given, so that the PG* variables meant for a real server
   // (PGSSLMODE=require, PGUSER, PGDATABASE, PGPASSWORD, ...) cannot change how we reach our own
   // socket. pg reads the environment for any field that is missing or empty: hence the password
@@ -188,6 +196,7 @@ async function openEmbedded(dataDir: string, label: string, options: OpenOptions
     kind: 'embedded',
     label: `embedded PGlite (${label})`,
     connectionString: null,
+    pglite: server.pglite,
     pool,
     timeoutMs: options.timeoutMs,
     serverMajor,

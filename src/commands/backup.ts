@@ -1,0 +1,374 @@
+import path from 'node:path'
+import type { Context } from '../context.js'
+import {
+  type BackupEntry,
+  deleteBackup,
+  isPreMigration,
+  listBackups,
+  planPrune,
+} from '../core/backup/catalog.js'
+import { createBackup, type CreateResult } from '../core/backup/create.js'
+import { readManifest } from '../core/backup/manifest.js'
+import {
+  assertRestorable,
+  createTargetDatabase,
+  inspectTarget,
+  restoreBackup,
+} from '../core/backup/target.js'
+import { verifyBackup } from '../core/backup/verify.js'
+import { tildify } from '../core/config/paths.js'
+import { type Keyring, loadKeyring } from '../core/config/secrets.js'
+import type { Settings } from '../core/config/settings.js'
+import type { Database } from '../core/db/pool.js'
+import { EXIT, OperationError, UsageError } from '../core/errors.js'
+import { AUDIT_KEY_SPEC } from '../core/ledger/ledger.js'
+import type { SchemaName } from '../core/migrations/files.js'
+import { progress } from '../ui/progress.js'
+import { confirm } from '../ui/prompt.js'
+import { renderTable } from '../ui/table.js'
+
+export const BACKUP_KEY_SPEC = { envName: 'BACKUP_KEY', bytes: { exact: 32 } } as const
+
+function backupKeys(ctx: Context, settings: Settings): Keyring {
+  const loaded = loadKeyring(settings.backupKey, BACKUP_KEY_SPEC)
+  if (loaded.generatedAt)
+    ctx.out.warn(
+      `Generated a new backup key in ${loaded.generatedAt} (mode 0600): keep a copy away from the backups.`,
+    )
+  return loaded.keyring
+}
+
+function auditKeys(settings: Settings): Keyring | null {
+  try {
+    return loadKeyring(settings.auditHmacKey, AUDIT_KEY_SPEC).keyring
+  } catch {
+    return null
+  }
+}
+
+/** Used by `backup create` and by migrate up's pre-migration hook. */
+export async function backupDatabase(
+  ctx: Context,
+  settings: Settings,
+  db: Database,
+  schema: SchemaName,
+  label: string | null,
+): Promise<CreateResult> {
+  const keys = backupKeys(ctx, settings)
+  const shown = progress(ctx.out, `backing up ${schema}`, 'bytes')
+  const result = await createBackup(db, schema, {
+    dir: settings.backupDir.value,
+    label,
+    keys,
+    env: ctx.io.env,
+    timeoutMs: settings.timeoutMs.value,
+    onProgress: shown.set,
+    signal: ctx.signal,
+  })
+  shown.done()
+  return result
+}
+
+export async function create(
+  ctx: Context,
+  opts: { db: 'credits' | 'shadow' | 'all'; dir?: string; label?: string },
+) {
+  if (opts.label !== undefined && !/^[A-Za-z0-9._-]{1,60}$/.test(opts.label)) {
+    throw new UsageError(`--label must be 1-60 letters, digits, '.', '_' or '-'; got '${opts.label}'.`)
+  }
+  const settings = ctx.settings({ ...(opts.dir ? { dir: opts.dir } : {}) })
+  const dbs = await ctx.databases(settings)
+  const schemas: SchemaName[] = opts.db === 'all' ? ['credits', 'shadow'] : [opts.db]
+  const results: CreateResult[] = []
+  for (const schema of schemas) {
+    results.push(
+      await backupDatabase(
+        ctx,
+        settings,
+        schema === 'credits' ? dbs.credits : dbs.shadow,
+        schema,
+        opts.label ?? null,
+      ),
+    )
+  }
+  if (ctx.out.json) {
+    const docs = results.map((r) => ({
+      file: r.file,
+      manifest: r.manifest,
+      bytes: r.bytes,
+      duration_ms: r.duration_ms,
+    }))
+    return ctx.out.document(docs.length === 1 ? docs[0] : { backups: docs })
+  }
+  for (const r of results) {
+    ctx.out.result(`${tildify(r.file, ctx.io.env)}  ${mb(r.bytes)}  ${r.duration_ms} ms`)
+    ctx.out.info(
+      `  ${r.manifest.database} at schema version ${r.manifest.schema_version}, ${Object.values(r.manifest.row_counts).reduce((a, b) => a + b, 0)} rows, ${Object.keys(r.manifest.chains).length} tenant chains; encrypted with key ${r.manifest.encryption.key_id}`,
+    )
+  }
+}
+
+export async function list(ctx: Context, opts: { dir?: string }) {
+  const settings = ctx.settings({ ...(opts.dir ? { dir: opts.dir } : {}) })
+  const entries = listBackups(settings.backupDir.value)
+  if (ctx.out.json) {
+    return ctx.out.document({
+      dir: settings.backupDir.value,
+      backups: entries.map((e) => ({
+        file: e.file,
+        bytes: e.bytes,
+        created_at: e.created_at,
+        database: e.manifest?.database ?? null,
+        label: e.manifest?.label ?? null,
+        schema_version: e.manifest?.schema_version ?? null,
+        verified: e.manifest?.verified ?? null,
+        problem: e.problem,
+      })),
+    })
+  }
+  if (entries.length === 0)
+    return ctx.out.result(`No backups in ${tildify(settings.backupDir.value, ctx.io.env)}.`)
+  ctx.out.result(
+    renderTable(
+      ['created', 'database', 'label', 'schema', 'size', 'verified', 'file'],
+      entries.map((e) => [
+        e.created_at.replace('T', ' ').slice(0, 19),
+        e.manifest?.database ?? ctx.out.style('red', 'NO MANIFEST'),
+        e.manifest?.label ?? '',
+        e.manifest ? String(e.manifest.schema_version) : '',
+        mb(e.bytes),
+        e.manifest?.verified ? (e.manifest.verified.restore_test ? 'restore-tested' : 'checked') : '',
+        e.name,
+      ]),
+    ),
+  )
+}
+
+export async function verify(ctx: Context, file: string, opts: { restoreTest?: boolean }) {
+  const settings = ctx.settings()
+  const keys = backupKeys(ctx, settings)
+  let server: Database | null = null
+  let audit: Keyring | null = null
+  if (opts.restoreTest) {
+    audit = auditKeys(settings)
+    if (!audit) throw new UsageError('A test restore verifies the audit chain: AUDIT_HMAC_KEY is needed.')
+    const manifest = readManifest(file)
+    if (manifest.dump.format === 'custom') {
+      const dbs = await ctx.databases(settings)
+      server = manifest.database === 'credits' ? dbs.credits : dbs.shadow
+      if (server.kind !== 'server') server = null
+    }
+  }
+  const shown = progress(ctx.out, 'verifying backup', 'bytes')
+  const result = await verifyBackup(path.resolve(file), {
+    keys,
+    env: ctx.io.env,
+    timeoutMs: settings.timeoutMs.value,
+    ...(opts.restoreTest ? { restoreTest: { server, auditKeys: audit! } } : {}),
+    onProgress: shown.set,
+  })
+  shown.done()
+  if (!result.ok) ctx.exitCode = EXIT.integrity
+  if (ctx.out.json) return ctx.out.document({ ok: result.ok, checks: result.checks })
+  for (const c of result.checks) {
+    ctx.out.result(
+      `${c.ok ? ctx.out.style('green', 'ok  ') : ctx.out.style('red', 'FAIL')}  ${c.name.padEnd(14)} ${c.detail}`,
+    )
+  }
+  ctx.out.result(result.ok ? 'Backup verified.' : 'Backup FAILED verification: do not rely on it.')
+}
+
+export async function prune(
+  ctx: Context,
+  opts: { dir?: string; retentionDays?: string; keepLast: number; dryRun?: boolean },
+) {
+  const settings = ctx.settings({
+    ...(opts.dir ? { dir: opts.dir } : {}),
+    ...(opts.retentionDays ? { retentionDays: opts.retentionDays } : {}),
+  })
+  const plan = planPrune(listBackups(settings.backupDir.value), {
+    retentionDays: settings.backupRetentionDays.value,
+    keepLast: opts.keepLast,
+  })
+  const doc = (deleted: boolean) => ({
+    dry_run: !deleted,
+    retention_days: settings.backupRetentionDays.value,
+    keep_last: opts.keepLast,
+    deleted: deleted ? plan.delete.map((d) => ({ file: d.entry.file, reason: d.reason })) : [],
+    would_delete: deleted ? [] : plan.delete.map((d) => ({ file: d.entry.file, reason: d.reason })),
+    kept: plan.keep.map((k) => ({ file: k.entry.file, reason: k.reason })),
+  })
+  const describe = (e: BackupEntry, reason: string) => `  ${e.name}  (${reason})`
+  if (plan.delete.length === 0 || opts.dryRun) {
+    if (ctx.out.json) return ctx.out.document(doc(false))
+    if (plan.delete.length === 0) ctx.out.result('Nothing to prune.')
+    else {
+      ctx.out.result(`Would delete ${plan.delete.length} backup(s):`)
+      for (const d of plan.delete) ctx.out.result(describe(d.entry, d.reason))
+    }
+    return
+  }
+  ctx.out.info(
+    `This will delete ${plan.delete.length} backup(s) from ${tildify(settings.backupDir.value, ctx.io.env)}:`,
+  )
+  for (const d of plan.delete) ctx.out.info(describe(d.entry, d.reason))
+  await confirm(ctx.io, {
+    yes: ctx.yes,
+    noInput: ctx.noInput,
+    action: 'prune backups',
+    question: `Delete ${plan.delete.length} backup(s)?`,
+  })
+  for (const d of plan.delete) deleteBackup(d.entry)
+  if (ctx.out.json) return ctx.out.document(doc(true))
+  ctx.out.result(`Deleted ${plan.delete.length} backup(s); kept ${plan.keep.length}.`)
+}
+
+export async function restore(
+  ctx: Context,
+  file: string,
+  opts: { target?: string; create?: boolean; force?: boolean },
+) {
+  if (!opts.target) throw new UsageError('--target URL is required: say which database to restore into.')
+  const settings = ctx.settings()
+  const manifest = readManifest(file)
+  const keys = backupKeys(ctx, settings)
+  const timeoutMs = settings.timeoutMs.value
+  let state = await inspectTarget(opts.target, manifest.database, timeoutMs)
+  if (!state.exists) {
+    if (!opts.create) {
+      throw new OperationError(`The target database '${state.database}' does not exist.`, {
+        code: 'TARGET_MISSING',
+        hint: 'Pass --create to create it.',
+      })
+    }
+    await createTargetDatabase(opts.target, timeoutMs)
+    state = await inspectTarget(opts.target, manifest.database, timeoutMs)
+  }
+  assertRestorable(state, manifest, opts.force === true)
+  ctx.out.info(
+    `Restore ${manifest.name} (${manifest.database}, schema version ${manifest.schema_version}, taken ${manifest.created_at}) into database '${state.database}'` +
+      (state.tables > 0 ? `, REPLACING its ${manifest.database} schema (${state.tables} tables).` : '.'),
+  )
+  await confirm(ctx.io, {
+    yes: ctx.yes,
+    noInput: ctx.noInput,
+    action: 'restore',
+    question: 'This writes to the target database.',
+    typeToConfirm: state.database,
+  })
+  const shown = progress(ctx.out, 'restoring', 'bytes')
+  const result = await restoreBackup(path.resolve(file), manifest, opts.target, state, {
+    keys,
+    auditKeys: auditKeys(settings),
+    env: ctx.io.env,
+    timeoutMs,
+    onProgress: shown.set,
+    signal: ctx.signal,
+  })
+  shown.done()
+  if (!result.ok) ctx.exitCode = EXIT.integrity
+  if (ctx.out.json) return ctx.out.document(result)
+  for (const c of result.checks) {
+    ctx.out.result(
+      `${c.ok ? ctx.out.style('green', 'ok  ') : ctx.out.style('red', 'FAIL')}  ${c.name.padEnd(14)} ${c.detail}`,
+    )
+  }
+  ctx.out.result(
+    result.ok
+      ? 'Restored and verified.'
+      : 'Restored, but it does NOT match its manifest: investigate before using it.',
+  )
+}
+
+function mb(bytes: number): string {
+  return `${(bytes / 1_048_576).toFixed(2)} MB`
+}
+
+/**
+ * `rollback --migration`: put a database back as it was before the last migration, from the
+ * newest pre-migration backup (or the one given). The old runbook's "restore the last known good
+ * backup", with the checks a restore makes.
+ */
+export async function rollbackMigration(
+  ctx: Context,
+  opts: { migration?: boolean; backup?: string; schema: 'credits' | 'shadow' | 'all' },
+) {
+  if (!opts.migration) {
+    throw new UsageError(
+      "Say what to roll back: 'rollback --migration' (rolling back a rule arrives with deploy-canary).",
+    )
+  }
+  const settings = ctx.settings()
+  const dbs = await ctx.databases(settings)
+  const keys = backupKeys(ctx, settings)
+  const entries = listBackups(settings.backupDir.value)
+  const chosen: Array<{ file: string; manifest: ReturnType<typeof readManifest> }> = []
+  if (opts.backup) {
+    chosen.push({ file: path.resolve(opts.backup), manifest: readManifest(opts.backup) })
+  } else {
+    const schemas: SchemaName[] = opts.schema === 'all' ? ['credits', 'shadow'] : [opts.schema]
+    for (const schema of schemas) {
+      const newest = entries.find((e) => e.manifest?.database === schema && isPreMigration(e))
+      if (newest) chosen.push({ file: newest.file, manifest: newest.manifest! })
+    }
+    if (chosen.length === 0) {
+      throw new OperationError(
+        `No pre-migration backup in ${tildify(settings.backupDir.value, ctx.io.env)}.`,
+        {
+          code: 'NO_PRE_MIGRATION_BACKUP',
+          hint: 'migrate up takes one before it applies anything against a server; or name a backup with --backup FILE.',
+        },
+      )
+    }
+  }
+  // Our own pool would count as "another connection" to the database we are about to replace.
+  const targets = new Map(chosen.map((c) => [c, c.manifest.database === 'credits' ? dbs.credits : dbs.shadow]))
+  await dbs.close()
+  const plans = []
+  for (const c of chosen) {
+    const db = targets.get(c)!
+    if (db.kind !== 'server')
+      throw new UsageError(
+        'rollback --migration restores into a database server; the embedded database has no pre-migration backups.',
+      )
+    const state = await inspectTarget(db.connectionString!, c.manifest.database, settings.timeoutMs.value)
+    plans.push({ ...c, db, state })
+  }
+  for (const p of plans) {
+    ctx.out.info(
+      `Roll ${p.manifest.database} in '${p.state.database}' back to schema version ${p.manifest.schema_version} from ${p.manifest.name} (taken ${p.manifest.created_at})` +
+        (p.state.otherConnections > 0 ? `; ${p.state.otherConnections} other connection(s) are open` : '') +
+        '. Everything written since is lost.',
+    )
+  }
+  await confirm(ctx.io, {
+    yes: ctx.yes,
+    noInput: ctx.noInput,
+    action: 'roll back',
+    question: 'This replaces the schema with the backup.',
+    typeToConfirm: plans[0]!.state.database,
+  })
+  const results = []
+  for (const p of plans) {
+    const shown = progress(ctx.out, `restoring ${p.manifest.database}`, 'bytes')
+    const r = await restoreBackup(p.file, p.manifest, p.db.connectionString!, p.state, {
+      keys,
+      auditKeys: auditKeys(settings),
+      env: ctx.io.env,
+      timeoutMs: settings.timeoutMs.value,
+      onProgress: shown.set,
+      signal: ctx.signal,
+    })
+    shown.done()
+    results.push({ file: p.file, ...r })
+  }
+  const ok = results.every((r) => r.ok)
+  if (!ok) ctx.exitCode = EXIT.integrity
+  if (ctx.out.json) return ctx.out.document({ ok, rollbacks: results })
+  for (const r of results) {
+    for (const c of r.checks) ctx.out.result(`${c.ok ? 'ok  ' : 'FAIL'}  ${c.name.padEnd(14)} ${c.detail}`)
+  }
+  ctx.out.result(
+    ok ? 'Rolled back and verified.' : 'Rolled back, but the result does NOT match the backup: investigate.',
+  )
+}

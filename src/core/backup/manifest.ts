@@ -1,0 +1,136 @@
+/**
+ * The manifest beside every backup: what it holds (schema version, row counts, every tenant's
+ * chain head) read in the same snapshot pg_dump dumps, so a restore can be checked against it.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import type pg from 'pg'
+import { IntegrityError } from '../errors.js'
+import type { SchemaName } from '../migrations/files.js'
+
+export const MANIFEST_FORMAT = 'shieldx.backup.v1'
+export const BACKUP_EXT = '.shxb'
+export const MANIFEST_EXT = '.manifest.json'
+
+export interface Manifest {
+  format: typeof MANIFEST_FORMAT
+  name: string
+  created_at: string
+  label: string | null
+  database: SchemaName
+  source: string
+  shieldx_version: string
+  dump: { format: 'custom' | 'plain'; tool: string; server_version: string }
+  schema_version: number
+  row_counts: Record<string, number>
+  /** credits only: every tenant's chain head when the backup was taken */
+  chains: Record<string, { seq: number; head: string }>
+  sizes: { dump_bytes: number; compressed_bytes: number; file_bytes: number }
+  sha256: string
+  encryption: { algorithm: 'AES-256-GCM-chunked'; key_id: string }
+  compression: 'gzip'
+  /** Set by `backup verify` when every check passed. */
+  verified?: { at: string; restore_test: boolean }
+}
+
+export interface Facts {
+  schema_version: number
+  row_counts: Record<string, number>
+  chains: Manifest['chains']
+}
+
+/** Row counts, schema version and chain heads, read in the caller's (snapshot) transaction. */
+export async function readFacts(client: pg.ClientBase, schema: SchemaName): Promise<Facts> {
+  const { rows: tables } = await client.query<{ name: string }>(
+    `select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = $1 and c.relkind in ('r', 'p') order by c.relname`,
+    [schema],
+  )
+  const row_counts: Record<string, number> = {}
+  for (const t of tables) {
+    const { rows } = await client.query<{ n: string }>(
+      `select count(*) as n from ${schema}."${t.name.replace(/"/g, '""')}"`,
+    )
+    row_counts[`${schema}.${t.name}`] = Number(rows[0]!.n)
+  }
+  const hasMigrations = tables.some((t) => t.name === 'schema_migrations')
+  const schema_version = hasMigrations
+    ? Number(
+        (
+          await client.query<{ v: number | null }>(
+            `select max(version) as v from ${schema}.schema_migrations`,
+          )
+        ).rows[0]!.v ?? 0,
+      )
+    : 0
+  const chains: Manifest['chains'] = {}
+  if (schema === 'credits' && tables.some((t) => t.name === 'credit_accounts')) {
+    const { rows } = await client.query<{ tenant_id: string; chain_seq: string; head: string | null }>(
+      `select tenant_id, chain_seq, encode(chain_head, 'hex') as head from credits.credit_accounts where chain_seq > 0 order by tenant_id`,
+    )
+    for (const r of rows) chains[r.tenant_id] = { seq: Number(r.chain_seq), head: r.head ?? '' }
+  }
+  return { schema_version, row_counts, chains }
+}
+
+export function manifestPath(backupFile: string): string {
+  return backupFile.endsWith(BACKUP_EXT)
+    ? backupFile.slice(0, -BACKUP_EXT.length) + MANIFEST_EXT
+    : backupFile + MANIFEST_EXT
+}
+
+export function readManifest(backupFile: string): Manifest {
+  const file = manifestPath(backupFile)
+  let m: Manifest
+  try {
+    m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new IntegrityError(
+        `The manifest ${file} is missing, so ${path.basename(backupFile)} cannot be trusted or restored safely.`,
+        {
+          code: 'BACKUP_NO_MANIFEST',
+        },
+      )
+    }
+    throw new IntegrityError(`The manifest ${file} is not valid JSON: ${(err as Error).message}.`, {
+      code: 'BACKUP_BAD_MANIFEST',
+    })
+  }
+  if (m?.format !== MANIFEST_FORMAT) {
+    throw new IntegrityError(`${file} is not a ${MANIFEST_FORMAT} manifest.`, { code: 'BACKUP_BAD_MANIFEST' })
+  }
+  return m
+}
+
+/** Written to .partial, fsynced, renamed: a manifest is whole or absent. */
+export function writeManifest(backupFile: string, m: Manifest): void {
+  writeFileAtomic(manifestPath(backupFile), JSON.stringify(m, null, 2) + '\n')
+}
+
+export function writeFileAtomic(file: string, text: string): void {
+  const partial = `${file}.partial`
+  const fd = fs.openSync(partial, 'w', 0o600)
+  try {
+    fs.writeSync(fd, text)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(partial, file)
+  fsyncDir(path.dirname(file))
+}
+
+/** After a rename, the directory entry must reach the disk too. */
+export function fsyncDir(dir: string): void {
+  try {
+    const fd = fs.openSync(dir, 'r')
+    try {
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  } catch {
+    // Some filesystems refuse fsync on a directory; the rename is still atomic.
+  }
+}

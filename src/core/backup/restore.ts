@@ -1,0 +1,315 @@
+/**
+ * Reading a backup back: the file decrypted (each chunk authenticated before its bytes go on) and
+ * decompressed into pg_restore or psql; checks of a restored database against the manifest.
+ * `backup verify`, `restore` and `rollback --migration` are built from these pieces.
+ */
+import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import { Transform, Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import zlib from 'node:zlib'
+import pg from 'pg'
+import type { Keyring } from '../config/secrets.js'
+import { IntegrityError, OperationError } from '../errors.js'
+import { createDecryptStream } from './envelope.js'
+import { type Facts, type Manifest, readFacts } from './manifest.js'
+import { findTool, toolConnection } from './pgtools.js'
+
+export interface Check {
+  name: string
+  ok: boolean
+  detail: string
+}
+
+/**
+ * Stream the backup's plaintext dump into `sink`. Rejects with an IntegrityError naming the chunk
+ * on any authentication failure, and if the file's SHA-256 differs from the manifest's.
+ * The sink sees no byte that was not authenticated.
+ */
+export async function streamDump(
+  file: string,
+  manifest: Manifest,
+  keys: Keyring,
+  sink: Writable,
+  options: { onProgress?: (bytes: number) => void; signal?: AbortSignal } = {},
+): Promise<{ fileBytes: number; dumpBytes: number }> {
+  const hash = createHash('sha256')
+  let fileBytes = 0
+  let dumpBytes = 0
+  const tap = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      hash.update(chunk)
+      fileBytes += chunk.length
+      options.onProgress?.(fileBytes)
+      cb(null, chunk)
+    },
+  })
+  const count = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      dumpBytes += chunk.length
+      cb(null, chunk)
+    },
+    // Withhold the end of the dump until the whole file's checksum is known: a sink that
+    // commits on end-of-input (pg_restore --single-transaction) must not commit a file that fails it.
+    flush(cb) {
+      const digest = hash.digest('hex')
+      if (digest !== manifest.sha256) {
+        cb(
+          new IntegrityError(
+            `${file} does not match its manifest (SHA-256 ${digest.slice(0, 12)}... is not ${manifest.sha256.slice(0, 12)}...).`,
+            {
+              code: 'BACKUP_CHECKSUM',
+            },
+          ),
+        )
+        return
+      }
+      cb()
+    },
+  })
+  let readable: fs.ReadStream
+  try {
+    readable = fs.createReadStream(file)
+    await new Promise<void>((resolve, reject) => {
+      readable.once('open', () => resolve())
+      readable.once('error', reject)
+    })
+  } catch (err) {
+    throw new OperationError(
+      `Cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}.`,
+    )
+  }
+  try {
+    await pipeline(
+      readable,
+      tap,
+      createDecryptStream(keys),
+      zlib.createGunzip(),
+      count,
+      sink,
+      ...(options.signal ? [{ signal: options.signal }] : []),
+    )
+  } catch (err) {
+    // A zlib error after every chunk authenticated means the dump was written broken.
+    if (/^Z_/.test(String((err as NodeJS.ErrnoException).code))) {
+      throw new IntegrityError(
+        `${file} decrypts, but its compressed dump is damaged (${(err as Error).message}).`,
+        {
+          code: 'BACKUP_CORRUPT',
+        },
+      )
+    }
+    throw err
+  }
+  return { fileBytes, dumpBytes }
+}
+
+/** A child process as a Writable sink whose failure (non-zero exit) fails the pipeline. */
+export function toolSink(
+  bin: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  what: string,
+): { stdin: Writable; done: Promise<string> } {
+  const child = spawn(bin, args, { env, stdio: ['pipe', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d) => {
+    if (stdout.length < 1_000_000) stdout += d
+  })
+  child.stderr.on('data', (d) => {
+    if (stderr.length < 8000) stderr += d
+  })
+  child.stdin.on('error', () => {}) // EPIPE when the tool exits early: its exit code tells why
+  const done = new Promise<string>((resolve, reject) => {
+    child.on('error', (err) => reject(new OperationError(`Cannot run ${bin}: ${err.message}.`)))
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve(stdout)
+      else {
+        const line = stderr.split('\n').find((l) => /error/i.test(l)) ?? stderr.trim().split('\n')[0] ?? ''
+        reject(
+          new OperationError(
+            `${what} failed (${signal ?? `exit ${code}`}): ${line.replace(/^\S+: (error: )?/, '').trim()}`,
+            {
+              code: 'RESTORE_FAILED',
+            },
+          ),
+        )
+      }
+    })
+  })
+  done.catch(() => {})
+  let exitCode: number | null = null
+  child.on('close', (code) => (exitCode = code ?? -1))
+  // Our own Writable in front of the tool's stdin: a tool that stops reading early with success
+  // (pg_restore --list has what it needs) lets the rest of the file still be read and
+  // authenticated; one that failed stops the stream; and if the stream fails, the tool is killed
+  // before it can take the end of its input as a reason to commit what it has.
+  const stdin = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      if (exitCode !== null)
+        return cb(exitCode === 0 ? undefined : new OperationError(`${what} stopped early.`))
+      child.stdin.write(chunk, () => cb())
+    },
+    final(cb) {
+      if (exitCode === null) child.stdin.end()
+      cb()
+    },
+    destroy(err, cb) {
+      if (err) child.kill('SIGKILL')
+      cb(err)
+    },
+  })
+  return { stdin, done }
+}
+
+/** Run a stream into a tool; when both fail, the tool's own message says more. */
+async function both(stream: Promise<unknown>, done: Promise<string>): Promise<string> {
+  const [s, d] = await Promise.allSettled([stream, done])
+  if (s.status === 'rejected' && (s.reason as { code?: string })?.code?.startsWith('BACKUP_')) throw s.reason
+  if (d.status === 'rejected') throw d.reason
+  if (s.status === 'rejected') throw s.reason
+  return d.value
+}
+
+/** The archive's table of contents, read back: proves the dump itself is usable. */
+export async function checkArchive(
+  file: string,
+  manifest: Manifest,
+  keys: Keyring,
+  env: NodeJS.ProcessEnv,
+): Promise<Check[]> {
+  const checks: Check[] = []
+  if (manifest.dump.format === 'custom') {
+    const tool = await findTool('pg_restore', Number(manifest.dump.server_version.split('.')[0]), env)
+    const sink = toolSink(tool.path, ['--list'], env, 'pg_restore --list')
+    let dumpBytes = 0
+    const toc = await both(
+      streamDump(file, manifest, keys, sink.stdin).then((r) => (dumpBytes = r.dumpBytes)),
+      sink.done,
+    )
+    checks.push({ name: 'checksum', ok: true, detail: `SHA-256 matches the manifest` })
+    checks.push({ name: 'chunks', ok: true, detail: `every chunk authenticated (${dumpBytes} dump bytes)` })
+    const missing = Object.keys(manifest.row_counts).filter((t) => {
+      const [schema, table] = t.split('.')
+      return !new RegExp(`TABLE DATA ${schema} ${table} `).test(toc)
+    })
+    checks.push({
+      name: 'archive',
+      ok: missing.length === 0,
+      detail:
+        missing.length === 0
+          ? `table of contents lists all ${Object.keys(manifest.row_counts).length} tables`
+          : `missing from the dump: ${missing.join(', ')}`,
+    })
+  } else {
+    let tail = ''
+    const sink = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        tail = (tail + chunk.toString('utf8')).slice(-200)
+        cb()
+      },
+    })
+    const { dumpBytes } = await streamDump(file, manifest, keys, sink)
+    checks.push({ name: 'checksum', ok: true, detail: 'SHA-256 matches the manifest' })
+    checks.push({ name: 'chunks', ok: true, detail: `every chunk authenticated (${dumpBytes} dump bytes)` })
+    const complete = tail.includes('PostgreSQL database dump complete')
+    checks.push({
+      name: 'archive',
+      ok: complete,
+      detail: complete ? 'the SQL dump is complete' : 'the SQL dump ends early',
+    })
+  }
+  return checks
+}
+
+/** Restore the dump into a database (a scratch one for --restore-test, or the target). */
+export async function restoreInto(
+  file: string,
+  manifest: Manifest,
+  keys: Keyring,
+  url: string,
+  env: NodeJS.ProcessEnv,
+  options: {
+    serverMajor: number
+    clean: boolean
+    onProgress?: (bytes: number) => void
+    signal?: AbortSignal
+  },
+): Promise<void> {
+  const conn = toolConnection(url, env)
+  if (manifest.dump.format === 'custom') {
+    const tool = await findTool('pg_restore', options.serverMajor, env)
+    const args = ['--exit-on-error', '--single-transaction', '--no-owner', '--no-privileges', '--no-password']
+    if (options.clean) args.push('--clean', '--if-exists')
+    const sink = toolSink(tool.path, [...args, `--dbname=${conn.dbname}`], conn.env, 'pg_restore')
+    await both(streamDump(file, manifest, keys, sink.stdin, options), sink.done)
+  } else {
+    const tool = await findTool('psql', options.serverMajor, env)
+    const sink = toolSink(
+      tool.path,
+      [
+        '--no-psqlrc',
+        '--quiet',
+        '--single-transaction',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '--no-password',
+        `--dbname=${conn.dbname}`,
+      ],
+      conn.env,
+      'psql',
+    )
+    if (options.clean) sink.stdin.write(`DROP SCHEMA IF EXISTS ${manifest.database} CASCADE;\n`)
+    await both(streamDump(file, manifest, keys, sink.stdin, options), sink.done)
+  }
+}
+
+/** Compare a restored database with the manifest: schema version, row counts, chain heads. */
+export async function compareWithManifest(client: pg.ClientBase, manifest: Manifest): Promise<Check[]> {
+  const facts: Facts = await readFacts(client, manifest.database)
+  const checks: Check[] = []
+  checks.push({
+    name: 'schema_version',
+    ok: facts.schema_version === manifest.schema_version,
+    detail: `${manifest.database} at ${facts.schema_version} (manifest: ${manifest.schema_version})`,
+  })
+  const wrongCounts = Object.entries(manifest.row_counts).filter(([t, n]) => facts.row_counts[t] !== n)
+  checks.push({
+    name: 'row_counts',
+    ok: wrongCounts.length === 0,
+    detail:
+      wrongCounts.length === 0
+        ? `${Object.keys(manifest.row_counts).length} tables match`
+        : wrongCounts
+            .map(([t, n]) => `${t}: ${facts.row_counts[t] ?? 'missing'} rows, manifest ${n}`)
+            .join('; '),
+  })
+  if (manifest.database === 'credits') {
+    const wrong = Object.entries(manifest.chains).filter(
+      ([t, h]) => facts.chains[t]?.seq !== h.seq || facts.chains[t]?.head !== h.head,
+    )
+    const extra = Object.keys(facts.chains).filter((t) => !(t in manifest.chains))
+    checks.push({
+      name: 'chain_heads',
+      ok: wrong.length === 0 && extra.length === 0,
+      detail:
+        wrong.length + extra.length === 0
+          ? `${Object.keys(manifest.chains).length} tenant chain heads match`
+          : `differ for ${[...wrong.map(([t]) => t), ...extra].slice(0, 5).join(', ')}${wrong.length + extra.length > 5 ? ', ...' : ''}`,
+    })
+  }
+  return checks
+}
+
+export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url, application_name: 'shieldx restore' })
+  client.on('error', () => {})
+  await client.connect()
+  try {
+    return await fn(client)
+  } finally {
+    await client.end().catch(() => {})
+  }
+}

@@ -1,0 +1,159 @@
+/**
+ * restore: a backup into a target database, guarded. The target must be empty (of the backup's
+ * schema) and have no other live connections unless forced; after the restore it is compared
+ * with the manifest and its audit chain verified, and any difference is an integrity failure.
+ */
+import { verifyChain } from '../audit/verify.js'
+import type { Keyring } from '../config/secrets.js'
+import { openServer } from '../db/pool.js'
+import type { PgErrorLike } from '../db/pg-errors.js'
+import { OperationError, SafetyError } from '../errors.js'
+import type { Manifest } from './manifest.js'
+import { type Check, compareWithManifest, restoreInto, withClient } from './restore.js'
+
+export interface TargetState {
+  database: string
+  exists: boolean
+  /** Tables in the backup's schema already there. */
+  tables: number
+  otherConnections: number
+  serverMajor: number
+}
+
+function databaseOf(url: string): string {
+  const at = url.lastIndexOf('@')
+  const afterHost = url.slice(at === -1 ? url.indexOf('//') + 2 : at + 1)
+  const slash = afterHost.indexOf('/')
+  return slash === -1
+    ? 'postgres'
+    : decodeURIComponent(afterHost.slice(slash + 1).split('?')[0]!) || 'postgres'
+}
+
+function withDatabase(url: string, name: string): string {
+  const db = databaseOf(url)
+  return url.replace(`/${encodeURIComponent(db)}`, `/${name}`)
+}
+
+export async function inspectTarget(url: string, schema: string, timeoutMs: number): Promise<TargetState> {
+  const database = databaseOf(url)
+  try {
+    // Through openServer for its one-sentence connection errors, then closed again.
+    const db = await openServer(url, '--target', { timeoutMs, env: {}, max: 1 })
+    try {
+      const { rows } = await db.pool.query<{ tables: string; others: string }>(
+        `select (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                  where n.nspname = $1 and c.relkind in ('r', 'p')) as tables,
+                (select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()) as others`,
+        [schema],
+      )
+      return {
+        database,
+        exists: true,
+        tables: Number(rows[0]!.tables),
+        otherConnections: Number(rows[0]!.others),
+        serverMajor: db.serverMajor,
+      }
+    } finally {
+      await db.close()
+    }
+  } catch (err) {
+    const cause = (err as { cause?: PgErrorLike }).cause
+    if (cause?.code === '3D000')
+      return { database, exists: false, tables: 0, otherConnections: 0, serverMajor: 0 }
+    throw err
+  }
+}
+
+export async function createTargetDatabase(url: string, timeoutMs: number): Promise<void> {
+  const name = databaseOf(url)
+  if (!/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/.test(name)) {
+    throw new OperationError(
+      `Will not create a database named '${name}': use letters, digits and underscores.`,
+    )
+  }
+  const admin = await openServer(withDatabase(url, 'postgres'), '--target', { timeoutMs, env: {}, max: 1 })
+  try {
+    await admin.pool.query(`create database "${name}"`)
+  } finally {
+    await admin.close()
+  }
+}
+
+/** The refusals, before anything is touched: exit 3 unless --force. */
+export function assertRestorable(state: TargetState, manifest: Manifest, force: boolean): void {
+  if (force) return
+  if (state.tables > 0) {
+    throw new SafetyError(
+      `The target database '${state.database}' already holds the ${manifest.database} schema (${state.tables} tables); restoring would replace it.`,
+      {
+        code: 'TARGET_NOT_EMPTY',
+        hint: 'Restore into an empty database, or pass --force to replace what is there.',
+      },
+    )
+  }
+  if (state.otherConnections > 0) {
+    throw new SafetyError(
+      `The target database '${state.database}' has ${state.otherConnections} other live connection(s); something is using it.`,
+      { code: 'TARGET_IN_USE', hint: 'Stop what is connected, or pass --force.' },
+    )
+  }
+}
+
+export interface RestoreResult {
+  ok: boolean
+  target: string
+  checks: Check[]
+}
+
+export async function restoreBackup(
+  file: string,
+  manifest: Manifest,
+  url: string,
+  state: TargetState,
+  options: {
+    keys: Keyring
+    auditKeys: Keyring | null
+    env: NodeJS.ProcessEnv
+    timeoutMs: number
+    onProgress?: (bytes: number) => void
+    signal?: AbortSignal
+  },
+): Promise<RestoreResult> {
+  await restoreInto(file, manifest, options.keys, url, options.env, {
+    serverMajor: state.serverMajor,
+    clean: state.tables > 0,
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+  })
+  const checks: Check[] = [
+    { name: 'restore', ok: true, detail: `${manifest.name} restored into '${state.database}'` },
+  ]
+  checks.push(...(await withClient(url, (c) => compareWithManifest(c, manifest))))
+  if (manifest.database === 'credits') {
+    if (!options.auditKeys) {
+      checks.push({
+        name: 'verify_chain',
+        ok: false,
+        detail: 'AUDIT_HMAC_KEY is needed to verify the restored chain',
+      })
+    } else {
+      const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
+      try {
+        const chain = await verifyChain(db, options.auditKeys, {})
+        checks.push({
+          name: 'verify_chain',
+          ok: chain.ok,
+          detail: chain.ok
+            ? `${chain.rows_checked} rows across ${chain.tenants_checked} tenants intact`
+            : `broken: ${chain.broken
+                .map((b) => `${b.tenant_id}@${b.seq} ${b.reason}`)
+                .slice(0, 5)
+                .join(', ')}`,
+        })
+      } finally {
+        await db.close()
+      }
+    }
+  }
+  return { ok: checks.every((c) => c.ok), target: state.database, checks }
+}

@@ -1,0 +1,167 @@
+/**
+ * backup verify: the manifest, the checksum, every chunk authenticated, the dump's table of
+ * contents read back; with a test restore, the dump restored into a scratch database, compared
+ * with the manifest and its audit chain verified, then the scratch database dropped.
+ */
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import { Writable } from 'node:stream'
+import { verifyChain } from '../audit/verify.js'
+import type { Keyring } from '../config/secrets.js'
+import { type Database, openScratchEmbedded, openServer } from '../db/pool.js'
+import { IntegrityError, isShieldxError, OperationError } from '../errors.js'
+import { type Manifest, readManifest, writeManifest } from './manifest.js'
+import { type Check, checkArchive, compareWithManifest, restoreInto, streamDump } from './restore.js'
+
+export interface VerifyBackupOptions {
+  keys: Keyring
+  env: NodeJS.ProcessEnv
+  timeoutMs: number
+  /** Restore into a scratch database: on this server (custom dumps), or in memory (embedded dumps). */
+  restoreTest?: { server: Database | null; auditKeys: Keyring }
+  onProgress?: (bytes: number) => void
+}
+
+export interface VerifyBackupResult {
+  ok: boolean
+  file: string
+  checks: Check[]
+}
+
+export async function verifyBackup(file: string, options: VerifyBackupOptions): Promise<VerifyBackupResult> {
+  if (!fs.existsSync(file)) throw new OperationError(`${file} does not exist.`, { code: 'BACKUP_NOT_FOUND' })
+  const checks: Check[] = []
+  let manifest: Manifest
+  try {
+    manifest = readManifest(file)
+    checks.push({
+      name: 'manifest',
+      ok: true,
+      detail: `${manifest.database}, schema version ${manifest.schema_version}, ${manifest.created_at}`,
+    })
+  } catch (err) {
+    if (!isShieldxError(err)) throw err
+    checks.push({ name: 'manifest', ok: false, detail: err.message })
+    return { ok: false, file, checks }
+  }
+  const size = fs.statSync(file).size
+  if (size !== manifest.sizes.file_bytes) {
+    checks.push({
+      name: 'size',
+      ok: false,
+      detail: `${size} bytes; the manifest says ${manifest.sizes.file_bytes}`,
+    })
+  }
+  try {
+    checks.push(...(await checkArchive(file, manifest, options.keys, options.env)))
+  } catch (err) {
+    if (!(err instanceof IntegrityError)) throw err
+    checks.push({
+      name: err.code === 'BACKUP_CHECKSUM' ? 'checksum' : 'chunks',
+      ok: false,
+      detail: err.message,
+    })
+    return { ok: false, file, checks }
+  }
+  if (options.restoreTest && checks.every((c) => c.ok)) {
+    checks.push(...(await restoreTest(file, manifest, options)))
+  }
+  const ok = checks.every((c) => c.ok)
+  if (ok) {
+    writeManifest(file, {
+      ...manifest,
+      verified: { at: new Date().toISOString(), restore_test: options.restoreTest !== undefined },
+    })
+  }
+  return { ok, file, checks }
+}
+
+async function restoreTest(file: string, manifest: Manifest, options: VerifyBackupOptions): Promise<Check[]> {
+  const test = options.restoreTest!
+  const open = { timeoutMs: options.timeoutMs, env: options.env }
+  let scratch: Database
+  let drop: () => Promise<void>
+  if (manifest.dump.format === 'plain') {
+    // An embedded backup: restore it into PGlite in memory, the engine that wrote it.
+    scratch = await openScratchEmbedded(open)
+    drop = () => scratch.close()
+    let sql = ''
+    await streamDump(
+      file,
+      manifest,
+      options.keys,
+      new Writable({ write: (c: Buffer, _e, cb) => ((sql += c.toString('utf8')), cb()) }),
+    )
+    try {
+      await scratch.pglite!.exec(sql)
+    } catch (err) {
+      await drop()
+      return [{ name: 'restore', ok: false, detail: `the dump does not restore: ${(err as Error).message}` }]
+    }
+  } else {
+    if (!test.server) {
+      return [
+        {
+          name: 'restore',
+          ok: false,
+          detail: 'a test restore of a server backup needs a PostgreSQL server (CREDITS_DATABASE_URL)',
+        },
+      ]
+    }
+    const admin = test.server
+    const name = `shieldx_verify_${randomBytes(6).toString('hex')}`
+    await admin.pool.query(`create database ${name}`)
+    const url = withDatabase(admin.connectionString!, name)
+    drop = async () => {
+      await scratch?.close().catch(() => {})
+      await admin.pool.query(`drop database if exists ${name} with (force)`)
+    }
+    try {
+      scratch = await openServer(url, 'scratch database', open)
+      await restoreInto(file, manifest, options.keys, url, options.env, {
+        serverMajor: admin.serverMajor,
+        clean: false,
+      })
+    } catch (err) {
+      await drop()
+      if (!isShieldxError(err)) throw err
+      return [{ name: 'restore', ok: false, detail: err.message }]
+    }
+  }
+  try {
+    const checks: Check[] = [
+      { name: 'restore', ok: true, detail: `restored into a scratch database (${scratch.label})` },
+    ]
+    const client = await scratch.pool.connect()
+    try {
+      checks.push(...(await compareWithManifest(client, manifest)))
+    } finally {
+      client.release()
+    }
+    if (manifest.database === 'credits') {
+      const chain = await verifyChain(scratch, test.auditKeys, { workers: 1, record: false })
+      checks.push({
+        name: 'verify_chain',
+        ok: chain.ok,
+        detail: chain.ok
+          ? `${chain.rows_checked} rows across ${chain.tenants_checked} tenants intact`
+          : `broken: ${chain.broken
+              .map((b) => `${b.tenant_id}@${b.seq} ${b.reason}`)
+              .slice(0, 5)
+              .join(', ')}`,
+      })
+    }
+    return checks
+  } finally {
+    await drop()
+  }
+}
+
+function withDatabase(url: string, name: string): string {
+  const at = url.lastIndexOf('@')
+  const slash = url.indexOf('/', at === -1 ? url.indexOf('//') + 2 : at)
+  const query = url.indexOf('?', slash)
+  return slash === -1
+    ? `${url}/${name}`
+    : url.slice(0, slash + 1) + name + (query === -1 ? '' : url.slice(query))
+}

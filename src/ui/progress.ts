@@ -1,0 +1,49 @@
+/**
+ * Progress of a long operation: a counter redrawn on a terminal, a JSON line every few seconds
+ * otherwise (CronJobs and CI read those). The caller reports increments; this decides when to show.
+ */
+import type { Output } from './output.js'
+
+export interface Progress {
+  add(n: number): void
+  /** Set the running total (for callers that know it). */
+  set(total: number): void
+  done(): void
+}
+
+export function progress(out: Output, what: string, unit: 'rows' | 'bytes'): Progress {
+  let total = 0
+  const started = Date.now()
+  let last = started
+  const tty = out.interactive
+  const fmt = (n: number) =>
+    unit === 'bytes' ? `${(n / 1_048_576).toFixed(1)} MB` : `${n.toLocaleString('en-US')} rows`
+  const show = (force: boolean) => {
+    const now = Date.now()
+    if (!force && now - last < (tty ? 200 : 5000)) return
+    last = now
+    const seconds = Math.max(0.001, (now - started) / 1000)
+    const rate = total / seconds
+    if (tty) {
+      out.io.stderr.write(
+        `\r${what}: ${fmt(total)} (${unit === 'bytes' ? `${(rate / 1_048_576).toFixed(1)} MB/s` : `${Math.round(rate).toLocaleString('en-US')}/s`})   `,
+      )
+    } else {
+      out.log(`${what.replace(/\s+/g, '_')}.progress`, { [unit]: total, per_second: Math.round(rate) })
+    }
+  }
+  return {
+    add(n) {
+      total += n
+      show(false)
+    },
+    set(n) {
+      total = n
+      show(false)
+    },
+    done() {
+      if (tty && last > started)
+        out.io.stderr.write(`\r${what}: ${fmt(total)} in ${((Date.now() - started) / 1000).toFixed(1)}s\n`)
+    },
+  }
+}
