@@ -61,6 +61,9 @@ function stopGroup(sub) {
   }
 }
 
+/** Children started with spawnTracked(): stopped by group on cleanup, like `running`. */
+const children = new Set()
+
 function track(fn) {
   const entry = async () => {
     cleanups.delete(entry)
@@ -76,7 +79,56 @@ export async function cleanupAll() {
     stopGroup(running)
     await running
   }
+  for (const sub of children) stopGroup(sub)
+  await Promise.allSettled([...children])
   await Promise.allSettled([...cleanups].map((fn) => fn()))
+}
+
+/**
+ * Register any other clean-up (Redis keys, a pool to close): it runs on cleanupAll() unless the
+ * returned function ran first. Returns that function; calling it twice runs `fn` once.
+ */
+export function onCleanup(fn) {
+  return track(fn)
+}
+
+/**
+ * Run a helper process (pgbench, psql, a load driver) that a group needs, not one that measure()
+ * times: in a process group of its own, stopped on cleanup if the run is interrupted. Throws with
+ * the tail of its output when it fails. `input` (a string or a readable) becomes its stdin.
+ */
+export async function spawnTracked(file, args, { env = cleanEnv(), input, timeoutMs = 300_000 } = {}) {
+  const sub = execa(file, args, {
+    env,
+    extendEnv: false,
+    cwd: ROOT,
+    reject: false,
+    detached: true,
+    timeout: timeoutMs,
+    killSignal: 'SIGKILL',
+    ...(input === undefined
+      ? { stdin: 'ignore' }
+      : typeof input === 'string'
+        ? { input }
+        : { stdin: 'pipe' }),
+  })
+  children.add(sub)
+  try {
+    if (input !== undefined && typeof input !== 'string') {
+      input.pipe(sub.stdin)
+      input.on('error', (err) => sub.stdin.destroy(err))
+    }
+    const r = await sub
+    if (r.failed) {
+      const why = r.timedOut ? `timed out after ${timeoutMs} ms` : `exit ${r.exitCode ?? r.signal}`
+      throw new Error(
+        `${path.basename(file)} ${args.join(' ')} failed (${why}):\n${`${r.stdout}\n${r.stderr}`.trim().slice(-2000)}`,
+      )
+    }
+    return r
+  } finally {
+    children.delete(sub)
+  }
 }
 
 /** An empty directory under the OS temp dir; `remove()` deletes it. */
@@ -224,6 +276,41 @@ export const goals = {
   report: (by = 'ratio') => ({ by, text: 'report', pass: () => null }),
   maxDiffMs: (ms) => ({ by: 'diff', text: `≤ +${ms} ms`, pass: (row) => row.diffMs <= ms }),
   maxRatio: (x) => ({ by: 'ratio', text: `≤ ×${x}`, pass: (row) => row.ratio <= x }),
+  /** For rates (more is better): the subject must reach x times the baseline. */
+  minRatio: (x) => ({ by: 'ratio', text: `≥ ×${x.toFixed(1)}`, pass: (row) => row.ratio >= x }),
+}
+
+/**
+ * A row for a figure other than a command's wall time (a rate, a latency), against a baseline
+ * figure measured in the same run. `subject` and `baseline` are { label, samples } with one
+ * sample per round (or per read); `pick` reduces samples to the figure shown (default: median).
+ * The row is rendered by report.js's figure table (it has a `unit`).
+ */
+export function compareFigures(
+  name,
+  subject,
+  baseline,
+  { unit, baselineUnit = unit, goal, pick, digits = 0 },
+) {
+  const reduce = pick ?? ((s) => stats(s).median)
+  const value = reduce(subject.samples)
+  const baselineValue = reduce(baseline.samples)
+  const row = {
+    name,
+    subject: subject.label,
+    baseline: baseline.label,
+    n: subject.samples.length,
+    baselineN: baseline.samples.length,
+    value,
+    baselineValue,
+    unit,
+    baselineUnit,
+    digits,
+    ratio: value / baselineValue,
+    goal,
+  }
+  row.pass = goal.pass(row)
+  return row
 }
 
 /** One table row: a subject's samples against its baseline's, from the same measure() call. */

@@ -78,8 +78,47 @@ export function table(head, rows) {
   return [line(head), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n')
 }
 
+// Rows made by compareFigures() (they carry a unit): rates and latencies rather than wall times.
+const FIGURE_HEAD = [
+  'benchmark',
+  'subject',
+  'baseline',
+  'n',
+  'subject figure',
+  'baseline figure',
+  'vs baseline',
+  'goal',
+  'result',
+]
+
+function figure(x, unit, digits) {
+  const text = x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
+  return `${text} ${unit}`
+}
+
+function figureCells(row) {
+  return [
+    row.name,
+    row.subject,
+    row.baseline,
+    row.n === row.baselineN ? String(row.n) : `${row.n} / ${row.baselineN}`,
+    figure(row.value, row.unit, row.digits),
+    figure(row.baselineValue, row.baselineUnit, row.digits),
+    `×${row.ratio.toFixed(2)}`,
+    row.goal.text,
+    row.pass === null ? '—' : row.pass ? 'pass' : '**FAIL**',
+  ]
+}
+
 export function groupSection(group, rows) {
-  return `## ${group.name}: ${group.title}\n\n${group.about}\n\n${table(HEAD, rows.map(cells))}\n`
+  const timed = rows.filter((r) => r.unit === undefined)
+  const figures = rows.filter((r) => r.unit !== undefined)
+  const tables = [
+    ...(timed.length ? [table(HEAD, timed.map(cells))] : []),
+    ...(figures.length ? [table(FIGURE_HEAD, figures.map(figureCells))] : []),
+  ]
+  const notes = group.notes?.length ? `\n${group.notes.map((n) => `- ${n}`).join('\n')}\n` : ''
+  return `## ${group.name}: ${group.title}\n\n${group.about}\n\n${tables.join('\n\n')}\n${notes}`
 }
 
 export function document(facts, sections) {
@@ -92,6 +131,9 @@ run as its baseline, the runs interleaved round by round with the order rotating
 compares the two medians. Times are wall clock from spawn to exit as the parent process sees it (the
 same small overhead of spawning, and of \`/usr/bin/time\` for the peak RSS, is in both). p90 is the
 nearest rank, so with few runs it is one of the slowest. Peak RSS is the subject process's median.
+Tables with a "subject figure" column compare rates or latencies instead (more ops/s is better,
+fewer ms is better); n is the number of rounds (or reads) behind each median, subject / baseline
+when they differ, and the text above each table says how the figures were taken.
 
 ${table(
   ['machine', ''],

@@ -11,11 +11,12 @@ import path from 'node:path'
 import { execa } from 'execa'
 import * as embedded from './embedded.js'
 import { cleanupAll, ROOT } from './lib.js'
+import * as ledger from './ledger.js'
 import * as migrate from './migrate.js'
 import { document, groupSection, loadavg, machineFacts } from './report.js'
 import * as startup from './startup.js'
 
-const GROUPS = [startup, migrate, embedded]
+const GROUPS = [startup, migrate, embedded, ledger]
 
 function newestMtime(p) {
   const st = fs.statSync(p)

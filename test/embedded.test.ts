@@ -84,7 +84,20 @@ describe('shieldx demo on an empty home', () => {
         chain: { ok: true, tenants_checked: 2, rows_checked: 4 },
         negative_balances: 0,
       },
+      backup: { verified: true },
     })
+    expect(doc.backup.checks).toEqual(
+      expect.arrayContaining([
+        'checksum',
+        'chunks',
+        'archive',
+        'restore',
+        'row_counts',
+        'chain_heads',
+        'verify_chain',
+      ]),
+    )
+    expect(fs.existsSync(doc.backup.file)).toBe(true)
     expect(doc.ledger.replay.transaction_id).toBe(doc.ledger.consume.transaction_id)
     expect(again.stderr).not.toContain('Generated a new audit HMAC key') // the key is kept
   })
@@ -136,7 +149,9 @@ describe('the embedded default', () => {
       ).rejects.toThrow(/credit_accounts_balance_nonnegative/)
       await expect(db.pool.query('truncate credits.audit_logs')).rejects.toThrow(/append-only: TRUNCATE/)
       // The single connection is still usable after those errors.
-      const { rows } = await db.pool.query<{ n: string }>("select count(*) as n from credits.credit_accounts where tenant_id = 'neg'")
+      const { rows } = await db.pool.query<{ n: string }>(
+        "select count(*) as n from credits.credit_accounts where tenant_id = 'neg'",
+      )
       expect(rows[0]!.n).toBe('0')
     } finally {
       await db.close()

@@ -11,6 +11,10 @@ import { type Ledger, openLedger } from '../core/ledger/ledger.js'
 import { applyOperation, type LedgerRequest, type LedgerResult } from '../core/ledger/operations.js'
 import { type LedgerHealth, ledgerHealth } from '../core/ledger/queries.js'
 import { runSteps } from '../ui/tasks.js'
+import { BACKUP_KEY_SPEC, backupDatabase } from './backup.js'
+import type { CreateResult } from '../core/backup/create.js'
+import { type VerifyBackupResult, verifyBackup } from '../core/backup/verify.js'
+import { loadKeyring } from '../core/config/secrets.js'
 
 /** Settings the demo may not take from the environment: it never touches a real database or cache. */
 const IGNORED_ENV = [
@@ -42,6 +46,8 @@ interface DemoState {
   refusal?: string
   chain?: VerifyResult
   health?: LedgerHealth
+  backup?: CreateResult
+  backupCheck?: VerifyBackupResult
 }
 
 function userHome(ctx: Context): string {
@@ -174,6 +180,30 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
         return `negative balances ${s.health.negative_balances}, chain errors ${s.health.last_verification?.chain_errors ?? 0}`
       },
     },
+    {
+      title: 'Back up the credits database (compressed, encrypted, with a manifest)',
+      run: async (s) => {
+        s.backup = await backupDatabase(ctx, s.settings, s.ledger!.db, 'credits', 'demo')
+        return `${tildify(s.backup.file, ctx.io.env)} (${s.backup.bytes} bytes)`
+      },
+    },
+    {
+      title: 'Verify the backup by restoring it into a scratch database',
+      run: async (s) => {
+        const keys = loadKeyring(s.settings.backupKey, BACKUP_KEY_SPEC).keyring
+        s.backupCheck = await verifyBackup(s.backup!.file, {
+          keys,
+          env: ctx.io.env,
+          timeoutMs: s.settings.timeoutMs.value,
+          restoreTest: { server: null, auditKeys: s.ledger!.keys.audit },
+        })
+        if (!s.backupCheck.ok) {
+          const failed = s.backupCheck.checks.filter((c) => !c.ok).map((c) => `${c.name}: ${c.detail}`)
+          throw new IntegrityError(`The demo backup failed verification: ${failed.join('; ')}`)
+        }
+        return `${s.backupCheck.checks.length} checks passed, chain intact after restore`
+      },
+    },
   ])
 
   const ledgerDoc = {
@@ -189,12 +219,19 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
     },
     negative_balances: state.health!.negative_balances,
   }
+  const backupDoc = {
+    file: state.backup!.file,
+    bytes: state.backup!.bytes,
+    verified: state.backupCheck!.ok,
+    checks: state.backupCheck!.checks.map((c) => c.name),
+  }
   if (ctx.out.json) {
     ctx.out.document({
       database: where,
       migrations_applied: state.applied,
       schema_versions: state.versions,
       ledger: ledgerDoc,
+      backup: backupDoc,
     })
     return
   }
@@ -214,6 +251,9 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
   )
   ctx.out.result(
     `Audit chain: intact, ${state.chain!.rows_checked} row(s) across ${state.chain!.tenants_checked} tenant(s).`,
+  )
+  ctx.out.result(
+    `Backup: ${tildify(state.backup!.file, ctx.io.env)}, restored into a scratch database and checked (${state.backupCheck!.checks.map((c) => c.name).join(', ')}).`,
   )
   ctx.out.result('')
   ctx.out.result(`Next: shieldx --home ${tildify(demoHome, ctx.io.env)} credits history ${tenant}`)
