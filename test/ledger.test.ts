@@ -487,6 +487,28 @@ describe('credits apply', () => {
     }
   })
 
+  it('keeps each tenant in file order across parallel lanes, and results in input order', async () => {
+    const tenants = Array.from({ length: 20 }, (_, i) => t(`lane-${i}`))
+    const lines: string[] = []
+    for (const step of [
+      { op: 'topup', amount: 5 },
+      { op: 'consume', amount: 5 },
+      { op: 'consume', amount: 1 },
+    ]) {
+      for (const tenant of tenants) lines.push(JSON.stringify({ ...step, tenant }))
+    }
+    const r = await cli(['credits', 'apply', '--chunk-size', '7'], {}, lines.join('\n') + '\n')
+    const out = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+    expect(out.map((o) => o.line)).toEqual(lines.map((_, i) => i + 1))
+    // topups and the first consumes succeed; each tenant's second consume finds nothing left
+    expect(out.filter((o) => o.ok)).toHaveLength(40)
+    expect(out.slice(40).every((o) => o.error?.code === 'INSUFFICIENT_CREDITS')).toBe(true)
+    for (const tenant of tenants) expect(await account(tenant)).toEqual({ balance: 0, reserved: 0 })
+  })
+
   it('reads standard input', async () => {
     const tenant = t('stdin')
     const r = await cli(['credits', 'apply'], {}, `${JSON.stringify({ op: 'topup', tenant, amount: 3 })}\n`)

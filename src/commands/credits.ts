@@ -220,6 +220,8 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
   const lines = readline.createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })
   const summary = await applyLines(l.db.pool, lines, l.keys, {
     ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
+    // One lane per pooled connection (the embedded database has one).
+    lanes: l.db.kind === 'embedded' ? 1 : 4,
     signal: ctx.signal,
     // One JSON line per operation on stdout, in input order, whatever the output mode.
     onResult: (r) => {
