@@ -410,3 +410,25 @@ describe('balance cache lets the process exit after close()', () => {
     expect(down.afterMs).toBeLessThan(1000)
   })
 })
+
+describe('invalidateAll (after a restore)', () => {
+  it('drops every cached balance and version marker under the prefix, and nothing else', async () => {
+    const redis = await createTestRedis()
+    const cache = createBalanceCache({ url: redisUrl(), keyPrefix: redis.prefix })
+    try {
+      await cache.set({ tenant_id: 'a', balance: 5, reserved: 0, version: 9 })
+      await cache.set({ tenant_id: 'b', balance: 7, reserved: 1, version: 3 })
+      await cache.invalidate('b') // leaves a version marker
+      await redis.client.set(`${redis.prefix}other`, 'keep')
+      await cache.invalidateAll()
+      expect(await cache.get('a')).toBeNull()
+      // the marker is gone too: an older version (as after a restore) may be cached again
+      await cache.set({ tenant_id: 'b', balance: 2, reserved: 0, version: 1 })
+      expect(await cache.get('b')).toEqual({ tenant_id: 'b', balance: 2, reserved: 0, version: 1 })
+      expect(await redis.client.get(`${redis.prefix}other`)).toBe('keep')
+    } finally {
+      await cache.close()
+      await redis.cleanup()
+    }
+  })
+})

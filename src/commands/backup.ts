@@ -21,6 +21,7 @@ import { type Keyring, loadKeyring } from '../core/config/secrets.js'
 import type { Settings } from '../core/config/settings.js'
 import type { Database } from '../core/db/pool.js'
 import { EXIT, OperationError, UsageError } from '../core/errors.js'
+import { createBalanceCache } from '../core/ledger/cache.js'
 import { AUDIT_KEY_SPEC } from '../core/ledger/ledger.js'
 import type { SchemaName } from '../core/migrations/files.js'
 import { progress } from '../ui/progress.js'
@@ -266,6 +267,7 @@ export async function restore(
     signal: ctx.signal,
   })
   shown.done()
+  await dropCachedBalances(ctx, settings, manifest)
   if (!result.ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document(result)
   for (const c of result.checks) {
@@ -278,6 +280,21 @@ export async function restore(
       ? 'Restored and verified.'
       : 'Restored, but it does NOT match its manifest: investigate before using it.',
   )
+}
+
+/** After a credits restore the account versions go backwards: no cached balance may survive it. */
+async function dropCachedBalances(
+  ctx: Context,
+  settings: Settings,
+  manifest: { database: string },
+): Promise<void> {
+  if (manifest.database !== 'credits' || settings.redis.value === null) return
+  const cache = createBalanceCache({ url: settings.redis.value, onWarning: (m) => ctx.out.warn(m) })
+  try {
+    await cache.invalidateAll()
+  } finally {
+    await cache.close()
+  }
 }
 
 function mb(bytes: number): string {
@@ -322,7 +339,9 @@ export async function rollbackMigration(
     }
   }
   // Our own pool would count as "another connection" to the database we are about to replace.
-  const targets = new Map(chosen.map((c) => [c, c.manifest.database === 'credits' ? dbs.credits : dbs.shadow]))
+  const targets = new Map(
+    chosen.map((c) => [c, c.manifest.database === 'credits' ? dbs.credits : dbs.shadow]),
+  )
   await dbs.close()
   const plans = []
   for (const c of chosen) {
@@ -360,6 +379,7 @@ export async function rollbackMigration(
       signal: ctx.signal,
     })
     shown.done()
+    await dropCachedBalances(ctx, settings, p.manifest)
     results.push({ file: p.file, ...r })
   }
   const ok = results.every((r) => r.ok)

@@ -43,6 +43,11 @@ export interface BalanceCache {
   set(value: CachedBalance): Promise<void>
   /** Drop the entry (called before/after every write). Never throws. */
   invalidate(tenantId: string): Promise<void>
+  /**
+   * Drop every cached balance, version markers included: after a restore the account versions go
+   * backwards, and neither an old value nor an old marker may outlive it. Never throws.
+   */
+  invalidateAll(): Promise<void>
   /** Disconnect; safe to call twice. */
   close(): Promise<void>
   /** True once Redis has failed and the breaker is open (for status output). */
@@ -119,6 +124,7 @@ class NoopBalanceCache implements BalanceCache {
   }
   async set(): Promise<void> {}
   async invalidate(): Promise<void> {}
+  async invalidateAll(): Promise<void> {}
   async close(): Promise<void> {}
 }
 
@@ -176,6 +182,20 @@ class RedisBalanceCache implements BalanceCache {
     await this.run(undefined, (client) =>
       client.eval(INVALIDATE_SCRIPT, 1, this.key(tenantId), this.ttlSeconds),
     )
+  }
+
+  async invalidateAll(): Promise<void> {
+    let cursor = '0'
+    do {
+      // One SCAN page per call, so each stays within the command timeout.
+      const page = await this.run(null, (client) =>
+        client.scan(cursor, 'MATCH', `${this.prefix}balance:*`, 'COUNT', 1000),
+      )
+      if (!page) return
+      const [next, keys] = page
+      if (keys.length > 0) await this.run(undefined, (client) => client.del(...keys))
+      cursor = next
+    } while (cursor !== '0')
   }
 
   async close(): Promise<void> {
