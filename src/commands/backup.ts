@@ -235,21 +235,22 @@ export async function restore(
   const keys = backupKeys(ctx, settings)
   const timeoutMs = settings.timeoutMs.value
   let state = await inspectTarget(opts.target, manifest.database, timeoutMs)
-  if (!state.exists) {
-    if (!opts.create) {
-      throw new OperationError(`The target database '${state.database}' does not exist.`, {
-        code: 'TARGET_MISSING',
-        hint: 'Pass --create to create it.',
-      })
-    }
-    await createTargetDatabase(opts.target, timeoutMs)
-    state = await inspectTarget(opts.target, manifest.database, timeoutMs)
+  if (!state.exists && !opts.create) {
+    throw new OperationError(`The target database '${state.database}' does not exist.`, {
+      code: 'TARGET_MISSING',
+      hint: 'Pass --create to create it.',
+    })
   }
   assertRestorable(state, manifest, opts.force === true)
   ctx.out.info(
     `Restore ${manifest.name} (${manifest.database}, schema version ${manifest.schema_version}, taken ${manifest.created_at}) into database '${state.database}'` +
-      (state.tables > 0 ? `, REPLACING its ${manifest.database} schema (${state.tables} tables).` : '.'),
+      (!state.exists
+        ? ', which will be created.'
+        : state.tables > 0
+          ? `, REPLACING its ${manifest.database} schema (${state.tables} tables).`
+          : '.'),
   )
+  // Asked before anything is written, the database creation included.
   await confirm(ctx.io, {
     yes: ctx.yes,
     noInput: ctx.noInput,
@@ -257,6 +258,10 @@ export async function restore(
     question: 'This writes to the target database.',
     typeToConfirm: state.database,
   })
+  if (!state.exists) {
+    await createTargetDatabase(opts.target, timeoutMs)
+    state = await inspectTarget(opts.target, manifest.database, timeoutMs)
+  }
   const shown = progress(ctx.out, 'restoring', 'bytes')
   const result = await restoreBackup(path.resolve(file), manifest, opts.target, state, {
     keys,

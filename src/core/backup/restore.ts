@@ -111,13 +111,18 @@ export function toolSink(
   args: string[],
   env: NodeJS.ProcessEnv,
   what: string,
+  options: { stdout?: Writable } = {},
 ): { stdin: Writable; done: Promise<string> } {
   const child = spawn(bin, args, { env, stdio: ['pipe', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
-  child.stdout.on('data', (d) => {
-    if (stdout.length < 1_000_000) stdout += d
-  })
+  // Into the next tool, never ending it: the caller decides when (and whether) its input is complete.
+  if (options.stdout) child.stdout.pipe(options.stdout, { end: false })
+  else {
+    child.stdout.on('data', (d) => {
+      if (stdout.length < 1_000_000) stdout += d
+    })
+  }
   child.stderr.on('data', (d) => {
     if (stderr.length < 8000) stderr += d
   })
@@ -239,30 +244,62 @@ export async function restoreInto(
   },
 ): Promise<void> {
   const conn = toolConnection(url, env)
-  if (manifest.dump.format === 'custom') {
+  const psqlArgs = [
+    '--no-psqlrc',
+    '--quiet',
+    '--single-transaction',
+    '-v',
+    'ON_ERROR_STOP=1',
+    '--no-password',
+    `--dbname=${conn.dbname}`,
+  ]
+  if (manifest.dump.format === 'custom' && !options.clean) {
     const tool = await findTool('pg_restore', options.serverMajor, env)
     const args = ['--exit-on-error', '--single-transaction', '--no-owner', '--no-privileges', '--no-password']
-    if (options.clean) args.push('--clean', '--if-exists')
     const sink = toolSink(tool.path, [...args, `--dbname=${conn.dbname}`], conn.env, 'pg_restore')
     await both(streamDump(file, manifest, keys, sink.stdin, options), sink.done)
-  } else {
-    const tool = await findTool('psql', options.serverMajor, env)
-    const sink = toolSink(
-      tool.path,
-      [
-        '--no-psqlrc',
-        '--quiet',
-        '--single-transaction',
-        '-v',
-        'ON_ERROR_STOP=1',
-        '--no-password',
-        `--dbname=${conn.dbname}`,
-      ],
-      conn.env,
-      'psql',
-    )
-    if (options.clean) sink.stdin.write(`DROP SCHEMA IF EXISTS ${manifest.database} CASCADE;\n`)
-    await both(streamDump(file, manifest, keys, sink.stdin, options), sink.done)
+    return
+  }
+  // Replacing a schema, or a plain dump: psql in one transaction that first drops the schema with
+  // everything in it (pg_restore --clean drops only what the backup has, so a table added since,
+  // e.g. by the migration being rolled back, would block it). A custom dump goes through
+  // pg_restore --file=- to become that script.
+  const psqlTool = await findTool('psql', options.serverMajor, env)
+  const psql = toolSink(psqlTool.path, psqlArgs, conn.env, 'psql')
+  if (options.clean) psql.stdin.write(`DROP SCHEMA IF EXISTS ${manifest.database} CASCADE;\n`)
+  try {
+    if (manifest.dump.format === 'custom') {
+      const tool = await findTool('pg_restore', options.serverMajor, env)
+      const convert = toolSink(
+        tool.path,
+        ['--file=-', '--no-owner', '--no-privileges', '--exit-on-error'],
+        conn.env,
+        'pg_restore',
+        {
+          stdout: psql.stdin,
+        },
+      )
+      await both(streamDump(file, manifest, keys, convert.stdin, options), convert.done)
+    } else {
+      await streamDump(file, manifest, keys, new EndlessWritable(psql.stdin), options)
+    }
+  } catch (err) {
+    // Kill psql before its input ends: at end of input it would commit what it had.
+    psql.stdin.destroy(err as Error)
+    await psql.done.catch(() => {})
+    throw err
+  }
+  psql.stdin.end()
+  await psql.done
+}
+
+/** Forwards to a stream without ever ending it (the caller ends it once everything checked out). */
+class EndlessWritable extends Writable {
+  constructor(private readonly target: Writable) {
+    super()
+  }
+  override _write(chunk: Buffer, _e: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.target.write(chunk, (err) => cb(err ?? null))
   }
 }
 

@@ -1,0 +1,949 @@
+/**
+ * Backups through the CLI against a real PostgreSQL: create / list / verify (with a test
+ * restore), restore and its guards, every way a backup file can be damaged, a backup killed or
+ * starved of disk mid-way, retention, and the pre-migration backup that `rollback --migration`
+ * restores. What is asserted is what an operator relies on: the exit code, one clear sentence,
+ * and that nothing half-done is left looking complete.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BIN, type CliResult, ROOT, runCli } from './helpers/cli.js'
+import { createTestDatabase, type TestDatabase } from './helpers/db.js'
+import { adminUrl, cleanEnv } from './helpers/env.js'
+
+// --- fixtures ----------------------------------------------------------------------------------------
+
+const KID = 'bk1'
+const backupKey = `${KID}:${randomBytes(32).toString('base64')}`
+const auditKey = `a1:${randomBytes(32).toString('base64')}`
+const encryptKey = `e1:${randomBytes(32).toString('base64')}`
+/** Plaintext bytes per chunk in the .shxb format (src/core/backup/envelope.ts). */
+const CHUNK = 1 << 20
+const PKG_VERSION = (
+  JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }
+).version
+
+/** The small ledger every backup of `db` holds. */
+const TENANTS = ['acme', 'beta', 'gamma']
+
+let db: TestDatabase // a few tenants, static after beforeAll
+let big: TestDatabase // > 2 MiB once compressed: multi-chunk backups, the kill and disk-full tests
+let home: string
+const temps: string[] = []
+const extraDatabases: string[] = []
+/** A pristine backup of `db` and one of `big`; tests copy them before changing anything. */
+let smallFile: string
+let bigFile: string
+
+function tmp(label: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `shx-backup-${label}-`))
+  temps.push(dir)
+  return dir
+}
+
+function env(extra: Record<string, string | undefined> = {}, url = db.url) {
+  return cleanEnv({
+    CREDITS_DATABASE_URL: url,
+    SHIELDX_HOME: home,
+    AUDIT_HMAC_KEY: auditKey,
+    BACKUP_KEY: backupKey,
+    ENCRYPT_KEY: encryptKey,
+    ...extra,
+  })
+}
+
+interface CliOptions {
+  env?: Record<string, string | undefined>
+  url?: string
+  tty?: boolean
+  input?: string
+}
+
+const cli = (args: string[], o: CliOptions = {}) =>
+  runCli(['--no-color', ...args], {
+    env: env(o.env, o.url),
+    ...(o.tty ? { tty: true } : {}),
+    ...(o.input !== undefined ? { input: o.input } : {}),
+  })
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- JSON documents of the CLI
+async function json(args: string[], o: CliOptions = {}): Promise<CliResult & { doc: any }> {
+  const r = await cli(['--json', ...args], o)
+  let doc: unknown
+  try {
+    doc = JSON.parse(r.stdout)
+  } catch {
+    throw new Error(`not one JSON document on stdout (exit ${r.code}):\n${r.stdout}\n${r.stderr}`)
+  }
+  return { ...r, doc }
+}
+
+/** One sentence on stderr for the user, never a stack trace or a "this is a bug". */
+function expectSentence(r: CliResult, re: RegExp) {
+  expect(r.stderr).toMatch(re)
+  expect(r.stderr).not.toMatch(/\n\s+at /)
+  expect(r.stderr).not.toMatch(/Unexpected error|bug in shieldx/)
+}
+
+async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url })
+  c.on('error', () => {})
+  await c.connect()
+  try {
+    return await fn(c)
+  } finally {
+    await c.end()
+  }
+}
+
+const admin = <T>(fn: (c: pg.Client) => Promise<T>) => withClient(adminUrl(), fn)
+
+function urlFor(name: string): string {
+  const u = new URL(adminUrl())
+  u.pathname = `/${name}`
+  return u.toString()
+}
+
+/** A name for a restore target, dropped in afterAll (created or not). */
+function targetName(label: string): string {
+  const name = `${db.name}_${label}`
+  extraDatabases.push(name)
+  return name
+}
+
+async function createEmptyDatabase(label: string): Promise<{ name: string; url: string }> {
+  const name = targetName(label)
+  await admin((c) => c.query(`create database ${name}`))
+  return { name, url: urlFor(name) }
+}
+
+async function databaseExists(name: string): Promise<boolean> {
+  return admin(
+    async (c) => (await c.query('select 1 from pg_database where datname = $1', [name])).rowCount === 1,
+  )
+}
+
+async function creditsTables(url: string): Promise<number> {
+  return withClient(url, async (c) =>
+    Number(
+      (await c.query<{ n: string }>("select count(*) as n from pg_tables where schemaname = 'credits'"))
+        .rows[0]!.n,
+    ),
+  )
+}
+
+async function accounts(url: string) {
+  return withClient(
+    url,
+    async (c) =>
+      (
+        await c.query(
+          `select tenant_id, balance::text, reserved::text, chain_seq::text, encode(chain_head, 'hex') as head
+             from credits.credit_accounts order by tenant_id`,
+        )
+      ).rows,
+  )
+}
+
+async function auditRows(url: string) {
+  return withClient(
+    url,
+    async (c) =>
+      (
+        await c.query(
+          `select tenant_id, seq::text, action, amount::text, balance_after::text,
+                  encode(prev_hash, 'hex') as prev_hash, encode(hash, 'hex') as hash
+             from credits.audit_logs order by tenant_id, seq`,
+        )
+      ).rows,
+  )
+}
+
+function manifestOf(file: string): string {
+  return file.replace(/\.shxb$/, '.manifest.json')
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the manifest is checked field by field
+function readManifest(file: string): any {
+  return JSON.parse(fs.readFileSync(manifestOf(file), 'utf8'))
+}
+
+/** The .shxb and its manifest copied into a directory of their own. */
+function copyBackup(file: string, dir = tmp('copy'), name = path.basename(file)): string {
+  const to = path.join(dir, name)
+  fs.copyFileSync(file, to)
+  fs.copyFileSync(manifestOf(file), manifestOf(to))
+  return to
+}
+
+function sha256(file: string): string {
+  return createHash('sha256').update(fs.readFileSync(file)).digest('hex')
+}
+
+/** Where chunk i of a .shxb file starts and ends (inclusive), from the header's kid length. */
+function chunkRange(file: string, i: number): { start: number; end: number } {
+  const fd = fs.openSync(file, 'r')
+  const head = Buffer.alloc(6)
+  fs.readSync(fd, head, 0, 6, 0)
+  fs.closeSync(fd)
+  const headerLength = 18 + head[5]!
+  const start = headerLength + i * (4 + CHUNK + 16)
+  return { start, end: start + 4 + CHUNK + 16 - 1 }
+}
+
+function flipByte(file: string, offset: number): void {
+  const fd = fs.openSync(file, 'r+')
+  const b = Buffer.alloc(1)
+  fs.readSync(fd, b, 0, 1, offset)
+  b[0] = b[0]! ^ 0xff
+  fs.writeSync(fd, b, 0, 1, offset)
+  fs.closeSync(fd)
+}
+
+async function verifyDatabases(): Promise<string[]> {
+  return admin(async (c) =>
+    (
+      await c.query<{ d: string }>(
+        "select datname as d from pg_database where datname like 'shieldx_verify_%'",
+      )
+    ).rows.map((r) => r.d),
+  )
+}
+
+/** Whether tmpfs can be mounted here (root in a privileged container); the reason if not. */
+function mountProbe(): string | null {
+  if (process.platform !== 'linux') return 'not Linux'
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shx-mount-probe-'))
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', dir], { stdio: 'pipe' })
+    execFileSync('umount', [dir], { stdio: 'pipe' })
+    return null
+  } catch (err) {
+    const msg = String((err as { stderr?: Buffer }).stderr ?? (err as Error).message)
+      .trim()
+      .split('\n')[0]
+    return `mount -t tmpfs is not permitted here (${msg})`
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+const cannotMount = mountProbe()
+
+// --- setup ---------------------------------------------------------------------------------------------
+
+async function ledger(url: string, ops: string[][]) {
+  const m = await cli(['migrate', 'up', '--no-backup'], { url })
+  expect(m.code, m.stderr).toBe(0)
+  for (const op of ops) {
+    const r = await cli(['credits', ...op], { url })
+    expect(r.code, r.stderr).toBe(0)
+  }
+}
+
+beforeAll(async () => {
+  home = tmp('home')
+  ;[db, big] = await Promise.all([createTestDatabase('backup'), createTestDatabase('backup_big')])
+  await Promise.all([
+    ledger(db.url, [
+      ['topup', 'acme', '100'],
+      ['consume', 'acme', '30', '--description', 'scan 1'],
+      ['topup', 'beta', '50'],
+      ['topup', 'gamma', '7'],
+      ['consume', 'gamma', '2'],
+    ]),
+    ledger(big.url, [['topup', 'bulk', '1']]),
+  ])
+  // 30k transactions with 256 random hex characters each: ~10 MB dumped, ~5 MB gzipped, 5 chunks.
+  await big.query(
+    `insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, description)
+     select gen_random_uuid(), 'bulk', 'topup', 1, 1,
+            (select string_agg(md5(random()::text || g::text || i::text), '') from generate_series(1, 8) i)
+       from generate_series(1, 30000) g`,
+  )
+  const pristine = tmp('pristine')
+  const [s, b] = await Promise.all([
+    json(['backup', 'create', '--dir', pristine, '--label', 'small']),
+    json(['backup', 'create', '--dir', pristine, '--label', 'big'], { url: big.url }),
+  ])
+  expect(s.code, s.stderr).toBe(0)
+  expect(b.code, b.stderr).toBe(0)
+  smallFile = s.doc.file
+  bigFile = b.doc.file
+  expect(b.doc.bytes, 'the big backup must span several chunks').toBeGreaterThan(3 * CHUNK)
+})
+
+afterAll(async () => {
+  await admin(async (c) => {
+    for (const name of extraDatabases) await c.query(`drop database if exists ${name} with (force)`)
+  })
+  await Promise.all([db?.drop(), big?.drop()])
+  for (const dir of temps) fs.rmSync(dir, { recursive: true, force: true })
+})
+
+// --- 1. create, list, verify ---------------------------------------------------------------------------
+
+describe('backup create, list, verify', () => {
+  it('creates an encrypted backup whose manifest describes exactly what the database held; list and verify agree', async () => {
+    const dir = tmp('create')
+    const before = Date.now()
+    const c = await json(['backup', 'create', '--dir', dir, '--label', 'nightly'])
+    const after = Date.now()
+    expect(c.code, c.stderr).toBe(0)
+    expect(Object.keys(c.doc).sort()).toEqual(['bytes', 'duration_ms', 'file', 'manifest'])
+    expect(c.doc.file).toMatch(new RegExp(`^${dir}/shieldx-credits-\\d{8}T\\d{6}Z-nightly\\.shxb$`))
+    expect(c.doc.duration_ms).toBeGreaterThanOrEqual(0)
+    const file: string = c.doc.file
+    expect(fs.readdirSync(dir).sort()).toEqual([path.basename(file), path.basename(manifestOf(file))].sort())
+    const bytes = fs.readFileSync(file)
+    expect(c.doc.bytes).toBe(bytes.length)
+
+    // The manifest on disk is the one create printed, and every fact in it is true.
+    const m = readManifest(file)
+    expect(m).toEqual(c.doc.manifest)
+    const serverVersion = (await db.query<{ v: string }>("select current_setting('server_version') as v"))
+      .rows[0]!.v
+    expect(m).toMatchObject({
+      format: 'shieldx.backup.v1',
+      name: path.basename(file),
+      label: 'nightly',
+      database: 'credits',
+      shieldx_version: PKG_VERSION,
+      schema_version: 2,
+      dump: { format: 'custom', server_version: serverVersion },
+      encryption: { algorithm: 'AES-256-GCM-chunked', key_id: KID },
+      compression: 'gzip',
+    })
+    expect(m.dump.tool).toMatch(/^pg_dump 1[5-9]\.\d+$/)
+    expect(new Date(m.created_at).getTime()).toBeGreaterThanOrEqual(before - 1000)
+    expect(new Date(m.created_at).getTime()).toBeLessThanOrEqual(after)
+    expect(m.sha256).toBe(createHash('sha256').update(bytes).digest('hex'))
+    expect(m.sizes.file_bytes).toBe(bytes.length)
+    expect(m.sizes.dump_bytes).toBeGreaterThan(m.sizes.compressed_bytes)
+    // header + per chunk (length + tag) + the compressed bytes: a single chunk here
+    expect(m.sizes.file_bytes).toBe(18 + KID.length + 20 + m.sizes.compressed_bytes)
+
+    const { rows: tables } = await db.query<{ t: string }>(
+      "select tablename as t from pg_tables where schemaname = 'credits' order by 1",
+    )
+    const realCounts: Record<string, number> = {}
+    for (const { t } of tables) {
+      realCounts[`credits.${t}`] = Number(
+        (await db.query<{ n: string }>(`select count(*) as n from credits.${t}`)).rows[0]!.n,
+      )
+    }
+    expect(m.row_counts).toEqual(realCounts)
+    expect(m.row_counts['credits.credit_accounts']).toBe(TENANTS.length)
+    expect(m.row_counts['credits.audit_logs']).toBe(5)
+
+    const chains = Object.fromEntries(
+      (await accounts(db.url)).map((a) => [a.tenant_id, { seq: Number(a.chain_seq), head: a.head }]),
+    )
+    expect(Object.keys(chains).sort()).toEqual(TENANTS)
+    expect(m.chains).toEqual(chains)
+
+    // Encrypted: nothing of the ledger or of pg_dump's format readable in the file.
+    for (const plain of [...TENANTS, 'credit_accounts', 'audit_logs', 'scan 1', 'PGDMP']) {
+      expect(bytes.includes(Buffer.from(plain)), `'${plain}' is readable in the backup file`).toBe(false)
+    }
+
+    const l = await json(['backup', 'list', '--dir', dir])
+    expect(l.code).toBe(0)
+    expect(l.doc.backups).toEqual([
+      {
+        file,
+        bytes: bytes.length,
+        created_at: m.created_at,
+        database: 'credits',
+        label: 'nightly',
+        schema_version: 2,
+        verified: null,
+        problem: null,
+      },
+    ])
+
+    const v = await json(['backup', 'verify', file])
+    expect(v.code, v.stderr).toBe(0)
+    expect(Object.keys(v.doc).sort()).toEqual(['checks', 'ok'])
+    expect(v.doc.ok).toBe(true)
+    for (const check of v.doc.checks) {
+      expect(Object.keys(check).sort()).toEqual(['detail', 'name', 'ok'])
+      expect(check.ok, `${check.name}: ${check.detail}`).toBe(true)
+    }
+    expect(v.doc.checks.map((ch: { name: string }) => ch.name)).toEqual([
+      'manifest',
+      'checksum',
+      'chunks',
+      'archive',
+    ])
+    expect(readManifest(file).verified).toMatchObject({ restore_test: false })
+
+    const text = await cli(['backup', 'verify', file])
+    expect(text.code).toBe(0)
+    expect(text.stdout).toContain('Backup verified.')
+  })
+
+  it('verify --restore-test restores into a scratch database, checks rows, chain heads and the chain, then drops it', async () => {
+    const file = copyBackup(smallFile)
+    const scratchBefore = await verifyDatabases()
+    const v = await json(['backup', 'verify', file, '--restore-test'])
+    expect(v.code, v.stderr).toBe(0)
+    expect(v.doc.ok).toBe(true)
+    const names = v.doc.checks.map((c: { name: string }) => c.name)
+    expect(names).toEqual(expect.arrayContaining(['restore', 'row_counts', 'chain_heads', 'verify_chain']))
+    for (const c of v.doc.checks) expect(c.ok, `${c.name}: ${c.detail}`).toBe(true)
+    expect(v.doc.checks.find((c: { name: string }) => c.name === 'verify_chain').detail).toContain(
+      `5 rows across ${TENANTS.length} tenants intact`,
+    )
+
+    // The scratch database is gone: the one named in the output, and no other was left.
+    const restore = v.doc.checks.find((c: { name: string }) => c.name === 'restore')
+    const scratch = /\/(shieldx_verify_[0-9a-f]+)\)/.exec(restore.detail)?.[1]
+    expect(scratch, restore.detail).toBeDefined()
+    extraDatabases.push(scratch!)
+    expect(await databaseExists(scratch!)).toBe(false)
+    expect((await verifyDatabases()).filter((d) => !scratchBefore.includes(d))).toEqual([])
+
+    expect(readManifest(file).verified).toMatchObject({ restore_test: true })
+    const l = await json(['backup', 'list', '--dir', path.dirname(file)])
+    expect(l.doc.backups[0].verified).toMatchObject({ restore_test: true })
+    const text = await cli(['backup', 'list', '--dir', path.dirname(file)])
+    expect(text.stdout).toContain('restore-tested')
+  })
+})
+
+// --- 3. restore and its guards ---------------------------------------------------------------------------
+
+describe('restore', () => {
+  it('restores into a new database (--create --yes) equal to the source; refuses to overwrite it without --force; replaces it with --force', async () => {
+    const name = targetName('restored')
+    const url = urlFor(name)
+    const r = await json(['--yes', 'restore', smallFile, '--target', url, '--create'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.doc.ok).toBe(true)
+    for (const c of r.doc.checks) expect(c.ok, `${c.name}: ${c.detail}`).toBe(true)
+    expect(await accounts(url)).toEqual(await accounts(db.url))
+    const sourceAudit = await auditRows(db.url)
+    expect(sourceAudit).toHaveLength(5)
+    expect(await auditRows(url)).toEqual(sourceAudit)
+
+    // Something written in the target since: a second restore must not silently replace it.
+    await withClient(url, (c) => c.query("insert into credits.credit_accounts (tenant_id) values ('marker')"))
+    const again = await json(['--yes', 'restore', smallFile, '--target', url])
+    expect(again.code).toBe(3)
+    expect(again.doc.error.code).toBe('TARGET_NOT_EMPTY')
+    expectSentence(again, new RegExp(`target database '${name}' already holds the credits schema`))
+    expect((await accounts(url)).map((a) => a.tenant_id)).toContain('marker')
+
+    const forced = await json(['--yes', 'restore', smallFile, '--target', url, '--force'])
+    expect(forced.code, forced.stderr).toBe(0)
+    expect(forced.doc.ok).toBe(true)
+    expect(await accounts(url)).toEqual(await accounts(db.url))
+    expect(await auditRows(url)).toEqual(sourceAudit)
+  })
+
+  it('without --yes and without a terminal: exit 3, the target stays empty', async () => {
+    const t = await createEmptyDatabase('noyes')
+    const r = await cli(['restore', smallFile, '--target', t.url])
+    expect(r.code).toBe(3)
+    expectSentence(r, /Refusing to restore without confirmation: pass --yes/)
+    expect(await creditsTables(t.url)).toBe(0)
+  })
+
+  // Was a bug, now fixed (the prompt comes first): with --create, the missing target database is created
+  // (createTargetDatabase) BEFORE the confirmation, so a refused restore (exit 3, "Refusing to
+  // restore without confirmation") or a cancelled prompt still leaves a new empty database
+  // behind, although a declined confirmation promises "nothing was changed". Likely fix: ask
+  // first (a missing database is empty and unused, so assertRestorable passes on
+  // { tables: 0, otherConnections: 0 }), and create it only after confirm() returns.
+  it('restore --create without --yes: exit 3 and no database is created', async () => {
+    const name = targetName('create_noyes')
+    const r = await cli(['restore', smallFile, '--target', urlFor(name), '--create'])
+    expect(r.code).toBe(3)
+    expect(await databaseExists(name)).toBe(false)
+  })
+
+  it('on a terminal asks to type the database name; a wrong answer cancels with exit 3 and the target stays empty', async () => {
+    const t = await createEmptyDatabase('tty')
+    const r = await cli(['restore', smallFile, '--target', t.url], { tty: true, input: 'yes\n' })
+    expect(r.code).toBe(3)
+    expect(r.stderr).toContain(`Type '${t.name}' to confirm`)
+    expectSentence(r, /Cancelled; nothing was changed\./)
+    expect(await creditsTables(t.url)).toBe(0)
+  })
+
+  it('refuses an empty target that something else is connected to (exit 3) unless --force', async () => {
+    const t = await createEmptyDatabase('busy')
+    const other = new pg.Client({ connectionString: t.url, application_name: 'someone else' })
+    other.on('error', () => {})
+    await other.connect()
+    try {
+      const r = await json(['--yes', 'restore', smallFile, '--target', t.url])
+      expect(r.code).toBe(3)
+      expect(r.doc.error.code).toBe('TARGET_IN_USE')
+      expectSentence(r, new RegExp(`target database '${t.name}' has 1 other live connection`))
+      expect(await creditsTables(t.url)).toBe(0)
+
+      const forced = await json(['--yes', 'restore', smallFile, '--target', t.url, '--force'])
+      expect(forced.code, forced.stderr).toBe(0)
+      expect(await accounts(t.url)).toEqual(await accounts(db.url))
+    } finally {
+      await other.end()
+    }
+  })
+
+  it('an unreachable target host is exit 1 with one sentence naming host:port', async () => {
+    const r = await cli(['--yes', 'restore', smallFile, '--target', 'postgres://postgres@127.0.0.1:1/x'])
+    expect(r.code).toBe(1)
+    expectSentence(r, /127\.0\.0\.1:1\b/)
+    expect(r.stderr.trim().split('\n')).toHaveLength(1)
+  })
+
+  it('a missing target database without --create is exit 1 saying so, and is not created', async () => {
+    const name = targetName('missing')
+    const r = await cli(['--yes', 'restore', smallFile, '--target', urlFor(name)])
+    expect(r.code).toBe(1)
+    expectSentence(r, new RegExp(`target database '${name}' does not exist`))
+    expect(r.stderr).toContain('--create')
+    expect(await databaseExists(name)).toBe(false)
+  })
+})
+
+// --- 4. damaged backups and failed backups -----------------------------------------------------------------
+
+describe('damaged backups are refused (exit 4) and never marked verified', () => {
+  it('a BACKUP_KEY with the same key id but other bytes: verify exit 4 at chunk 0; restore exit 4 BACKUP_CORRUPT, target empty', async () => {
+    const file = copyBackup(smallFile)
+    const wrongKey = { BACKUP_KEY: `${KID}:${randomBytes(32).toString('base64')}` }
+    const v = await json(['backup', 'verify', file], { env: wrongKey })
+    expect(v.code).toBe(4)
+    expect(v.doc.ok).toBe(false)
+    const failed = v.doc.checks.find((c: { ok: boolean }) => !c.ok)
+    expect(failed.detail).toMatch(
+      /^Chunk 0 \(bytes \d+-\d+ of the file\) failed authentication: wrong BACKUP_KEY/,
+    )
+    expect(readManifest(file).verified).toBeUndefined()
+
+    const t = await createEmptyDatabase('wrongkey')
+    const r = await json(['--yes', 'restore', file, '--target', t.url], { env: wrongKey })
+    expect(r.code).toBe(4)
+    expect(r.doc.error).toMatchObject({ code: 'BACKUP_CORRUPT', chunk: 0 })
+    expect(await creditsTables(t.url)).toBe(0)
+  })
+
+  it('a BACKUP_KEY without the key id the backup names: exit 4 naming the key', async () => {
+    const file = copyBackup(smallFile)
+    const r = await cli(['backup', 'verify', file], {
+      env: { BACKUP_KEY: `other:${randomBytes(32).toString('base64')}` },
+    })
+    expect(r.code).toBe(4)
+    expect(r.stdout).toContain(`encrypted with key '${KID}', which BACKUP_KEY does not hold`)
+    expect(r.stdout).toContain('Backup FAILED verification')
+  })
+
+  it('a flipped byte in the middle of a multi-chunk backup: exit 4 naming that chunk', async () => {
+    const file = copyBackup(bigFile)
+    const { start, end } = chunkRange(file, 2)
+    expect(end, 'the file must reach past chunk 2').toBeLessThan(fs.statSync(file).size)
+    flipByte(file, start + 500_000)
+    const v = await json(['backup', 'verify', file])
+    expect(v.code).toBe(4)
+    const failed = v.doc.checks.filter((c: { ok: boolean }) => !c.ok)
+    expect(failed).toHaveLength(1)
+    expect(failed[0].detail).toContain(`Chunk 2 (bytes ${start}-${end} of the file) failed authentication`)
+    expect(readManifest(file).verified).toBeUndefined()
+  })
+
+  it.each([
+    ['inside a chunk', (f: string) => chunkRange(f, 3).start + 1000, /ends inside chunk 3 .*truncated/],
+    [
+      'exactly at a chunk boundary',
+      (f: string) => chunkRange(f, 2).start,
+      /ends after chunk 1 without its final chunk/,
+    ],
+  ])('a backup truncated %s: exit 4, truncated', async (_where, at, re) => {
+    const file = copyBackup(bigFile)
+    fs.truncateSync(file, at(file))
+    const v = await json(['backup', 'verify', file])
+    expect(v.code).toBe(4)
+    expect(v.doc.ok).toBe(false)
+    expect(v.doc.checks.find((c: { name: string }) => c.name === 'size')).toMatchObject({ ok: false })
+    expect(v.doc.checks.map((c: { detail: string }) => c.detail).join('\n')).toMatch(re)
+    expect(readManifest(file).verified).toBeUndefined()
+  })
+
+  it('a backup with a chunk appended after its final one: exit 4, something was appended', async () => {
+    const file = copyBackup(smallFile)
+    const bytes = fs.readFileSync(file)
+    const { start } = chunkRange(file, 0)
+    fs.appendFileSync(file, bytes.subarray(start)) // the final chunk's record once more
+    const v = await json(['backup', 'verify', file])
+    expect(v.code).toBe(4)
+    expect(v.doc.checks.map((c: { detail: string }) => c.detail).join('\n')).toMatch(
+      /continues after its final chunk .*something was appended/,
+    )
+    expect(readManifest(file).verified).toBeUndefined()
+  })
+
+  it('a backup without its manifest: verify exit 4 saying it is missing; restore exit 4 BACKUP_NO_MANIFEST', async () => {
+    const dir = tmp('nomanifest')
+    const file = path.join(dir, path.basename(smallFile))
+    fs.copyFileSync(smallFile, file)
+    const v = await json(['backup', 'verify', file])
+    expect(v.code).toBe(4)
+    expect(v.doc.checks).toEqual([
+      { name: 'manifest', ok: false, detail: expect.stringMatching(/manifest .* is missing/) },
+    ])
+    const t = await createEmptyDatabase('nomanifest')
+    const r = await json(['--yes', 'restore', file, '--target', t.url])
+    expect(r.code).toBe(4)
+    expect(r.doc.error.code).toBe('BACKUP_NO_MANIFEST')
+    expectSentence(r, /is missing, so .* cannot be trusted or restored safely/)
+    expect(await creditsTables(t.url)).toBe(0)
+    const l = await json(['backup', 'list', '--dir', dir])
+    expect(l.doc.backups[0]).toMatchObject({ database: null, problem: expect.stringMatching(/missing/) })
+  })
+
+  it('restoring a backup damaged in a later chunk is exit 4 and commits nothing: the target stays empty', async () => {
+    const file = copyBackup(bigFile)
+    const { start } = chunkRange(file, 3)
+    flipByte(file, start + 700_000)
+    const t = await createEmptyDatabase('damaged')
+    const r = await json(['--yes', 'restore', file, '--target', t.url])
+    expect(r.code).toBe(4)
+    expect(r.doc.error).toMatchObject({ code: 'BACKUP_CORRUPT', chunk: 3 })
+    expectSentence(r, /Chunk 3 .* failed authentication/)
+    expect(await creditsTables(t.url)).toBe(0)
+    const schema = await withClient(t.url, (c) =>
+      c.query("select 1 from pg_namespace where nspname = 'credits'"),
+    )
+    expect(schema.rowCount).toBe(0)
+  })
+
+  it('restoring a file that does not match its manifest (every chunk intact, SHA-256 differs) commits nothing', async () => {
+    const file = copyBackup(smallFile)
+    const m = readManifest(file)
+    fs.writeFileSync(manifestOf(file), JSON.stringify({ ...m, sha256: sha256(bigFile) }))
+    const t = await createEmptyDatabase('shamismatch')
+    const r = await json(['--yes', 'restore', file, '--target', t.url])
+    expect(r.code).toBe(4)
+    expect(r.doc.error.code).toBe('BACKUP_CHECKSUM')
+    expect(await creditsTables(t.url)).toBe(0)
+  })
+})
+
+describe('a backup that cannot finish leaves nothing that looks complete', () => {
+  it('killed mid-backup (SIGKILL): only a .partial remains, list shows no backup, and the next create removes it', async () => {
+    const dir = tmp('killed')
+    const child: ChildProcess = spawn(process.execPath, [BIN, 'backup', 'create', '--dir', dir], {
+      env: env({}, big.url),
+      stdio: 'ignore',
+    })
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on('exit', (code, signal) => resolve({ code, signal })),
+    )
+    let done = false
+    void exited.then(() => (done = true))
+    const deadline = Date.now() + 30_000
+    while (!done && Date.now() < deadline) {
+      if (fs.existsSync(dir) && fs.readdirSync(dir).some((f) => f.endsWith('.partial'))) {
+        child.kill('SIGKILL')
+        break
+      }
+      await new Promise((r) => setTimeout(r, 2))
+    }
+    const exit = await exited
+    expect(exit.signal, 'the backup finished before it could be killed').toBe('SIGKILL')
+
+    const left = fs.readdirSync(dir)
+    expect(left).toHaveLength(1)
+    expect(left[0]).toMatch(new RegExp(`\\.shxb\\.${child.pid}\\.partial$`))
+    const l = await json(['backup', 'list', '--dir', dir])
+    expect(l.code).toBe(0)
+    expect(l.doc.backups).toEqual([])
+
+    const next = await json(['backup', 'create', '--dir', dir])
+    expect(next.code, next.stderr).toBe(0)
+    expect(fs.readdirSync(dir).sort()).toEqual(
+      [path.basename(next.doc.file), path.basename(manifestOf(next.doc.file))].sort(),
+    )
+  })
+
+  it('pg_dump missing (SHIELDX_PG_BIN is an empty directory): exit 1 saying so and what to install', async () => {
+    const bin = tmp('nobin')
+    const dir = tmp('nobin-out')
+    const r = await cli(['backup', 'create', '--dir', dir], { env: { SHIELDX_PG_BIN: bin } })
+    expect(r.code).toBe(1)
+    expectSentence(r, new RegExp(`pg_dump was not found in SHIELDX_PG_BIN \\(${bin}\\)`))
+    expect(r.stderr).toContain('postgresql-client-15')
+    expect(fs.readdirSync(dir)).toEqual([])
+  })
+
+  it('pg_dump older than the server: exit 1 naming both versions and postgresql-client-15', async () => {
+    const bin = tmp('oldbin')
+    fs.writeFileSync(path.join(bin, 'pg_dump'), '#!/bin/sh\necho "pg_dump (PostgreSQL) 11.22"\n', {
+      mode: 0o755,
+    })
+    const dir = tmp('oldbin-out')
+    const r = await cli(['backup', 'create', '--dir', dir], { env: { SHIELDX_PG_BIN: bin } })
+    expect(r.code).toBe(1)
+    expectSentence(r, /pg_dump 11\.22 .* is older than the PostgreSQL 15 server/)
+    expect(r.stderr).toContain('postgresql-client-15')
+    expect(fs.readdirSync(dir)).toEqual([])
+  })
+
+  it.skipIf(cannotMount !== null)(
+    cannotMount
+      ? `disk full: SKIPPED because ${cannotMount}`
+      : 'disk full (a 256 KiB tmpfs as --dir): exit 1 saying the disk is full, and no partial left',
+    async () => {
+      const dir = tmp('full')
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', dir])
+      try {
+        const r = await cli(['backup', 'create', '--dir', dir], { url: big.url })
+        expect(r.code).toBe(1)
+        expectSentence(r, /disk holding .* is full; the partial backup was removed/)
+        expect(fs.readdirSync(dir)).toEqual([])
+      } finally {
+        execFileSync('umount', [dir])
+      }
+    },
+  )
+})
+
+// --- 5. prune -----------------------------------------------------------------------------------------------
+
+describe('backup prune', () => {
+  const DAY = 86_400_000
+  let dir: string
+  /** name -> [age in days, label, verified] */
+  const plan: Record<string, [number, string | null, boolean]> = {
+    a: [100, 'pre-migrate-credits-0001', false],
+    b: [90, 'pre-migrate-credits-0002', false], // newest pre-migration: kept though old
+    c: [80, null, true], // verified, but an older one
+    d: [70, null, true], // newest verified: kept though old
+    e: [60, null, false],
+    f: [50, null, false], // third newest: kept by --keep-last 3
+    g: [2, null, false],
+    h: [1, null, false],
+  }
+  const files: Record<string, string> = {}
+
+  beforeAll(() => {
+    dir = tmp('prune')
+    for (const [key, [age, label, verified]] of Object.entries(plan)) {
+      const created = new Date(Date.now() - age * DAY)
+      const name = `shieldx-credits-${created
+        .toISOString()
+        .replace(/[-:]/g, '')
+        .replace(/\.\d+Z$/, 'Z')}-${key}.shxb`
+      const file = copyBackup(smallFile, dir, name)
+      const m = readManifest(file)
+      delete m.verified
+      fs.writeFileSync(
+        manifestOf(file),
+        JSON.stringify({
+          ...m,
+          name,
+          label,
+          created_at: created.toISOString(),
+          ...(verified ? { verified: { at: created.toISOString(), restore_test: true } } : {}),
+        }),
+      )
+      fs.utimesSync(file, created, created)
+      fs.utimesSync(manifestOf(file), created, created)
+      files[key] = file
+    }
+  })
+
+  const listing = () => fs.readdirSync(dir).sort()
+  const filesOf = (...keys: string[]) =>
+    keys.flatMap((k) => [files[k]!, manifestOf(files[k]!)].map((f) => path.basename(f)))
+
+  it('--dry-run lists what the policy would delete and deletes nothing; the newest pre-migration and verified backups survive', async () => {
+    const before = listing()
+    const r = await json(['backup', 'prune', '--dir', dir, '--retention-days', '30', '--dry-run'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.doc.dry_run).toBe(true)
+    expect(r.doc.deleted).toEqual([])
+    expect(r.doc.would_delete.map((d: { file: string }) => d.file).sort()).toEqual(
+      [files.a, files.c, files.e].sort(),
+    )
+    const kept = Object.fromEntries(
+      r.doc.kept.map((k: { file: string; reason: string }) => [k.file, k.reason]),
+    )
+    expect(kept[files.b!]).toBe('newest pre-migration backup')
+    expect(kept[files.d!]).toBe('newest verified backup')
+    expect(kept[files.f!]).toBe('one of the newest 3')
+    expect(listing()).toEqual(before)
+  })
+
+  it('--keep-last is respected: with 1, the third newest is no longer kept', async () => {
+    const r = await json([
+      'backup',
+      'prune',
+      '--dir',
+      dir,
+      '--retention-days',
+      '30',
+      '--keep-last',
+      '1',
+      '--dry-run',
+    ])
+    expect(r.code).toBe(0)
+    expect(r.doc.would_delete.map((d: { file: string }) => d.file).sort()).toEqual(
+      [files.a, files.c, files.e, files.f].sort(),
+    )
+    const kept = Object.fromEntries(
+      r.doc.kept.map((k: { file: string; reason: string }) => [k.file, k.reason]),
+    )
+    expect(kept[files.h!]).toBe('one of the newest 1')
+    expect(kept[files.g!]).toBe('younger than 30 days')
+  })
+
+  it('without --yes and without a terminal: exit 3 and nothing is deleted', async () => {
+    const before = listing()
+    const r = await cli(['backup', 'prune', '--dir', dir, '--retention-days', '30'])
+    expect(r.code).toBe(3)
+    expectSentence(r, /Refusing to prune backups without confirmation: pass --yes/)
+    expect(listing()).toEqual(before)
+  })
+
+  it('with --yes deletes exactly the planned backups, data file and manifest, and nothing else', async () => {
+    const before = listing()
+    const r = await json(['--yes', 'backup', 'prune', '--dir', dir, '--retention-days', '30'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.doc.deleted.map((d: { file: string }) => d.file).sort()).toEqual(
+      [files.a, files.c, files.e].sort(),
+    )
+    const gone = filesOf('a', 'c', 'e')
+    expect(gone).toHaveLength(6)
+    expect(listing()).toEqual(before.filter((f) => !gone.includes(f)))
+    expect(listing()).toEqual(filesOf('b', 'd', 'f', 'g', 'h').sort())
+  })
+})
+
+// --- 6. pre-migration backup and rollback --migration -------------------------------------------------------
+
+describe('migrate up takes a pre-migration backup; rollback --migration restores it', () => {
+  let mig: TestDatabase
+  let backups: string
+  let migrations: string
+  const menv = () => ({ BACKUP_DIR: backups, SHIELDX_MIGRATIONS_DIR: migrations })
+
+  function migrationsWith0003(up: string, down: string): string {
+    const dir = tmp('migrations')
+    fs.cpSync(path.join(ROOT, 'migrations'), dir, { recursive: true })
+    fs.writeFileSync(path.join(dir, 'credits/0003_notes.up.sql'), up)
+    fs.writeFileSync(path.join(dir, 'credits/0003_notes.down.sql'), down)
+    return dir
+  }
+
+  beforeAll(async () => {
+    mig = await createTestDatabase('backup_mig')
+    backups = tmp('premigrate')
+    const m = await cli(['migrate', 'up', '--no-backup'], { url: mig.url, env: { BACKUP_DIR: backups } })
+    expect(m.code, m.stderr).toBe(0)
+    const t = await cli(['credits', 'topup', 'acme', '100'], { url: mig.url })
+    expect(t.code, t.stderr).toBe(0)
+  })
+  afterAll(async () => {
+    await mig?.drop()
+  })
+
+  const version = async () =>
+    Number(
+      (await mig.query<{ v: number }>('select max(version) as v from credits.schema_migrations')).rows[0]!.v,
+    )
+  const balances = async () =>
+    Object.fromEntries(
+      (
+        await mig.query<{ tenant_id: string; balance: string }>(
+          'select tenant_id, balance from credits.credit_accounts',
+        )
+      ).rows.map((r) => [r.tenant_id, Number(r.balance)]),
+    )
+
+  it('migrate up --no-backup took none; migrate up against the server labels one pre-migrate-credits-0002; rollback returns to it', async () => {
+    expect(fs.readdirSync(backups)).toEqual([])
+    migrations = migrationsWith0003(
+      'alter table credits.credit_accounts add column note text;\n',
+      'alter table credits.credit_accounts drop column note;\n',
+    )
+    const up = await cli(['migrate', 'up', '--schema', 'credits'], { url: mig.url, env: menv() })
+    expect(up.code, up.stderr).toBe(0)
+    expect(up.stderr).toMatch(/pre-migration backup of credits: .*pre-migrate-credits-0002\.shxb/)
+    expect(await version()).toBe(3)
+    const l = await json(['backup', 'list'], { url: mig.url, env: menv() })
+    expect(l.doc.backups).toHaveLength(1)
+    expect(l.doc.backups[0]).toMatchObject({
+      database: 'credits',
+      label: 'pre-migrate-credits-0002',
+      schema_version: 2,
+    })
+
+    // Written after the backup: lost by the rollback.
+    for (const op of [
+      ['topup', 'acme', '5'],
+      ['topup', 'newbie', '7'],
+    ]) {
+      const r = await cli(['credits', ...op], { url: mig.url, env: menv() })
+      expect(r.code, r.stderr).toBe(0)
+    }
+    expect(await balances()).toEqual({ acme: 105, newbie: 7 })
+
+    const rb = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits'], {
+      url: mig.url,
+      env: menv(),
+    })
+    expect(rb.code, rb.stderr).toBe(0)
+    expect(rb.stdout).toContain('Rolled back and verified.')
+    expect(await version()).toBe(2)
+    expect(await balances()).toEqual({ acme: 100 })
+    const note = await mig.query(
+      "select 1 from information_schema.columns where table_schema = 'credits' and table_name = 'credit_accounts' and column_name = 'note'",
+    )
+    expect(note.rowCount).toBe(0)
+  })
+
+  // Was a bug, now fixed (psql drops the schema with CASCADE first) (src/core/backup/restore.ts restoreInto, clean restore of a custom dump): a migration that
+  // CREATES a table cannot be rolled back. `pg_restore --clean --if-exists` drops only the objects
+  // in the archive, then its `DROP SCHEMA IF EXISTS credits` fails because the table added by
+  // 0003 still lives in it: "pg_restore failed (exit 1): ... cannot drop schema credits because
+  // other objects depend on it", exit 1, database left at version 3. The same hits `restore
+  // --force` into any target with extra tables in the schema. Likely fix: for a clean restore,
+  // drop the schema with CASCADE in the same transaction as the restore, e.g. pipe
+  // `pg_restore --file=-` (SQL) into `psql --single-transaction` after
+  // `DROP SCHEMA IF EXISTS <schema> CASCADE;`, as restoreInto already does for plain dumps.
+  it('rollback --migration also undoes a migration that created a table', async () => {
+    migrations = migrationsWith0003(
+      'create table credits.notes (id bigserial primary key, body text);\n',
+      'drop table credits.notes;\n',
+    )
+    const up = await cli(['migrate', 'up', '--schema', 'credits'], { url: mig.url, env: menv() })
+    expect(up.code, up.stderr).toBe(0)
+    expect(await version()).toBe(3)
+    const rb = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits'], {
+      url: mig.url,
+      env: menv(),
+    })
+    expect(rb.code, rb.stderr).toBe(0)
+    expect(await version()).toBe(2)
+    expect((await mig.query("select to_regclass('credits.notes') as t")).rows[0]!.t).toBeNull()
+  })
+
+  it('with no pre-migration backup in the backup directory: exit 1 NO_PRE_MIGRATION_BACKUP', async () => {
+    const empty = tmp('nopremigrate')
+    const r = await json(['--yes', 'rollback', '--migration', '--schema', 'credits'], {
+      url: mig.url,
+      env: { BACKUP_DIR: empty },
+    })
+    expect(r.code).toBe(1)
+    expect(r.doc.error.code).toBe('NO_PRE_MIGRATION_BACKUP')
+    expectSentence(r, /No pre-migration backup in /)
+  })
+})
