@@ -14,6 +14,7 @@ import zlib from 'node:zlib'
 import pg from 'pg'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import type { Keyring } from '../config/secrets.js'
+import { isAlive } from '../db/embedded.js'
 import type { Database } from '../db/pool.js'
 import { InterruptedError, OperationError } from '../errors.js'
 import type { SchemaName } from '../migrations/files.js'
@@ -255,15 +256,6 @@ export function removeAbandonedPartials(dir: string): string[] {
     removed.push(f)
   }
   return removed
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
 }
 
 function describeWriteError(err: unknown, options: CreateOptions): unknown {

@@ -10,7 +10,9 @@ import { Transform, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
 import pg from 'pg'
+import { type VerifyOptions, verifyChain } from '../audit/verify.js'
 import type { Keyring } from '../config/secrets.js'
+import type { Database } from '../db/pool.js'
 import { IntegrityError, OperationError } from '../errors.js'
 import { createDecryptStream } from './envelope.js'
 import { type Facts, type Manifest, readFacts } from './manifest.js'
@@ -301,6 +303,35 @@ class EndlessWritable extends Writable {
   override _write(chunk: Buffer, _e: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.target.write(chunk, (err) => cb(err ?? null))
   }
+}
+
+/** verify-chain on a restored database, as one check. */
+export async function chainCheck(
+  db: Database,
+  auditKeys: Keyring,
+  options: VerifyOptions = {},
+): Promise<Check> {
+  const chain = await verifyChain(db, auditKeys, options)
+  return {
+    name: 'verify_chain',
+    ok: chain.ok,
+    detail: chain.ok
+      ? `${chain.rows_checked} rows across ${chain.tenants_checked} tenants intact`
+      : `broken: ${chain.broken
+          .map((b) => `${b.tenant_id}@${b.seq} ${b.reason}`)
+          .slice(0, 5)
+          .join(', ')}`,
+  }
+}
+
+/** A database URL with another database name (for scratch and admin connections). */
+export function withDatabase(url: string, name: string): string {
+  const at = url.lastIndexOf('@')
+  const slash = url.indexOf('/', at === -1 ? url.indexOf('//') + 2 : at)
+  const query = url.indexOf('?', slash)
+  return slash === -1
+    ? `${url}/${name}`
+    : url.slice(0, slash + 1) + name + (query === -1 ? '' : url.slice(query))
 }
 
 /** Compare a restored database with the manifest: schema version, row counts, chain heads. */

@@ -3,13 +3,19 @@
  * schema) and have no other live connections unless forced; after the restore it is compared
  * with the manifest and its audit chain verified, and any difference is an integrity failure.
  */
-import { verifyChain } from '../audit/verify.js'
 import type { Keyring } from '../config/secrets.js'
 import { openServer } from '../db/pool.js'
 import type { PgErrorLike } from '../db/pg-errors.js'
 import { OperationError, SafetyError } from '../errors.js'
 import type { Manifest } from './manifest.js'
-import { type Check, compareWithManifest, restoreInto, withClient } from './restore.js'
+import {
+  type Check,
+  chainCheck,
+  compareWithManifest,
+  restoreInto,
+  withClient,
+  withDatabase,
+} from './restore.js'
 
 export interface TargetState {
   database: string
@@ -27,11 +33,6 @@ function databaseOf(url: string): string {
   return slash === -1
     ? 'postgres'
     : decodeURIComponent(afterHost.slice(slash + 1).split('?')[0]!) || 'postgres'
-}
-
-function withDatabase(url: string, name: string): string {
-  const db = databaseOf(url)
-  return url.replace(`/${encodeURIComponent(db)}`, `/${name}`)
 }
 
 export async function inspectTarget(url: string, schema: string, timeoutMs: number): Promise<TargetState> {
@@ -139,17 +140,7 @@ export async function restoreBackup(
     } else {
       const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
       try {
-        const chain = await verifyChain(db, options.auditKeys, {})
-        checks.push({
-          name: 'verify_chain',
-          ok: chain.ok,
-          detail: chain.ok
-            ? `${chain.rows_checked} rows across ${chain.tenants_checked} tenants intact`
-            : `broken: ${chain.broken
-                .map((b) => `${b.tenant_id}@${b.seq} ${b.reason}`)
-                .slice(0, 5)
-                .join(', ')}`,
-        })
+        checks.push(await chainCheck(db, options.auditKeys))
       } finally {
         await db.close()
       }

@@ -6,12 +6,19 @@
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import { Writable } from 'node:stream'
-import { verifyChain } from '../audit/verify.js'
 import type { Keyring } from '../config/secrets.js'
 import { type Database, openScratchEmbedded, openServer } from '../db/pool.js'
 import { IntegrityError, isShieldxError, OperationError } from '../errors.js'
 import { type Manifest, readManifest, writeManifest } from './manifest.js'
-import { type Check, checkArchive, compareWithManifest, restoreInto, streamDump } from './restore.js'
+import {
+  type Check,
+  chainCheck,
+  checkArchive,
+  compareWithManifest,
+  restoreInto,
+  streamDump,
+  withDatabase,
+} from './restore.js'
 
 export interface VerifyBackupOptions {
   keys: Keyring
@@ -139,29 +146,10 @@ async function restoreTest(file: string, manifest: Manifest, options: VerifyBack
       client.release()
     }
     if (manifest.database === 'credits') {
-      const chain = await verifyChain(scratch, test.auditKeys, { workers: 1, record: false })
-      checks.push({
-        name: 'verify_chain',
-        ok: chain.ok,
-        detail: chain.ok
-          ? `${chain.rows_checked} rows across ${chain.tenants_checked} tenants intact`
-          : `broken: ${chain.broken
-              .map((b) => `${b.tenant_id}@${b.seq} ${b.reason}`)
-              .slice(0, 5)
-              .join(', ')}`,
-      })
+      checks.push(await chainCheck(scratch, test.auditKeys, { workers: 1, record: false }))
     }
     return checks
   } finally {
     await drop()
   }
-}
-
-function withDatabase(url: string, name: string): string {
-  const at = url.lastIndexOf('@')
-  const slash = url.indexOf('/', at === -1 ? url.indexOf('//') + 2 : at)
-  const query = url.indexOf('?', slash)
-  return slash === -1
-    ? `${url}/${name}`
-    : url.slice(0, slash + 1) + name + (query === -1 ? '' : url.slice(query))
 }

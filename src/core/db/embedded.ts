@@ -229,7 +229,8 @@ function parsePid(text: string | null): number | null {
   return Number.isInteger(pid) && pid > 0 ? pid : null
 }
 
-function isAlive(pid: number): boolean {
+/** Is a process with this pid running on this machine (EPERM: yes, but not ours)? */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
