@@ -24,9 +24,10 @@ import { EXIT, OperationError, UsageError } from '../core/errors.js'
 import { createBalanceCache } from '../core/ledger/cache.js'
 import { AUDIT_KEY_SPEC } from '../core/ledger/ledger.js'
 import type { SchemaName } from '../core/migrations/files.js'
-import { progress } from '../ui/progress.js'
+import { byteRate } from '../ui/progress.js'
 import { confirm } from '../ui/prompt.js'
 import { renderTable } from '../ui/table.js'
+import { runSteps } from '../ui/tasks.js'
 
 export const BACKUP_KEY_SPEC = { envName: 'BACKUP_KEY', bytes: { exact: 32 } } as const
 
@@ -54,20 +55,49 @@ export async function backupDatabase(
   db: Database,
   schema: SchemaName,
   label: string | null,
+  /** Inside another task list (demo): report there instead of drawing a list of our own. */
+  report?: (text: string) => void,
 ): Promise<CreateResult> {
   const keys = backupKeys(ctx, settings)
-  const shown = progress(ctx.out, `backing up ${schema}`, 'bytes')
-  const result = await createBackup(db, schema, {
-    dir: settings.backupDir.value,
-    label,
-    keys,
-    env: ctx.io.env,
-    timeoutMs: settings.timeoutMs.value,
-    onProgress: shown.set,
-    signal: ctx.signal,
-  })
-  shown.done()
-  return result
+  const run = async (show: (text: string) => void) => {
+    const rate = byteRate(Date.now())
+    return createBackup(db, schema, {
+      dir: settings.backupDir.value,
+      label,
+      keys,
+      env: ctx.io.env,
+      timeoutMs: settings.timeoutMs.value,
+      onProgress: (bytes) => show(rate(bytes)),
+      signal: ctx.signal,
+    })
+  }
+  if (report) return run(report)
+  return withTask(
+    ctx,
+    `Back up ${schema} (pg_dump, gzip, AES-256-GCM)`,
+    run,
+    (r) => `${mb(r.bytes)} in ${r.duration_ms} ms`,
+  )
+}
+
+/** One listr2 task (or JSON progress lines) around a long operation. */
+async function withTask<T>(
+  ctx: Context,
+  title: string,
+  fn: (report: (text: string) => void) => Promise<T>,
+  note: (r: T) => string,
+): Promise<T> {
+  let result: T | undefined
+  await runSteps(ctx.out, null, [
+    {
+      title,
+      run: async (_c, report) => {
+        result = await fn(report)
+        return note(result)
+      },
+    },
+  ])
+  return result as T
 }
 
 export async function create(
@@ -160,15 +190,21 @@ export async function verify(ctx: Context, file: string, opts: { restoreTest?: b
       if (server.kind !== 'server') server = null
     }
   }
-  const shown = progress(ctx.out, 'verifying backup', 'bytes')
-  const result = await verifyBackup(path.resolve(file), {
-    keys,
-    env: ctx.io.env,
-    timeoutMs: settings.timeoutMs.value,
-    ...(opts.restoreTest ? { restoreTest: { server, auditKeys: audit! } } : {}),
-    onProgress: shown.set,
-  })
-  shown.done()
+  const result = await withTask(
+    ctx,
+    `Verify ${path.basename(file)}${opts.restoreTest ? ' with a test restore' : ''}`,
+    (report) => {
+      const rate = byteRate(Date.now())
+      return verifyBackup(path.resolve(file), {
+        keys,
+        env: ctx.io.env,
+        timeoutMs: settings.timeoutMs.value,
+        ...(opts.restoreTest ? { restoreTest: { server, auditKeys: audit! } } : {}),
+        onProgress: (bytes) => report(rate(bytes)),
+      })
+    },
+    (r) => (r.ok ? 'ok' : 'FAILED'),
+  )
   if (!result.ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document({ ok: result.ok, checks: result.checks })
   for (const c of result.checks) {
@@ -262,16 +298,23 @@ export async function restore(
     await createTargetDatabase(opts.target, timeoutMs)
     state = await inspectTarget(opts.target, manifest.database, timeoutMs)
   }
-  const shown = progress(ctx.out, 'restoring', 'bytes')
-  const result = await restoreBackup(path.resolve(file), manifest, opts.target, state, {
-    keys,
-    auditKeys: auditKeys(settings),
-    env: ctx.io.env,
-    timeoutMs,
-    onProgress: shown.set,
-    signal: ctx.signal,
-  })
-  shown.done()
+  const target = state
+  const result = await withTask(
+    ctx,
+    `Restore ${manifest.name} into '${state.database}', then check it`,
+    (report) => {
+      const rate = byteRate(Date.now())
+      return restoreBackup(path.resolve(file), manifest, opts.target!, target, {
+        keys,
+        auditKeys: auditKeys(settings),
+        env: ctx.io.env,
+        timeoutMs,
+        onProgress: (bytes) => report(rate(bytes)),
+        signal: ctx.signal,
+      })
+    },
+    (r) => (r.ok ? 'restored and verified' : 'does NOT match its manifest'),
+  )
   await dropCachedBalances(ctx, settings, manifest)
   if (!result.ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document(result)
@@ -374,16 +417,22 @@ export async function rollbackMigration(
   })
   const results = []
   for (const p of plans) {
-    const shown = progress(ctx.out, `restoring ${p.manifest.database}`, 'bytes')
-    const r = await restoreBackup(p.file, p.manifest, p.db.connectionString!, p.state, {
-      keys,
-      auditKeys: auditKeys(settings),
-      env: ctx.io.env,
-      timeoutMs: settings.timeoutMs.value,
-      onProgress: shown.set,
-      signal: ctx.signal,
-    })
-    shown.done()
+    const r = await withTask(
+      ctx,
+      `Restore ${p.manifest.database} from ${p.manifest.name}`,
+      (report) => {
+        const rate = byteRate(Date.now())
+        return restoreBackup(p.file, p.manifest, p.db.connectionString!, p.state, {
+          keys,
+          auditKeys: auditKeys(settings),
+          env: ctx.io.env,
+          timeoutMs: settings.timeoutMs.value,
+          onProgress: (bytes) => report(rate(bytes)),
+          signal: ctx.signal,
+        })
+      },
+      (x) => (x.ok ? 'restored and verified' : 'does NOT match the backup'),
+    )
     await dropCachedBalances(ctx, settings, p.manifest)
     results.push({ file: p.file, ...r })
   }

@@ -182,8 +182,8 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
     },
     {
       title: 'Back up the credits database (compressed, encrypted, with a manifest)',
-      run: async (s) => {
-        s.backup = await backupDatabase(ctx, s.settings, s.ledger!.db, 'credits', 'demo')
+      run: async (s, report) => {
+        s.backup = await backupDatabase(ctx, s.settings, s.ledger!.db, 'credits', 'demo', report)
         return `${tildify(s.backup.file, ctx.io.env)} (${s.backup.bytes} bytes)`
       },
     },

@@ -47,3 +47,11 @@ export function progress(out: Output, what: string, unit: 'rows' | 'bytes'): Pro
     },
   }
 }
+
+/** "12.3 MB, 45.1 MB/s": for a step's live progress. */
+export function byteRate(started: number): (bytes: number) => string {
+  return (bytes) => {
+    const seconds = Math.max(0.001, (Date.now() - started) / 1000)
+    return `${(bytes / 1_048_576).toFixed(1)} MB, ${(bytes / 1_048_576 / seconds).toFixed(1)} MB/s`
+  }
+}

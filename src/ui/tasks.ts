@@ -7,8 +7,12 @@ import type { Output } from './output.js'
 
 export interface Step<C> {
   title: string
-  /** Returns a short note shown beside the title when done, e.g. "2 migrations applied". */
-  run: (ctx: C) => Promise<string | undefined>
+  /**
+   * Returns a short note shown beside the title when done, e.g. "2 migrations applied".
+   * `report` shows live progress ("12.3 MB, 45.1 MB/s"): in the title on a terminal, as a JSON
+   * line every few seconds otherwise.
+   */
+  run: (ctx: C, report: (text: string) => void) => Promise<string | undefined>
 }
 
 export async function runSteps<C>(out: Output, ctx: C, steps: Step<C>[]): Promise<void> {
@@ -19,7 +23,7 @@ export async function runSteps<C>(out: Output, ctx: C, steps: Step<C>[]): Promis
       steps.map((s) => ({
         title: s.title,
         task: async (_: unknown, task: { title: string }) => {
-          const note = await s.run(ctx)
+          const note = await s.run(ctx, (text) => (task.title = `${s.title}: ${text}`))
           if (note) task.title = `${s.title}: ${note}`
         },
       })),
@@ -45,8 +49,15 @@ export async function runSteps<C>(out: Output, ctx: C, steps: Step<C>[]): Promis
   for (const s of steps) {
     const started = performance.now()
     out.log('step.start', { step: s.title })
+    let last = started
+    const report = (text: string) => {
+      const now = performance.now()
+      if (now - last < 5000) return
+      last = now
+      out.log('step.progress', { step: s.title, progress: text })
+    }
     try {
-      const note = await s.run(ctx)
+      const note = await s.run(ctx, report)
       out.log('step.done', {
         step: s.title,
         ms: Math.round(performance.now() - started),
