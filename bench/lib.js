@@ -137,20 +137,25 @@ export function scratchDir(label) {
   return { dir, remove: track(() => fs.rmSync(dir, { recursive: true, force: true })) }
 }
 
-async function admin(sql) {
+/** One statement on the admin database, in a connection of its own (CHECKPOINT, pg_database_size, ...). */
+export async function admin(sql, params = []) {
   const client = new pg.Client({ connectionString: adminUrl() })
   await client.connect()
   try {
-    return await client.query(sql)
+    return await client.query(sql, params)
   } finally {
     await client.end()
   }
 }
 
-/** A new empty database shx_bench_<random> on the server; `drop()` removes it. */
-export async function scratchDatabase() {
+/**
+ * A new empty database shx_bench_<random> on the server; `drop()` removes it. With
+ * `{ create: false }` only the name is chosen (and its drop registered): for a subject that
+ * creates the database itself (`restore --create`).
+ */
+export async function scratchDatabase({ create = true } = {}) {
   const name = `shx_bench_${randomBytes(4).toString('hex')}`
-  await admin(`create database ${name}`)
+  if (create) await admin(`create database ${name}`)
   const u = new URL(adminUrl())
   u.pathname = `/${name}`
   return { name, url: u.toString(), drop: track(() => admin(`drop database if exists ${name} with (force)`)) }

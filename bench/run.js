@@ -9,6 +9,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { execa } from 'execa'
+import * as backup from './backup.js'
 import * as embedded from './embedded.js'
 import { cleanupAll, ROOT } from './lib.js'
 import * as ledger from './ledger.js'
@@ -16,7 +17,7 @@ import * as migrate from './migrate.js'
 import { document, groupSection, loadavg, machineFacts } from './report.js'
 import * as startup from './startup.js'
 
-const GROUPS = [startup, migrate, embedded, ledger]
+const GROUPS = [startup, migrate, embedded, ledger, backup]
 
 function newestMtime(p) {
   const st = fs.statSync(p)
