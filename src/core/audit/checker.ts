@@ -2,9 +2,12 @@
  * Checking one tenant's chain, row by row in seq order, with one row of look-ahead (enough to tell
  * two swapped neighbours from an edited row). Pure: no I/O, so the same code runs in a worker
  * thread or in the main thread, and is tested directly.
+ *
+ * Rows arrive as WireRows (see chain.ts) whose bytes are only valid during push(): each row is
+ * checked as it arrives, and the one thing the look-ahead needs from a row that failed (its
+ * prev_hash) is copied until the next row has been seen.
  */
-import type { Key } from '../config/secrets.js'
-import { type AuditRow, chainHash, GENESIS } from './chain.js'
+import { type ChainKey, ChainMessage, GENESIS, type WireRow } from './chain.js'
 
 export type BreakReason = 'hash_mismatch' | 'missing_row' | 'reordered' | 'truncated' | 'unknown_key'
 
@@ -14,34 +17,73 @@ export interface Broken {
   reason: BreakReason
 }
 
-export interface StoredRow extends AuditRow {
-  prev_hash: Buffer
-  hash: Buffer
-}
-
 export interface Head {
   seq: number
   /** hex */
   head: string
 }
 
+/** canonical(row) || prev_hash of the row being checked: one per thread, rows are checked one at a time. */
+const message = new ChainMessage()
+
 export class TenantChecker {
   private expectedSeq = 1
-  private prevHash: Buffer = GENESIS
-  private pending: StoredRow | null = null
+  /** The hash of the last verified row (GENESIS before the first). */
+  private readonly prevHash = Buffer.from(GENESIS)
+  /** A row that is not signed by its own prev_hash: reordered or edited, the next row will tell. */
+  private undecided: { seq: number; prevHash: Buffer | null } | null = null
   private broken: Broken | null = null
   rows = 0
 
   constructor(
     readonly tenantId: string,
-    private readonly keys: ReadonlyMap<string, Key>,
     private readonly checkpoint?: Head,
   ) {}
 
-  push(row: StoredRow): void {
+  /** False once the chain is broken: the rest of its rows need not be decoded, only counted. */
+  get wantsRows(): boolean {
+    return this.broken === null
+  }
+
+  /** The next row in seq order; `key` is the key its key_id names, undefined if we do not hold it. */
+  push(row: WireRow, key: ChainKey | undefined): void {
     this.rows++
-    if (this.pending) this.check(this.pending, row)
-    this.pending = row
+    if (this.undecided) this.decide(row)
+    if (this.broken) return
+    if (row.seq !== this.expectedSeq) {
+      this.fail(this.expectedSeq, row.seq > this.expectedSeq ? 'missing_row' : 'reordered')
+      return
+    }
+    if (!key) {
+      this.fail(row.seq, 'unknown_key')
+      return
+    }
+    const signed = message.write(row) && key.signs(message, row.src, row.hashOffset, row.hashLength)
+    const linked = bytesEqual(row.src, row.prevHashOffset, row.prevHashLength, this.prevHash)
+    if (!signed || !linked) {
+      // A genuine row that points at its successor, or at something other than its predecessor,
+      // has been moved; anything else was edited or forged.
+      if (signed) this.fail(row.seq, 'reordered')
+      else {
+        const prev =
+          row.prevHashLength < 0
+            ? null
+            : Buffer.from(row.src.subarray(row.prevHashOffset, row.prevHashOffset + row.prevHashLength))
+        this.undecided = { seq: row.seq, prevHash: prev }
+      }
+      return
+    }
+    if (
+      this.checkpoint &&
+      row.seq === this.checkpoint.seq &&
+      row.src.toString('hex', row.hashOffset, row.hashOffset + row.hashLength) !== this.checkpoint.head
+    ) {
+      // The chain no longer holds the head we signed: it was cut back and grown again.
+      this.fail(row.seq, 'truncated')
+      return
+    }
+    for (let i = 0; i < 32; i++) this.prevHash[i] = row.src[row.hashOffset + i]!
+    this.expectedSeq++
   }
 
   /**
@@ -49,8 +91,7 @@ export class TenantChecker {
    * Returns the first broken link, or null if the chain is intact.
    */
   finish(account: { seq: number; head: Buffer | null } | null): Broken | null {
-    if (this.pending) this.check(this.pending, null)
-    this.pending = null
+    if (this.undecided) this.decide(null)
     if (this.broken) return this.broken
     const lastSeq = this.expectedSeq - 1
     if (this.checkpoint && lastSeq < this.checkpoint.seq) return this.fail(lastSeq + 1, 'truncated')
@@ -74,36 +115,19 @@ export class TenantChecker {
     return this.broken
   }
 
-  private check(row: StoredRow, next: StoredRow | null): void {
-    if (this.broken) return
-    if (row.seq !== this.expectedSeq) {
-      this.fail(this.expectedSeq, row.seq > this.expectedSeq ? 'missing_row' : 'reordered')
-      return
-    }
-    const key = this.keys.get(row.key_id)
-    if (!key) {
-      this.fail(row.seq, 'unknown_key')
-      return
-    }
-    const signed = chainHash(key, row, row.prev_hash).equals(row.hash)
-    const linked = row.prev_hash.equals(this.prevHash)
-    if (!signed || !linked) {
-      // A genuine row that points at its successor, or at something other than its predecessor,
-      // has been moved; anything else was edited or forged.
-      const moved = (next !== null && row.prev_hash.equals(next.hash)) || (signed && !linked)
-      this.fail(row.seq, moved ? 'reordered' : 'hash_mismatch')
-      return
-    }
-    if (
-      this.checkpoint &&
-      row.seq === this.checkpoint.seq &&
-      row.hash.toString('hex') !== this.checkpoint.head
-    ) {
-      // The chain no longer holds the head we signed: it was cut back and grown again.
-      this.fail(row.seq, 'truncated')
-      return
-    }
-    this.prevHash = row.hash
-    this.expectedSeq++
+  /** An unsigned row was moved if it points at the row after it (its old successor's hash). */
+  private decide(next: WireRow | null): void {
+    const { seq, prevHash } = this.undecided!
+    this.undecided = null
+    const moved =
+      next !== null && prevHash !== null && bytesEqual(next.src, next.hashOffset, next.hashLength, prevHash)
+    this.fail(seq, moved ? 'reordered' : 'hash_mismatch')
   }
+}
+
+/** Whether src[offset, offset + length) holds exactly the bytes of b (length -1: null, never equal). */
+function bytesEqual(src: Buffer, offset: number, length: number, b: Buffer): boolean {
+  if (length !== b.length) return false
+  for (let i = 0; i < length; i++) if (src[offset + i] !== b[i]) return false
+  return true
 }

@@ -1,6 +1,7 @@
 /**
- * A verify-chain worker thread: one partition of the tenants, on its own connection, so parsing
- * rows and computing HMACs both run on every core.
+ * A verify-chain worker thread: partitions of the tenants, on a connection of its own, so parsing
+ * rows and computing HMACs both run on every core. It connects as soon as it starts, then
+ * verifies the partitions the main thread hands it, one at a time, until told there are no more.
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import pg from 'pg'
@@ -11,9 +12,16 @@ import { type PartitionResult, type PartitionSpec, verifyPartition } from './par
 export interface WorkerInput {
   connectionString: string
   statementTimeoutMs: number
-  partition: PartitionSpec
   keys: Array<{ kid: string; key: string }>
-  checkpoint: Record<string, Head>
+}
+
+/**
+ * The next partition to verify, or null: no more, finish. The first task carries the heads the
+ * checkpoints promise, for every partition after it too.
+ */
+export interface WorkerTask {
+  partition: PartitionSpec | null
+  checkpoint?: Record<string, Head>
 }
 
 export type WorkerMessage =
@@ -22,10 +30,11 @@ export type WorkerMessage =
   | { type: 'error'; message: string; code?: string }
 
 async function main(input: WorkerInput): Promise<void> {
+  const tasks = taskQueue()
   const keys = new Map<string, Key>(
     input.keys.map((k) => [k.kid, { kid: k.kid, bytes: Buffer.from(k.key, 'base64') }]),
   )
-  // A whole partition is one long read: the statement timeout applies per fetch, not to the scan.
+  // A whole partition is a few long reads (COPY, in chunks): no statement timeout on them.
   const client = new pg.Client({
     connectionString: input.connectionString,
     application_name: 'shieldx verify-chain',
@@ -33,14 +42,47 @@ async function main(input: WorkerInput): Promise<void> {
   client.on('error', () => {})
   await client.connect()
   try {
+    // One snapshot for every partition this thread verifies.
     await client.query('begin isolation level repeatable read read only')
-    const result = await verifyPartition(client, input.partition, keys, input.checkpoint, (rows) =>
-      parentPort!.postMessage({ type: 'progress', rows } satisfies WorkerMessage),
-    )
+    let checkpoint: Record<string, Head> = {}
+    for (;;) {
+      const task = await tasks.next()
+      if (task.checkpoint) checkpoint = task.checkpoint
+      if (!task.partition) break
+      const result = await verifyPartition(client, task.partition, keys, checkpoint, (rows) =>
+        parentPort!.postMessage({ type: 'progress', rows } satisfies WorkerMessage),
+      )
+      parentPort!.postMessage({ type: 'done', result } satisfies WorkerMessage)
+    }
     await client.query('commit')
-    parentPort!.postMessage({ type: 'done', result } satisfies WorkerMessage)
   } finally {
+    tasks.close()
     await client.end().catch(() => {})
+  }
+}
+
+/** The main thread's messages, in order, as they are awaited; close() lets the thread exit. */
+function taskQueue(): { next(): Promise<WorkerTask>; close(): void } {
+  const queued: WorkerTask[] = []
+  let waiting: ((task: WorkerTask) => void) | null = null
+  const onMessage = (task: WorkerTask) => {
+    if (waiting) {
+      const resolve = waiting
+      waiting = null
+      resolve(task)
+    } else queued.push(task)
+  }
+  parentPort!.on('message', onMessage)
+  return {
+    next: () =>
+      queued.length > 0
+        ? Promise.resolve(queued.shift()!)
+        : new Promise<WorkerTask>((resolve) => {
+            waiting = resolve
+          }),
+    close: () => {
+      parentPort!.off('message', onMessage)
+    },
   }
 }
 

@@ -21,8 +21,8 @@ import {
   storeCheckpoint,
   writeCheckpointFile,
 } from './checkpoint.js'
-import { type PartitionResult, verifyPartition } from './partition.js'
-import type { WorkerInput, WorkerMessage } from './verify-worker.js'
+import { type PartitionResult, type PartitionSpec, verifyPartition } from './partition.js'
+import type { WorkerInput, WorkerMessage, WorkerTask } from './verify-worker.js'
 
 export interface VerifyOptions {
   tenant?: string
@@ -58,26 +58,38 @@ export async function verifyChain(
   options: VerifyOptions,
 ): Promise<VerifyResult> {
   const startedAt = new Date()
-  const against: Array<{ source: string; checkpoint: Checkpoint }> = []
-  const stored = await loadNewestCheckpoint(db.pool, keys)
-  if (stored)
-    against.push({ source: `credits.audit_checkpoints #${stored.id}`, checkpoint: stored.checkpoint })
-  // A file that does not exist yet is fine when this run is about to write it.
-  if (options.checkpointFile && (!options.checkpoint || fs.existsSync(options.checkpointFile))) {
-    against.push({
-      source: options.checkpointFile,
-      checkpoint: readCheckpointFile(options.checkpointFile, keys),
-    })
-  }
-  // Per tenant, the furthest head any checkpoint promises; heads that disagree at the same seq
-  // are caught when that seq is verified against the first one.
-  const promised = mergeHeads(against.map((a) => a.checkpoint))
-
   const workers = Math.max(1, Math.min(options.workers ?? os.availableParallelism(), 16))
-  const parts =
+  // Threads start first: loading pg and connecting takes them a while, which the checkpoint
+  // reads and the partitioning below overlap.
+  const threads =
     db.kind === 'embedded' || workers === 1 || options.tenant
-      ? [await inProcess(db.pool, keys, promised, options)]
-      : await inWorkers(db, keys, promised, workers, options)
+      ? null
+      : startWorkers(db, keys, workers, options)
+  let parts: PartitionResult[]
+  const against: Array<{ source: string; checkpoint: Checkpoint }> = []
+  let promised: Record<string, Head>
+  try {
+    const stored = await loadNewestCheckpoint(db.pool, keys)
+    if (stored)
+      against.push({ source: `credits.audit_checkpoints #${stored.id}`, checkpoint: stored.checkpoint })
+    // A file that does not exist yet is fine when this run is about to write it.
+    if (options.checkpointFile && (!options.checkpoint || fs.existsSync(options.checkpointFile))) {
+      against.push({
+        source: options.checkpointFile,
+        checkpoint: readCheckpointFile(options.checkpointFile, keys),
+      })
+    }
+    // Per tenant, the furthest head any checkpoint promises; heads that disagree at the same seq
+    // are caught when that seq is verified against the first one.
+    promised = mergeHeads(against.map((a) => a.checkpoint))
+
+    parts = threads
+      ? await threads.run(await partitions(db.pool, workers * PARTITIONS_PER_THREAD), promised)
+      : [await inProcess(db.pool, keys, promised, options)]
+  } catch (err) {
+    threads?.stop()
+    throw err
+  }
 
   const broken = parts.flatMap((p) => p.broken)
   const heads: Record<string, Head> = Object.assign({}, ...parts.map((p) => p.heads))
@@ -151,50 +163,131 @@ async function inProcess(
 ): Promise<PartitionResult> {
   const client = await pool.connect()
   try {
-    return await verifyPartition(
+    // One snapshot for the accounts and the rows, chunk after chunk.
+    await client.query('begin isolation level repeatable read read only')
+    const result = await verifyPartition(
       client,
-      { index: 0, count: 1, ...(options.tenant ? { tenant: options.tenant } : {}) },
+      options.tenant ? { tenant: options.tenant } : {},
       keys.byId,
       promised,
       options.onProgress,
     )
+    await client.query('commit')
+    return result
+  } catch (err) {
+    await client.query('rollback').catch(() => {})
+    throw err
   } finally {
     client.release()
   }
 }
 
-async function inWorkers(
+/**
+ * Up to `count` ranges of tenant_id covering every possible id (the first open below, the last
+ * open above, so rows of tenants without an account are read too), cut where the accounts'
+ * chain_seq (a row count) reaches each share: about equal work, each an index range scan.
+ */
+async function partitions(pool: pg.Pool, count: number): Promise<PartitionSpec[]> {
+  const { rows } = await pool.query<{ up_to: string }>(
+    `select max(tenant_id) as up_to
+       from (select tenant_id,
+                    floor((sum(w) over (order by tenant_id rows unbounded preceding) - w) * $1 / sum(w) over ()) as part
+               from (select tenant_id, greatest(chain_seq, 1) as w from credits.credit_accounts) a) p
+      group by part
+      order by part`,
+    [count],
+  )
+  const bounds = rows.slice(0, -1).map((r) => r.up_to)
+  return Array.from({ length: bounds.length + 1 }, (_, i) => ({
+    ...(i > 0 ? { after: bounds[i - 1]! } : {}),
+    ...(i < bounds.length ? { upTo: bounds[i]! } : {}),
+  }))
+}
+
+/**
+ * Partitions per thread. They are handed out in runs of adjacent ones, long runs first and single
+ * ones at the end (guided scheduling), so that threads finish together after few round trips.
+ */
+const PARTITIONS_PER_THREAD = 16
+
+/**
+ * `count` worker threads, started (loading pg, connecting) before there is work for them. run()
+ * hands out the partitions, a run of them at a time to whichever thread is free, collects a
+ * result per run, and tells each thread to finish when none are left.
+ */
+function startWorkers(
   db: Database,
   keys: Keyring,
-  promised: Record<string, Head>,
   count: number,
   options: VerifyOptions,
-): Promise<PartitionResult[]> {
+): {
+  run(specs: PartitionSpec[], checkpoint: Record<string, Head>): Promise<PartitionResult[]>
+  stop(): void
+} {
   const connection = db.connectionString
   if (!connection) throw new OperationError('verify-chain workers need a database URL.')
-  const keyList = [...keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') }))
-  const started = Array.from({ length: count }, (_, index) => {
-    const input: WorkerInput = {
-      connectionString: connection,
-      statementTimeoutMs: db.timeoutMs,
-      partition: { index, count },
-      keys: keyList,
-      checkpoint: promised,
-    }
-    return new Promise<PartitionResult>((resolve, reject) => {
-      const worker = new Worker(WORKER_FILE, { workerData: input })
-      worker.on('message', (m: WorkerMessage) => {
-        if (m.type === 'progress') options.onProgress?.(m.rows)
-        else if (m.type === 'done') resolve(m.result)
-        else reject(Object.assign(new Error(m.message), { code: m.code }))
-      })
-      worker.on('error', reject)
-      worker.on('exit', (code) => {
-        if (code !== 0) reject(new OperationError(`A verify-chain worker stopped with exit code ${code}.`))
-      })
+  const input: WorkerInput = {
+    connectionString: connection,
+    statementTimeoutMs: db.timeoutMs,
+    keys: [...keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') })),
+  }
+  let queue: PartitionSpec[] = []
+  const results: PartitionResult[] = []
+  let failure: Error | null = null
+  let settle: { resolve(r: PartitionResult[]): void; reject(err: Error): void } | null = null
+  const fail = (err: Error) => {
+    failure ??= err
+    settle?.reject(failure)
+  }
+  const busy = new Set<Worker>()
+  const give = (worker: Worker, checkpoint?: Record<string, Head>) => {
+    // A share of what is left, as one range: from the first partition's start to the last one's end.
+    const run = queue.splice(0, Math.ceil(queue.length / (2 * threads.length)))
+    const partition: PartitionSpec | null =
+      run.length === 0
+        ? null
+        : {
+            ...(run[0]!.after !== undefined ? { after: run[0]!.after } : {}),
+            ...(run.at(-1)!.upTo !== undefined ? { upTo: run.at(-1)!.upTo } : {}),
+          }
+    if (partition) busy.add(worker)
+    worker.postMessage({ partition, ...(checkpoint ? { checkpoint } : {}) } satisfies WorkerTask)
+  }
+  const threads: Worker[] = []
+  for (let i = 0; i < count; i++) {
+    const worker = new Worker(WORKER_FILE, { workerData: input })
+    worker.on('message', (m: WorkerMessage) => {
+      if (m.type === 'progress') options.onProgress?.(m.rows)
+      else if (m.type === 'done') {
+        busy.delete(worker)
+        results.push(m.result)
+        give(worker)
+        if (busy.size === 0) settle?.resolve(results)
+      } else fail(Object.assign(new Error(m.message), { code: m.code }))
     })
-  })
-  return Promise.all(started)
+    worker.on('error', fail)
+    worker.on('exit', (code) => {
+      if (code !== 0 || busy.has(worker)) {
+        fail(new OperationError(`A verify-chain worker stopped with exit code ${code}.`))
+      }
+    })
+    threads.push(worker)
+  }
+  return {
+    run(specs, checkpoint) {
+      return new Promise<PartitionResult[]>((resolve, reject) => {
+        settle = { resolve, reject }
+        if (failure) return reject(failure)
+        queue = [...specs]
+        for (const worker of threads) give(worker, checkpoint)
+        if (busy.size === 0) resolve(results)
+      })
+    },
+    /** On failure: the threads still reading (or still waiting for a task) are stopped. */
+    stop() {
+      for (const worker of threads) void worker.terminate()
+    },
+  }
 }
 
 async function recordRun(
