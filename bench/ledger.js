@@ -61,7 +61,7 @@ export const about =
   `\`createBalanceCache\` get (hit) against \`readBalance\` on one connection. verify-chain: ` +
   `\`shieldx verify-chain --workers ${VERIFY_WORKERS} --json\` on ${(CHAIN_TENANTS * CHAIN_ROWS).toLocaleString('en-US')} audit rows ` +
   `(${CHAIN_TENANTS.toLocaleString('en-US')} tenants × ${CHAIN_ROWS.toLocaleString('en-US')}, written with COPY, valid chains), rows / wall ` +
-  `time from spawn to exit, against HMAC-SHA256 (a new createHmac per row, as the verifier does) of a canonical ` +
+  `time from spawn to exit, against HMAC-SHA256 (a new createHmac per row: the plain rate of this Node) of a canonical ` +
   `row like the verifier's plus a 32-byte previous hash, on one worker thread per core for ${HMAC_SECONDS} s (the ` +
   `whole machine's raw rate), ${VERIFY_RUNS} rounds alternating.`
 
