@@ -58,30 +58,19 @@ export function parseOperation(text: string, line: number): ParsedLine {
     let request: LedgerRequest
     switch (raw.op) {
       case 'topup':
-        request = {
-          kind: 'topup',
-          tenantId: v.tenantId(raw.tenant, at('tenant')),
-          amount: v.amount(raw.amount, at('amount')),
-          description: v.description(raw.description),
-        }
-        break
       case 'consume':
-        request = {
-          kind: 'consume',
+      case 'reserve': {
+        const common = {
           tenantId: v.tenantId(raw.tenant, at('tenant')),
           amount: v.amount(raw.amount, at('amount')),
           description: v.description(raw.description),
         }
+        request =
+          raw.op === 'reserve'
+            ? { kind: 'reserve', ...common, ttlMs: v.ttl(raw.ttl ?? '15m') }
+            : { kind: raw.op, ...common }
         break
-      case 'reserve':
-        request = {
-          kind: 'reserve',
-          tenantId: v.tenantId(raw.tenant, at('tenant')),
-          amount: v.amount(raw.amount, at('amount')),
-          ttlMs: v.ttl(raw.ttl ?? '15m'),
-          description: v.description(raw.description),
-        }
-        break
+      }
       case 'commit':
         request = {
           kind: 'commit',
