@@ -26,7 +26,7 @@ import {
   timeout,
   wrap,
 } from 'cockatiel'
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import { redactUrl, scrubSecrets, urlUserinfo } from '../config/redact.js'
 
 export interface CachedBalance {
@@ -103,6 +103,16 @@ if redis.call('HDEL', KEYS[1], 'balance', 'reserved') > 0 then
 end
 return 0
 `
+
+/**
+ * ioredis, loaded on first use: most ledger commands (verify-chain, history, gc, anything
+ * without a Redis URL) never touch the cache, and the module costs ~60 ms of start-up.
+ */
+let RedisClient: typeof Redis | undefined
+async function loadRedis(): Promise<typeof Redis> {
+  RedisClient ??= (await import('ioredis')).Redis
+  return RedisClient
+}
 
 /** One ioredis client and its connection attempt; replaced as a whole after a failure. */
 interface Connection {
@@ -213,6 +223,8 @@ class RedisBalanceCache implements BalanceCache {
   /** Runs one Redis call through the breaker and timeout; on any failure, `fallback`. */
   private async run<T, F>(fallback: F, op: (client: Redis) => Promise<T>): Promise<T | F> {
     if (this.closed) return fallback
+    // Outside the breaker and its timeout: loading a module is not Redis being slow.
+    await loadRedis()
     let used: Connection | null = null
     try {
       // A signal of its own per call: without one, cockatiel hangs every call's abort listener
@@ -234,7 +246,7 @@ class RedisBalanceCache implements BalanceCache {
 
   private connection(): Connection {
     if (!this.conn) {
-      const client = new Redis(this.url, {
+      const client = new RedisClient!(this.url, {
         lazyConnect: true,
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
