@@ -20,31 +20,19 @@ import {
   UsageError,
 } from '../src/core/errors.js'
 import { Output } from '../src/ui/output.js'
-import { BIN, runCli, spawnCli, tempHome } from './helpers/cli.js'
+import { BIN, capturedStreams, runCli, spawnCli, tempHome } from './helpers/cli.js'
 import { cleanEnv } from './helpers/env.js'
 
 function capture(json = false, verbose = false) {
-  const stdout = new PassThrough()
-  const stderr = new PassThrough()
-  let out = ''
-  let err = ''
-  stdout.on('data', (d) => {
-    out += d
-  })
-  stderr.on('data', (d) => {
-    err += d
-  })
-  const output = new Output(
-    { stdout, stderr, stdin: new PassThrough(), env: {} },
-    { json, color: false, verbose },
-  )
+  const streams = capturedStreams()
+  const output = new Output({ ...streams, env: {} }, { json, color: false, verbose })
   return {
     output,
     get stdout() {
-      return out
+      return streams.out
     },
     get stderr() {
-      return err
+      return streams.err
     },
   }
 }

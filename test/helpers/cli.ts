@@ -32,11 +32,11 @@ export interface InProcessOptions {
   signal?: AbortSignal
 }
 
-export async function runCli(argv: string[], options: InProcessOptions = {}): Promise<CliResult> {
+/** Streams that record what is written to them, with a chosen isTTY. */
+export function capturedStreams(tty = false) {
   const stdout = new PassThrough() as PassThrough & { isTTY?: boolean; columns?: number }
   const stderr = new PassThrough() as PassThrough & { isTTY?: boolean; columns?: number }
   const stdin = new PassThrough() as PassThrough & { isTTY?: boolean }
-  const tty = options.tty === true
   stdout.isTTY = tty
   stderr.isTTY = tty
   stdin.isTTY = tty
@@ -50,10 +50,26 @@ export async function runCli(argv: string[], options: InProcessOptions = {}): Pr
   stderr.on('data', (d) => {
     err += d
   })
+  return {
+    stdout,
+    stderr,
+    stdin,
+    get out() {
+      return out
+    },
+    get err() {
+      return err
+    },
+  }
+}
+
+export async function runCli(argv: string[], options: InProcessOptions = {}): Promise<CliResult> {
+  const streams = capturedStreams(options.tty === true)
+  const { stdout, stderr, stdin } = streams
   if (options.input !== undefined) stdin.end(options.input)
   const io: Io = { stdout, stderr, stdin, env: options.env ?? defaultEnv() }
   const code = await run(argv, io, options.signal ? { signal: options.signal } : {})
-  return { code, stdout: out, stderr: err }
+  return { code, stdout: streams.out, stderr: streams.err }
 }
 
 export interface SpawnOptions {
