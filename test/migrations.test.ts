@@ -375,28 +375,28 @@ describe('the migration lock', () => {
 })
 
 describe('interruption', () => {
+  /** The built CLI, started and watched until `marker` shows on its stderr (or 20 s pass). */
+  async function spawnUntil(args: string[], marker: string) {
+    const child = execa(process.execPath, [BIN, ...args], { env: env(), extendEnv: false, reject: false })
+    let stderr = ''
+    child.stderr!.on('data', (d) => {
+      stderr += d
+    })
+    const deadline = Date.now() + 20_000
+    while (!stderr.includes(marker) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    // Wrapped: the subprocess is a promise, and returning it from here would await its exit.
+    return { child, stderr: () => stderr }
+  }
+
   it('Ctrl-C while waiting for the lock stops the run: nothing is applied later, exit 130, one JSON document', async () => {
     const holder = new pg.Client({ connectionString: db.url })
     await holder.connect()
     await holder.query('select pg_advisory_lock($1, $2)', [LOCK_CLASS, LOCKS.migrations])
     try {
-      const child = execa(
-        process.execPath,
-        [BIN, '--json', '--timeout', '20s', 'migrate', 'up', '--no-backup'],
-        {
-          env: env(),
-          extendEnv: false,
-          reject: false,
-        },
+      const { child } = await spawnUntil(
+        ['--json', '--timeout', '20s', 'migrate', 'up', '--no-backup'],
+        'migration.lock_wait',
       )
-      let stderr = ''
-      child.stderr!.on('data', (d) => {
-        stderr += d
-      })
-      const deadline = Date.now() + 15_000
-      while (!stderr.includes('migration.lock_wait') && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 50))
-      }
       const sent = Date.now()
       child.kill('SIGINT')
       const r = await child
@@ -423,29 +423,17 @@ describe('interruption', () => {
       '0002_slow.up.sql',
       'create table credits.never_finished (id int);\nselect pg_sleep(30);\n',
     )
-    const child = execa(process.execPath, [BIN, 'migrate', 'up', '--no-backup'], {
-      env: env(),
-      extendEnv: false,
-      reject: false,
-    })
-    let stderr = ''
-    child.stderr!.on('data', (d) => {
-      stderr += d
-    })
     // Wait until the slow migration is running, then interrupt.
-    const deadline = Date.now() + 20_000
-    while (
-      !stderr.includes('"event":"migration.start","schema":"credits","version":2') &&
-      Date.now() < deadline
-    ) {
-      await new Promise((r) => setTimeout(r, 50))
-    }
+    const { child, stderr } = await spawnUntil(
+      ['migrate', 'up', '--no-backup'],
+      '"event":"migration.start","schema":"credits","version":2',
+    )
     const sent = Date.now()
     child.kill('SIGINT')
     const r = await child
     expect(r.exitCode).toBe(130)
     expect(Date.now() - sent).toBeLessThan(10_000)
-    expect(stderr).toContain('Interrupted')
+    expect(stderr()).toContain('Interrupted')
     expect(await applied('credits')).toEqual([1])
     expect(await tableExists('credits.never_finished')).toBe(false)
     const { rows } = await db.query(
