@@ -183,7 +183,7 @@ describe('the embedded default', () => {
     expect(down.code, down.stderr).toBe(0)
     const up = await runCli(['migrate', 'up'], { env })
     expect(up.code, up.stderr).toBe(0)
-    expect(up.stdout).toContain('shadow/0001_rules')
+    expect(up.stdout).toContain(fileLabel(shipped[1]!.at(-1)!))
     expect(up.stderr).not.toContain('pre-migration backup') // no backup hook for the embedded database
   })
 
