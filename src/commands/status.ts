@@ -1,6 +1,6 @@
 import type { Context } from '../context.js'
 import { EXIT } from '../core/errors.js'
-import { assertSchemaCurrent } from '../core/ledger/ledger.js'
+import { assertSchemaCurrent } from '../core/migrations/current.js'
 import { ledgerHealth } from '../core/ledger/queries.js'
 import { renderTable } from '../ui/table.js'
 

@@ -2,12 +2,10 @@
  * The ledger as the commands use it: the credits database checked to be at the schema version
  * this shieldx expects, the audit (and payment) keys, and the balance cache.
  */
-import type pg from 'pg'
 import { loadKeyring } from '../config/secrets.js'
 import type { Settings } from '../config/settings.js'
 import type { Database } from '../db/pool.js'
-import { OperationError } from '../errors.js'
-import { discoverMigrations } from '../migrations/files.js'
+import { assertSchemaCurrent } from '../migrations/current.js'
 import { type BalanceCache, createBalanceCache } from './cache.js'
 import type { LedgerKeys } from './operations.js'
 
@@ -48,25 +46,4 @@ export async function openLedger(
     onWarning: options.notice,
   })
   return { db, keys, cache }
-}
-
-/** The ledger's code and the credits schema must agree: refuse to run against an older schema. */
-export async function assertSchemaCurrent(pool: pg.Pool, migrationsDir: string): Promise<void> {
-  const files = discoverMigrations(migrationsDir, 'credits')
-  const wanted = files.at(-1)?.version ?? 0
-  const { rows: exists } = await pool.query<{ t: string | null }>(
-    `select to_regclass('credits.schema_migrations')::text as t`,
-  )
-  const current = exists[0]?.t
-    ? ((await pool.query<{ v: number | null }>('select max(version) as v from credits.schema_migrations'))
-        .rows[0]?.v ?? 0)
-    : 0
-  if (current < wanted) {
-    throw new OperationError(
-      current === 0
-        ? 'The credits schema has not been created in this database yet.'
-        : `The credits schema is at version ${current}; this shieldx needs ${wanted}.`,
-      { code: 'SCHEMA_NOT_CURRENT', hint: "Run 'shieldx migrate up' first." },
-    )
-  }
 }

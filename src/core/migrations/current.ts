@@ -1,0 +1,32 @@
+/**
+ * Code and schema must agree: a command refuses to run against a schema older than the newest
+ * migration this shieldx ships (a newer one is caught by `migrate`, exit 3).
+ */
+import type pg from 'pg'
+import { OperationError } from '../errors.js'
+import { discoverMigrations, type SchemaName } from './files.js'
+
+export async function assertSchemaCurrent(
+  pool: pg.Pool,
+  migrationsDir: string,
+  schema: SchemaName = 'credits',
+): Promise<void> {
+  const files = discoverMigrations(migrationsDir, schema)
+  const wanted = files.at(-1)?.version ?? 0
+  const { rows: exists } = await pool.query<{ t: string | null }>(
+    `select to_regclass($1)::text as t`,
+    [`${schema}.schema_migrations`],
+  )
+  const current = exists[0]?.t
+    ? ((await pool.query<{ v: number | null }>(`select max(version) as v from ${schema}.schema_migrations`))
+        .rows[0]?.v ?? 0)
+    : 0
+  if (current < wanted) {
+    throw new OperationError(
+      current === 0
+        ? `The ${schema} schema has not been created in this database yet.`
+        : `The ${schema} schema is at version ${current}; this shieldx needs ${wanted}.`,
+      { code: 'SCHEMA_NOT_CURRENT', hint: "Run 'shieldx migrate up' first." },
+    )
+  }
+}
