@@ -32,7 +32,13 @@ export function handleError(err: unknown, out: Output, secrets: readonly string[
     if (out.json) {
       out.document({
         ok: false,
-        error: { code: err.code, message, exit_code: err.exitCode, ...(err.data ?? {}) },
+        error: {
+          code: err.code,
+          message,
+          ...(err.hint ? { hint: scrub(err.hint) } : {}),
+          exit_code: err.exitCode,
+          ...(err.data ?? {}),
+        },
       })
     }
     if (out.verbose && err.cause instanceof Error) out.debug(scrub(err.cause.stack ?? String(err.cause)))

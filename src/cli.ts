@@ -7,7 +7,7 @@ import { Command, InvalidArgumentError, Option } from 'commander'
 import { handleError } from './boundary.js'
 import type { Context, GlobalOptions } from './context.js'
 import { secretValues } from './core/config/redact.js'
-import { EXIT, InterruptedError, NotBuiltError } from './core/errors.js'
+import { EXIT, InterruptedError, NotBuiltError, UsageError } from './core/errors.js'
 import type { Io } from './ui/io.js'
 import { Output } from './ui/output.js'
 
@@ -375,10 +375,89 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option('--force', 'restore over a non-empty target or one with other connections')
     .action(action(loadBackup, (m, ctx, a, o) => m.restore(ctx, a[0] as string, o)))
 
-  // --- shadow evaluation & rollout (not built yet) -----------------------------------------------
-  notBuilt(program, 'evaluate', 'replay labelled traffic through the control and a candidate rule', [
-    'shieldx evaluate --rule waf-sqli --candidate 2 --json',
+  // --- rules and the shadow evaluator -------------------------------------------------------------
+  const rules = sub(program, 'rules', 'security rules, stored as immutable versions', [
+    'shieldx rules add fixtures/rules/ip-rate-limit.json',
+    'shieldx rules list',
   ])
+  const loadRules = () => import('./commands/rules.js')
+  sub(rules, 'add', 'validate and store rule versions from JSON files', [
+    'shieldx rules add fixtures/rules/ip-rate-limit.json fixtures/rules/status-threshold.json',
+  ])
+    .argument('<files...>', 'rule files: { "id", "version", "name", "type", ... }')
+    .addHelpText(
+      'after',
+      '\nTypes: rate_limit {key: ip|tenant_id|path, window_s, threshold}, threshold {field, op: >= > <= <, value},\nmatch {field, pattern [, flags]} or {field, values: [...]}, all / any {rules: [...]}.\nA stored version never changes: store a change as a new version.',
+    )
+    .action(action(loadRules, (m, ctx, a) => m.add(ctx, a[0] as string[])))
+  sub(rules, 'list', 'every rule: newest version, and what is deployed', [
+    'shieldx rules list --json',
+  ]).action(action(loadRules, (m, ctx) => m.list(ctx)))
+  sub(rules, 'show', 'one rule version (the newest without @VERSION)', ['shieldx rules show ip-burst@2'])
+    .argument('<rule>', 'RULE or RULE@VERSION')
+    .action(action(loadRules, (m, ctx, a) => m.show(ctx, a[0] as string)))
+
+  const loadEvaluate = () => import('./commands/evaluate.js')
+  const evaluate = sub(
+    program,
+    'evaluate',
+    'replay labelled traffic through the control and a candidate rule: metrics, significance, Bayes, verdict',
+    [
+      'shieldx evaluate --candidate ip-burst@1 --control status-errors@1 --traffic traffic.jsonl.gz',
+      'shieldx evaluate --candidate ip-burst --control active --traffic t.jsonl --fp-cost 5 --fn-cost 50 --json',
+    ],
+  )
+    .option('--candidate <rule>', 'the rule to judge: RULE or RULE@VERSION (newest without)')
+    .option(
+      '--control <rule>',
+      "the rule to beat: RULE@VERSION, or 'active' (the deployed version of the candidate's rule)",
+      'active',
+    )
+    .option('--traffic <file>', 'labelled traffic, JSON lines (.gz too)')
+    .option('--sample-size <n>', 'score only the first N events in time order', intArg('--sample-size'))
+    .option('--min-sample-size <n>', 'below this, NEED_MORE_DATA (default 1000)', intArg('--min-sample-size'))
+    .option(
+      '--min-attacks <n>',
+      'fewer attacks (or benign requests) than this: NEED_MORE_DATA (default 30)',
+      intArg('--min-attacks'),
+    )
+    .option('--min-precision <p>', 'the candidate needs at least this precision (default 0.9)')
+    .option('--min-recall <r>', 'the candidate needs at least this recall (default 0.5)')
+    .option('--confidence <c>', 'required probability that the candidate is better (default 0.95)')
+    .option(
+      '--fp-cost <c>',
+      'cost of blocking one benign request: adds the expected cost per 10,000 requests',
+    )
+    .option('--fn-cost <c>', 'cost of missing one attack')
+    .option('--workers <n>', 'threads parsing the traffic (default: one per core)', intArg('--workers'))
+    .option('--seed <n>', 'seed of the Thompson sampling (default 1)', intArg('--seed'))
+    .option('--draws <n>', 'Thompson draws (default and minimum 100000)', intArg('--draws'))
+    .option('--max-disorder <duration>', 'how far out of time order lines may be (default 60s; 0: sorted)')
+    .option('--skip-invalid', 'skip and count bad lines instead of stopping at the first (exit 2)')
+    .option('--no-store', 'do not record the evaluation in shadow.evaluations')
+    .option('--require-approval', 'exit 3 unless the verdict is APPROVE_* (for CI gates)')
+    .addHelpText(
+      'after',
+      '\nVerdicts: APPROVE_FULL_DEPLOYMENT, APPROVE_CANARY, REJECT, NEED_MORE_DATA (see README, "Shadow evaluation").\nSubcommands: evaluate list, evaluate show ID.',
+    )
+    .action(
+      action(loadEvaluate, (m, ctx, _a, o) => {
+        if (!o.candidate) throw new UsageError('evaluate needs --candidate RULE[@VERSION].')
+        if (!o.traffic) throw new UsageError('evaluate needs --traffic FILE.')
+        return m.run(ctx, o)
+      }),
+    )
+  sub(evaluate, 'list', 'stored evaluations, newest first', ['shieldx evaluate list --rule ip-burst --json'])
+    .option('--rule <rule>', 'only evaluations of this rule (as candidate or control)')
+    .option('--limit <n>', 'at most this many (default 20)', intArg('--limit'))
+    .action(action(loadEvaluate, (m, ctx, _a, o) => m.list(ctx, o)))
+  sub(evaluate, 'show', 'one stored evaluation, whole', [
+    'shieldx evaluate show 0b6f3c1e-8a5d-4f0e-9c51-2f7d1f0c9a11 --json',
+  ])
+    .argument('<id>', 'evaluation id')
+    .action(action(loadEvaluate, (m, ctx, a) => m.show(ctx, a[0] as string)))
+
+  // --- A/B tests and rollout ----------------------------------------------------------------------
   const ab = sub(program, 'ab', 'Bayesian A/B tests (Beta-Binomial, Thompson sampling)', [
     'shieldx ab results checkout',
   ])

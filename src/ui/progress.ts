@@ -55,3 +55,54 @@ export function byteRate(started: number): (bytes: number) => string {
     return `${(bytes / 1_048_576).toFixed(1)} MB, ${(bytes / 1_048_576 / seconds).toFixed(1)} MB/s`
   }
 }
+
+export interface Bar {
+  /** bytes done of the total, and a count to show beside it */
+  update(done: number, count: number): void
+  done(): void
+}
+
+/**
+ * A bar over a known total (a file's bytes) with a count beside it, redrawn on a terminal;
+ * a JSON line every few seconds otherwise.
+ */
+export function progressBar(out: Output, what: string, total: number, unit: string): Bar {
+  const started = Date.now()
+  let last = 0
+  let drawn = false
+  const tty = out.interactive
+  const draw = (done: number, count: number, force: boolean) => {
+    const now = Date.now()
+    if (!force && now - last < (tty ? 100 : 5000)) return
+    last = now
+    const frac = total > 0 ? Math.min(1, done / total) : 1
+    const rate = Math.round(count / Math.max(0.001, (now - started) / 1000))
+    if (tty) {
+      const width = 30
+      const full = Math.round(frac * width)
+      out.io.stderr.write(
+        `\r${what} [${'#'.repeat(full)}${'.'.repeat(width - full)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${count.toLocaleString('en-US')} ${unit} (${rate.toLocaleString('en-US')}/s)  `,
+      )
+      drawn = true
+    } else {
+      out.log(`${what.replace(/\s+/g, '_')}.progress`, {
+        percent: Math.round(frac * 100),
+        [unit]: count,
+        per_second: rate,
+      })
+    }
+  }
+  let lastCount = 0
+  return {
+    update(done, count) {
+      lastCount = count
+      draw(done, count, false)
+    },
+    done() {
+      if (tty && drawn) {
+        draw(total, lastCount, true)
+        out.io.stderr.write('\n')
+      }
+    },
+  }
+}

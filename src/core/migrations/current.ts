@@ -13,10 +13,9 @@ export async function assertSchemaCurrent(
 ): Promise<void> {
   const files = discoverMigrations(migrationsDir, schema)
   const wanted = files.at(-1)?.version ?? 0
-  const { rows: exists } = await pool.query<{ t: string | null }>(
-    `select to_regclass($1)::text as t`,
-    [`${schema}.schema_migrations`],
-  )
+  const { rows: exists } = await pool.query<{ t: string | null }>(`select to_regclass($1)::text as t`, [
+    `${schema}.schema_migrations`,
+  ])
   const current = exists[0]?.t
     ? ((await pool.query<{ v: number | null }>(`select max(version) as v from ${schema}.schema_migrations`))
         .rows[0]?.v ?? 0)

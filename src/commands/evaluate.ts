@@ -1,0 +1,257 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import type { Context } from '../context.js'
+import { parseDuration } from '../core/config/duration.js'
+import { OperationError, SafetyError, UsageError } from '../core/errors.js'
+import { evaluate, type EvaluationDoc } from '../core/shadow/evaluate.js'
+import { getEvaluation, listEvaluations, storeEvaluation } from '../core/shadow/evaluations.js'
+import { DEFAULT_THRESHOLDS, type Thresholds } from '../core/shadow/recommend.js'
+import { activeVersion, getRule } from '../core/shadow/rule-store.js'
+import { formatRef, parseRuleRef } from '../core/shadow/rules.js'
+import { openShadow } from '../core/shadow/store.js'
+import { progressBar } from '../ui/progress.js'
+import { renderTable } from '../ui/table.js'
+
+export interface EvaluateFlags {
+  candidate: string
+  control?: string
+  traffic: string
+  sampleSize?: number
+  minSampleSize?: number
+  minAttacks?: number
+  minPrecision?: string
+  minRecall?: string
+  confidence?: string
+  fpCost?: string
+  fnCost?: string
+  workers?: number
+  seed?: number
+  draws?: number
+  maxDisorder?: string
+  skipInvalid?: boolean
+  store?: boolean
+  requireApproval?: boolean
+}
+
+function fraction(v: string | undefined, flag: string, def: number, open = false): number {
+  if (v === undefined) return def
+  const n = Number(v)
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1 || (open && (n === 0 || n === 1)))
+    throw new UsageError(
+      `${flag} must be a number ${open ? 'strictly between 0 and 1' : 'from 0 to 1'}, e.g. 0.95; got '${v}'.`,
+    )
+  return n
+}
+
+function cost(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined
+  const n = Number(v)
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0)
+    throw new UsageError(`${flag} must be a number ≥ 0 (the cost of one such error); got '${v}'.`)
+  return n
+}
+
+async function shadowDb(ctx: Context) {
+  const settings = ctx.settings()
+  const dbs = await ctx.databases(settings)
+  return (await openShadow(settings, dbs.shadow)).pool
+}
+
+export async function run(ctx: Context, f: EvaluateFlags) {
+  // Every flag is checked before the database or the file is touched.
+  const candidateRef = parseRuleRef(f.candidate, '--candidate')
+  const controlText = f.control ?? 'active'
+  const controlRef = controlText === 'active' ? null : parseRuleRef(controlText, '--control')
+  if (controlRef && controlRef.version === null)
+    throw new UsageError(
+      `--control needs a version (e.g. ${controlRef.id}@1), or 'active' for the deployed one.`,
+    )
+  const thresholds: Thresholds = {
+    minSampleSize: f.minSampleSize ?? DEFAULT_THRESHOLDS.minSampleSize,
+    minAttacks: f.minAttacks ?? DEFAULT_THRESHOLDS.minAttacks,
+    minPrecision: fraction(f.minPrecision, '--min-precision', DEFAULT_THRESHOLDS.minPrecision),
+    minRecall: fraction(f.minRecall, '--min-recall', DEFAULT_THRESHOLDS.minRecall),
+    confidence: fraction(f.confidence, '--confidence', DEFAULT_THRESHOLDS.confidence, true),
+  }
+  if (thresholds.confidence <= 0.5)
+    throw new UsageError(`--confidence must be above 0.5; got '${f.confidence}'.`)
+  if (f.sampleSize !== undefined && f.sampleSize < 1)
+    throw new UsageError('--sample-size must be at least 1.')
+  const fpCost = cost(f.fpCost, '--fp-cost')
+  const fnCost = cost(f.fnCost, '--fn-cost')
+  const workers = f.workers ?? os.availableParallelism()
+  if (workers < 1 || workers > 64) throw new UsageError(`--workers must be from 1 to 64; got ${workers}.`)
+  const maxDisorderMs =
+    f.maxDisorder === undefined
+      ? 60_000
+      : f.maxDisorder.trim() === '0'
+        ? 0
+        : parseDuration(f.maxDisorder, '--max-disorder')
+  if (f.draws !== undefined && f.draws < 100_000) throw new UsageError('--draws must be at least 100000.')
+  if (!fs.existsSync(f.traffic)) throw new UsageError(`--traffic: there is no file ${f.traffic}.`)
+
+  const db = await shadowDb(ctx)
+  const candidate = await getRule(db, candidateRef)
+  let control
+  if (controlRef) control = await getRule(db, controlRef)
+  else {
+    const active = await activeVersion(db, candidate.id)
+    if (active === null) {
+      throw new OperationError(
+        `${candidate.id} has no active version (it was never deployed), so there is no control to compare with.`,
+        {
+          code: 'NO_ACTIVE_VERSION',
+          hint: `Name one: --control ${candidate.id}@1, or another rule such as --control waf-threshold@1.`,
+        },
+      )
+    }
+    control = await getRule(db, { id: candidate.id, version: active })
+  }
+  if (control.id === candidate.id && control.version === candidate.version)
+    throw new UsageError(
+      `The candidate and the control are both ${formatRef(candidate)}: compare two different rules or versions.`,
+    )
+
+  const size = fs.statSync(f.traffic).size
+  const bar = progressBar(ctx.out, 'replaying', size, 'events')
+  const doc = await evaluate({
+    candidate,
+    control,
+    traffic: f.traffic,
+    workers,
+    ...(f.sampleSize === undefined ? {} : { sampleSize: f.sampleSize }),
+    skipInvalid: f.skipInvalid === true,
+    maxDisorderMs,
+    seed: f.seed ?? 1,
+    ...(f.draws === undefined ? {} : { draws: f.draws }),
+    thresholds,
+    ...(fpCost === undefined ? {} : { fpCost }),
+    ...(fnCost === undefined ? {} : { fnCost }),
+    signal: ctx.signal,
+    onProgress: (events, bytes) => bar.update(bytes, events),
+  })
+  bar.done()
+  if (ctx.signal.aborted) return
+
+  const stored = f.store !== false
+  if (stored) doc.created_at = await storeEvaluation(db, doc)
+  if (doc.traffic.skipped_invalid + doc.traffic.skipped_out_of_order > 0) {
+    ctx.out.warn(
+      `skipped ${doc.traffic.skipped_invalid} invalid and ${doc.traffic.skipped_out_of_order} out-of-order line(s) (--skip-invalid).`,
+    )
+  }
+  if (ctx.out.json) ctx.out.document({ ...doc, stored })
+  else render(ctx, doc, stored)
+  if (f.requireApproval && !doc.recommendation.decision.startsWith('APPROVE')) {
+    throw new SafetyError(
+      `The candidate was not approved (${doc.recommendation.decision}); --require-approval fails the run.`,
+      {
+        code: 'NOT_APPROVED',
+      },
+    )
+  }
+}
+
+const pct = (x: number | null) => (x === null ? 'n/a' : `${(x * 100).toFixed(2)}%`)
+const fix = (x: number | null, d = 4) => (x === null ? 'n/a' : x.toFixed(d))
+const int = (x: number) => x.toLocaleString('en-US')
+/** p-values: tiny ones in scientific notation, never a misleading "0.00". */
+const pv = (p: number) => (p === 0 ? '< 1e-300' : p < 0.001 ? p.toExponential(2) : p.toFixed(3))
+
+function render(ctx: Context, doc: EvaluationDoc, stored: boolean) {
+  const out = ctx.out
+  const r = doc.recommendation
+  const colour = r.decision.startsWith('APPROVE') ? 'green' : r.decision === 'REJECT' ? 'red' : 'yellow'
+  out.result(
+    `${out.style('bold', out.style(colour, r.decision))}  confidence ${fix(r.confidence_score, 3)}, risk ${r.risk_level}`,
+  )
+  out.result(
+    `candidate ${formatRef(doc.candidate)} vs control ${formatRef(doc.control)} on ${int(doc.sample_size)} events (${int(doc.attacks)} attacks)`,
+  )
+  out.result()
+  const c = doc.control_metrics
+  const k = doc.candidate_metrics
+  const rows: Array<[string, string, string]> = [
+    ['blocked attacks (TP)', int(c.tp), int(k.tp)],
+    ['blocked benign (FP)', int(c.fp), int(k.fp)],
+    ['passed benign (TN)', int(c.tn), int(k.tn)],
+    ['missed attacks (FN)', int(c.fn), int(k.fn)],
+    ['precision', pct(c.precision), pct(k.precision)],
+    ['recall', pct(c.recall), pct(k.recall)],
+    ['F1', fix(c.f1), fix(k.f1)],
+    ['accuracy', pct(c.accuracy), pct(k.accuracy)],
+    ['false-positive rate', pct(c.fpr), pct(k.fpr)],
+    ['MCC', fix(c.mcc), fix(k.mcc)],
+    ['AUC-ROC', fix(c.auc_roc), fix(k.auc_roc)],
+  ]
+  const cost = doc.bayes.expected_cost_per_10k
+  if (cost) rows.push(['cost per 10,000 requests', cost.control.toFixed(2), cost.candidate.toFixed(2)])
+  out.result(
+    renderTable(['', `control ${formatRef(doc.control)}`, `candidate ${formatRef(doc.candidate)}`], rows),
+  )
+  for (const [who, m] of [
+    ['control', c],
+    ['candidate', k],
+  ] as const) {
+    for (const [metric, why] of Object.entries(m.undefined_reasons))
+      out.result(out.style('gray', `${who} ${metric} n/a: ${why}`))
+  }
+  out.result()
+  const s = doc.significance
+  out.result(
+    `McNemar (${s.mcnemar.method === 'exact_binomial' ? 'exact binomial' : 'chi-square, continuity-corrected'}): statistic ${fix(s.mcnemar.statistic)}, p ${pv(s.mcnemar.p_value)}; ${int(s.mcnemar.c)} events only the candidate got right, ${int(s.mcnemar.b)} only the control`,
+  )
+  out.result(
+    s.chi_square.statistic === null
+      ? `chi-square (2x4): not computed: ${s.chi_square.reason}`
+      : `chi-square (2x4, df ${s.chi_square.df}): statistic ${fix(s.chi_square.statistic)}, p ${pv(s.chi_square.p_value!)}${s.chi_square.note ? ` (${s.chi_square.note})` : ''}`,
+  )
+  const b = doc.bayes
+  out.result(
+    `P(candidate better) ${fix(b.prob_candidate_better, 4)} (exact ${fix(b.prob_candidate_better_exact, 4)}, Thompson ${fix(b.prob_candidate_better_thompson, 4)} over ${int(b.draws)} draws); expected loss: candidate ${b.expected_loss_candidate.toExponential(2)}, control ${b.expected_loss_control.toExponential(2)}`,
+  )
+  out.result()
+  for (const line of r.reasons) {
+    out.result(
+      `  ${line.startsWith('PASS') ? out.style('green', 'PASS') : out.style('red', 'FAIL')}${line.slice(4)}`,
+    )
+  }
+  out.result()
+  out.info(
+    stored
+      ? `stored as evaluation ${doc.id}${doc.conclusive ? ' (conclusive)' : ' (not conclusive)'}; traffic sha256 ${doc.traffic.sha256.slice(0, 16)}…`
+      : 'not stored (--no-store)',
+  )
+}
+
+export async function list(ctx: Context, opts: { rule?: string; limit?: number }) {
+  const rule = opts.rule === undefined ? undefined : parseRuleRef(opts.rule, '--rule').id
+  const rows = await listEvaluations(await shadowDb(ctx), {
+    ...(rule ? { rule } : {}),
+    limit: opts.limit ?? 20,
+  })
+  if (ctx.out.json) return ctx.out.document(rows)
+  if (rows.length === 0)
+    return ctx.out.info("No evaluations stored yet; run 'shieldx evaluate --candidate RULE --traffic FILE'.")
+  ctx.out.result(
+    renderTable(
+      ['id', 'created', 'candidate', 'control', 'decision', 'conclusive', 'events'],
+      rows.map((r) => [
+        r.id,
+        r.created_at.slice(0, 19).replace('T', ' '),
+        r.candidate,
+        r.control,
+        r.decision,
+        r.conclusive ? 'yes' : 'no',
+        int(r.sample_size),
+      ]),
+    ),
+  )
+}
+
+export async function show(ctx: Context, id: string) {
+  const doc = await getEvaluation(await shadowDb(ctx), id)
+  if (ctx.out.json) return ctx.out.document(doc)
+  render(ctx, doc, true)
+  ctx.out.info(`evaluated ${doc.created_at} on ${doc.traffic.file}`)
+}

@@ -1,0 +1,86 @@
+import fs from 'node:fs'
+import type { Context } from '../context.js'
+import { UsageError } from '../core/errors.js'
+import { addRule, getRule, listRules } from '../core/shadow/rule-store.js'
+import { formatRef, parseRule, parseRuleRef } from '../core/shadow/rules.js'
+import { openShadow } from '../core/shadow/store.js'
+import { renderTable } from '../ui/table.js'
+
+async function shadowDb(ctx: Context) {
+  const settings = ctx.settings()
+  const dbs = await ctx.databases(settings)
+  return (await openShadow(settings, dbs.shadow)).pool
+}
+
+/** Read and validate a rule file before touching the database: bad input writes nothing. */
+function readRuleFile(file: string) {
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`Cannot read the rule file ${file} (${(err as NodeJS.ErrnoException).code}).`)
+  }
+  let doc: unknown
+  try {
+    doc = JSON.parse(text)
+  } catch (err) {
+    throw new UsageError(`The rule file ${file} is not valid JSON (${(err as Error).message}).`, {
+      data: { path: '$' },
+    })
+  }
+  return parseRule(doc, file)
+}
+
+export async function add(ctx: Context, files: string[]) {
+  const defs = files.map(readRuleFile)
+  const db = await shadowDb(ctx)
+  const results = []
+  for (const def of defs) results.push(await addRule(db, def))
+  if (ctx.out.json) {
+    return ctx.out.document(
+      results.map((r) => ({
+        id: r.rule.id,
+        version: r.rule.version,
+        created: r.created,
+        created_at: r.rule.created_at,
+      })),
+    )
+  }
+  for (const r of results) {
+    ctx.out.result(
+      r.created
+        ? `stored ${formatRef(r.rule)} (${r.rule.definition.type}: ${r.rule.definition.name})`
+        : `${formatRef(r.rule)} is already stored with this definition; nothing changed`,
+    )
+  }
+}
+
+export async function list(ctx: Context) {
+  const rules = await listRules(await shadowDb(ctx))
+  if (ctx.out.json) return ctx.out.document(rules)
+  if (rules.length === 0) {
+    ctx.out.info("No rules stored yet; add one with 'shieldx rules add FILE'.")
+    return
+  }
+  ctx.out.result(
+    renderTable(
+      ['rule', 'latest', 'versions', 'type', 'active', 'canary', 'name'],
+      rules.map((r) => [
+        r.id,
+        String(r.latest_version),
+        String(r.versions),
+        r.type,
+        r.active_version === null ? '-' : String(r.active_version),
+        r.canary_version === null ? '-' : `${r.canary_version} (${r.canary_percent}%)`,
+        r.name,
+      ]),
+    ),
+  )
+}
+
+export async function show(ctx: Context, ref: string) {
+  const rule = await getRule(await shadowDb(ctx), parseRuleRef(ref, 'RULE'))
+  if (ctx.out.json) return ctx.out.document({ ...rule })
+  ctx.out.info(`${formatRef(rule)}, stored ${rule.created_at}`)
+  ctx.out.result(JSON.stringify(rule.definition, null, 2))
+}

@@ -1,0 +1,182 @@
+/**
+ * One block of traffic lines: parsed (the costly part, so replay.ts runs it on every core) and
+ * the leaves that need only the event itself scored. Without rate limits the block is also
+ * decided and counted here, and the main thread only merges tallies. With rate limits it comes
+ * back as compact columns; the main thread runs the windows in time order (see replay.ts).
+ */
+import { compilePair, type CompiledPair } from './compile.js'
+import type { RulePart } from './rules.js'
+import { addEvent, newTally, tallyToData, type TallyData } from './tally.js'
+import { parseTrafficLine } from './traffic.js'
+
+export interface BlockParserInput {
+  control: RulePart
+  candidate: RulePart
+  /** 'tally': decide and count here; 'columns': return scores and keys for the main thread */
+  mode: 'tally' | 'columns'
+}
+
+export interface BlockTask {
+  seq: number
+  bytes: Uint8Array
+}
+
+export interface InvalidLine {
+  /** within the block, from 0; replay.ts turns it into the file's line number */
+  line: number
+  error: string
+}
+
+/** At most this many invalid lines are described per block; the rest are only counted. */
+const DESCRIBED = 20
+
+export interface BlockColumns {
+  n: number
+  ts: Float64Array
+  attack: Uint8Array
+  /** line within the block, from 0 */
+  line: Uint32Array
+  /** n × stateless-leaf scores, row-major */
+  vals: Float64Array
+  /** n × keys, the block-local id of each event's key (-1: the event has no such field) */
+  keyIds: Int32Array
+  /** per key, the block-local dictionary */
+  dicts: string[][]
+}
+
+export type BlockMessage =
+  | {
+      type: 'block'
+      seq: number
+      /** non-blank lines */
+      lines: number
+      /** lines including blank ones: where the next block's numbering starts */
+      rawLines: number
+      invalid: InvalidLine[]
+      invalidCount: number
+      columns?: BlockColumns
+      /** tally mode: this block's tally */
+      tally?: TallyData
+    }
+  | { type: 'error'; message: string }
+
+export type BlockParser = (task: BlockTask) => BlockMessage & { type: 'block' }
+
+export function blockParser(input: BlockParserInput): BlockParser {
+  const pair = compilePair(input.control, input.candidate)
+  const decoder = new TextDecoder('utf-8', { fatal: false })
+  return (task) => parseBlock(pair, input.mode, decoder.decode(task.bytes), task.seq)
+}
+
+function parseBlock(
+  pair: CompiledPair,
+  mode: BlockParserInput['mode'],
+  text: string,
+  seq: number,
+): BlockMessage & { type: 'block' } {
+  const S = pair.stateless.length
+  const K = pair.keys.length
+  const statelessLeaves = pair.stateless.map((i) => pair.leaves[i]!) as Array<{
+    score: (e: Record<string, unknown>) => number
+  }>
+  const invalid: InvalidLine[] = []
+  let invalidCount = 0
+  let lines = 0
+
+  const tally = mode === 'tally' ? newTally() : null
+  const vals = new Float64Array(pair.leaves.length)
+
+  // columns mode: grown as needed, trimmed at the end
+  let cap = mode === 'columns' ? 4096 : 0
+  let ts = new Float64Array(cap)
+  let attack = new Uint8Array(cap)
+  let lineNo = new Uint32Array(cap)
+  let cvals = new Float64Array(cap * S)
+  let keyIds = new Int32Array(cap * K)
+  const dictMaps = pair.keys.map(() => new Map<string, number>())
+  const dicts: string[][] = pair.keys.map(() => [])
+  let n = 0
+
+  let start = 0
+  let line = 0
+  while (start < text.length) {
+    let end = text.indexOf('\n', start)
+    if (end === -1) end = text.length
+    let raw = text.slice(start, end)
+    start = end + 1
+    const thisLine = line++
+    if (raw.endsWith('\r')) raw = raw.slice(0, -1)
+    if (raw.trim() === '') continue
+    lines++
+    const parsed = parseTrafficLine(raw)
+    if (!parsed.ok) {
+      invalidCount++
+      if (invalid.length < DESCRIBED) invalid.push({ line: thisLine, error: parsed.error })
+      continue
+    }
+    const e = parsed.event
+    const isAttack = e.label === 'attack'
+    if (tally) {
+      for (let j = 0; j < S; j++) vals[pair.stateless[j]!] = statelessLeaves[j]!.score(e)
+      addEvent(
+        tally,
+        parsed.ts,
+        isAttack,
+        pair.control.blocks(vals),
+        pair.control.score(vals),
+        pair.candidate.blocks(vals),
+        pair.candidate.score(vals),
+      )
+      continue
+    }
+    if (n === cap) {
+      cap *= 2
+      ts = grow(ts, cap)
+      attack = grow(attack, cap)
+      lineNo = grow(lineNo, cap)
+      cvals = grow(cvals, cap * S)
+      keyIds = grow(keyIds, cap * K)
+    }
+    ts[n] = parsed.ts
+    attack[n] = isAttack ? 1 : 0
+    lineNo[n] = thisLine
+    for (let j = 0; j < S; j++) cvals[n * S + j] = statelessLeaves[j]!.score(e)
+    for (let k = 0; k < K; k++) {
+      const v = e[pair.keys[k]!]
+      if (typeof v !== 'string') {
+        keyIds[n * K + k] = -1
+        continue
+      }
+      const m = dictMaps[k]!
+      let id = m.get(v)
+      if (id === undefined) {
+        id = dicts[k]!.length
+        m.set(v, id)
+        dicts[k]!.push(v)
+      }
+      keyIds[n * K + k] = id
+    }
+    n++
+  }
+  // Blocks end with a newline, after which the loop stops: `line` is the count of lines.
+  const base = { type: 'block' as const, seq, lines, rawLines: line, invalid, invalidCount }
+  if (tally) return { ...base, tally: tallyToData(tally) }
+  return {
+    ...base,
+    columns: {
+      n,
+      ts: ts.slice(0, n),
+      attack: attack.slice(0, n),
+      line: lineNo.slice(0, n),
+      vals: cvals.slice(0, n * S),
+      keyIds: keyIds.slice(0, n * K),
+      dicts,
+    },
+  }
+}
+
+function grow<T extends Float64Array | Uint8Array | Uint32Array | Int32Array>(a: T, size: number): T {
+  const b = new (a.constructor as new (n: number) => T)(size)
+  b.set(a)
+  return b
+}

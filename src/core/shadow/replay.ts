@@ -1,0 +1,556 @@
+/**
+ * Replay a traffic file through the control and the candidate rule.
+ *
+ * The main thread reads the file (hashing the bytes as stored, gunzipping .gz), cuts it into
+ * blocks of whole lines and hands them to worker threads, which parse them — the costly part —
+ * in parallel (with --workers 1, it parses them itself: one thread, no hand-off). Results are
+ * taken back in file order, so everything below is the same for any number of workers:
+ *
+ * - Without rate limits, a worker decides and counts each event by itself; the main thread
+ *   merges the tallies.
+ * - With rate limits, a request's count is the number of requests with its key whose ts lies in
+ *   (ts - window, ts], itself and any at the same instant included. Lines may be out of time
+ *   order by up to `maxDisorderMs`: an event is decided only once the newest ts seen is more than
+ *   that past it, so every event that could fall in its window has arrived. A line later than
+ *   that is an error (or skipped and counted with --skip-invalid). The events waiting for their
+ *   windows are the only ones held in memory: memory follows the disorder window and the number
+ *   of distinct keys in a rate-limit window, never the size of the file.
+ */
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { Transform, type Readable } from 'node:stream'
+import { Worker } from 'node:worker_threads'
+import { createGunzip } from 'node:zlib'
+import { InterruptedError, OperationError, UsageError } from '../errors.js'
+import { PACKAGE_ROOT } from '../config/paths.js'
+import { compilePair, type CompiledPair, type RateLeaf } from './compile.js'
+import {
+  type BlockColumns,
+  type BlockMessage,
+  type BlockParserInput,
+  blockParser,
+  type BlockTask,
+  type InvalidLine,
+} from './parse-block.js'
+import type { RulePart } from './rules.js'
+import { addEvent, mergeTally, newTally, type Tally } from './tally.js'
+
+const WORKER_FILE = path.join(PACKAGE_ROOT, 'dist/core/shadow/replay-worker.js')
+const BLOCK_BYTES = 1 << 20
+
+export interface ReplayOptions {
+  file: string
+  control: RulePart
+  candidate: RulePart
+  workers: number
+  /** Score only the first N events in time order (all events still count in rate-limit windows). */
+  sampleSize?: number
+  skipInvalid: boolean
+  maxDisorderMs: number
+  signal?: AbortSignal
+  /** events decided so far, bytes of the file read so far */
+  onProgress?: (events: number, bytesRead: number) => void
+}
+
+export interface ReplayResult {
+  tally: Tally
+  /** non-blank lines read */
+  lines: number
+  skipped: { invalid: number; out_of_order: number; examples: InvalidLine[] }
+  traffic_sha256: string
+  bytes: number
+  compressed: boolean
+  workers: number
+  /** 'events': decided per event in the workers; 'windows': rate-limit windows in time order */
+  mode: 'events' | 'windows'
+}
+
+export async function replay(options: ReplayOptions): Promise<ReplayResult> {
+  const input = openTraffic(options.file)
+  const pair = compilePair(options.control, options.candidate)
+  const windowed = pair.rate.length > 0 || options.sampleSize !== undefined
+  const parserInput: BlockParserInput = {
+    control: options.control,
+    candidate: options.candidate,
+    mode: windowed ? 'columns' : 'tally',
+  }
+  const tally = newTally()
+  const sequencer = windowed ? new Sequencer(pair, tally, options) : null
+  const skipped = { invalid: 0, out_of_order: 0, examples: [] as InvalidLine[] }
+  let lines = 0
+  /** lines (blank ones too) before the block taken next: block-relative line numbers + this */
+  let lineBase = 0
+  let failure: Error | null = null
+  let stopReading = false
+
+  const threads = Math.max(1, options.workers)
+  const workers =
+    threads === 1
+      ? []
+      : Array.from({ length: threads }, () => {
+          const w = new Worker(WORKER_FILE, { workerData: parserInput })
+          w.unref()
+          return w
+        })
+  const inline = threads === 1 ? blockParser(parserInput) : null
+  const load = new Map<Worker, number>(workers.map((w) => [w, 0]))
+  const done = new Map<number, BlockMessage & { type: 'block' }>()
+  let nextSeq = 0
+  let dispatched = 0
+  let wake: (() => void) | null = null
+  const notify = () => {
+    const w = wake
+    wake = null
+    w?.()
+  }
+
+  const take = (msg: BlockMessage & { type: 'block' }) => {
+    const base = lineBase + 1 // 1-based, as editors count
+    lineBase += msg.rawLines
+    lines += msg.lines
+    if (msg.invalidCount > 0) {
+      if (!options.skipInvalid) {
+        const first = msg.invalid[0]!
+        throw new UsageError(`${options.file} line ${base + first.line}: ${first.error}.`, {
+          code: 'INVALID_TRAFFIC',
+          hint: 'Fix the line, or pass --skip-invalid to skip and count such lines.',
+          data: { line: base + first.line },
+        })
+      }
+      skipped.invalid += msg.invalidCount
+      for (const x of msg.invalid) {
+        if (skipped.examples.length < 10) skipped.examples.push({ line: base + x.line, error: x.error })
+      }
+    }
+    if (msg.tally) {
+      mergeTally(tally, msg.tally)
+      options.onProgress?.(tally.events, input.bytes())
+    } else if (msg.columns && sequencer) {
+      sequencer.add(msg.columns, base)
+      options.onProgress?.(tally.events, input.bytes())
+      if (sequencer.full) stopReading = true
+    }
+  }
+
+  for (const w of workers) {
+    w.on('message', (msg: BlockMessage) => {
+      load.set(w, (load.get(w) ?? 1) - 1)
+      try {
+        if (msg.type === 'error') throw new OperationError(`Replay failed in a worker: ${msg.message}`)
+        done.set(msg.seq, msg)
+        while (!failure && done.has(nextSeq)) {
+          const m = done.get(nextSeq)!
+          done.delete(nextSeq)
+          nextSeq++
+          if (!stopReading) take(m)
+        }
+      } catch (err) {
+        failure ??= err as Error
+      }
+      notify()
+    })
+    w.on('error', (err) => {
+      failure ??= new OperationError(`A replay worker stopped: ${err.message}`, { cause: err })
+      notify()
+    })
+  }
+
+  options.signal?.addEventListener('abort', notify, { once: true })
+  const waitUntil = async (ready: () => boolean) => {
+    while (!ready() && !failure && !options.signal?.aborted) {
+      await new Promise<void>((resolve) => {
+        wake = resolve
+      })
+    }
+  }
+
+  try {
+    const limit = workers.length * 3
+    for await (const block of blocks(input.stream)) {
+      if (failure || options.signal?.aborted) break
+      if (stopReading) continue // keep reading: the hash covers the whole file
+      const task: BlockTask = { seq: dispatched++, bytes: block }
+      if (inline) {
+        take(inline(task))
+        nextSeq++
+        continue
+      }
+      await waitUntil(() => dispatched - 1 - nextSeq < limit)
+      if (failure || options.signal?.aborted) break
+      const w = [...load].sort((a, b) => a[1] - b[1])[0]![0]
+      load.set(w, load.get(w)! + 1)
+      w.postMessage(task, [block.buffer as ArrayBuffer])
+    }
+    await waitUntil(() => nextSeq === dispatched)
+    if (options.signal?.aborted) throw new InterruptedError()
+    if (failure) throw failure
+    sequencer?.finish()
+    if (sequencer) skipped.out_of_order = sequencer.late
+  } catch (err) {
+    input.stream.destroy()
+    if (input.error()) throw input.error()
+    throw err
+  } finally {
+    options.signal?.removeEventListener('abort', notify)
+    await Promise.all(workers.map((w) => w.terminate()))
+  }
+  if (input.error()) throw input.error()
+  return {
+    tally,
+    lines,
+    skipped,
+    traffic_sha256: input.digest(),
+    bytes: input.bytes(),
+    compressed: input.compressed,
+    workers: threads,
+    mode: windowed ? 'windows' : 'events',
+  }
+}
+
+interface TrafficInput {
+  stream: Readable
+  compressed: boolean
+  digest(): string
+  bytes(): number
+  error(): Error | null
+}
+
+/** The file's bytes, hashed as stored, gunzipped when they start with the gzip magic. */
+function openTraffic(file: string): TrafficInput {
+  let fd: number
+  try {
+    fd = fs.openSync(file, 'r')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    throw new UsageError(
+      code === 'ENOENT'
+        ? `--traffic: there is no file ${file}.`
+        : `--traffic: cannot read ${file} (${code}).`,
+    )
+  }
+  const magic = Buffer.alloc(2)
+  const got = fs.readSync(fd, magic, 0, 2, 0)
+  if (fs.fstatSync(fd).isDirectory()) throw new UsageError(`--traffic: ${file} is a directory, not a file.`)
+  const compressed = got === 2 && magic[0] === 0x1f && magic[1] === 0x8b
+  const hash = createHash('sha256')
+  let bytes = 0
+  let error: Error | null = null
+  const raw = fs.createReadStream(file, { fd, highWaterMark: BLOCK_BYTES })
+  const hasher = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk)
+      bytes += chunk.length
+      cb(null, chunk)
+    },
+  })
+  const fail = (err: Error) => {
+    error ??= new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
+  }
+  raw.on('error', fail)
+  hasher.on('error', fail)
+  let stream: Readable = raw.pipe(hasher)
+  if (compressed) {
+    const gunzip = createGunzip()
+    gunzip.on('error', (err) => {
+      error ??= new UsageError(`--traffic: ${file} is not a valid gzip file (${err.message}).`, {
+        cause: err,
+      })
+    })
+    stream = hasher.pipe(gunzip)
+  }
+  let digest: string | null = null
+  return {
+    stream,
+    compressed,
+    digest: () => (digest ??= hash.digest('hex')),
+    bytes: () => bytes,
+    error: () => error,
+  }
+}
+
+/**
+ * Blocks of whole lines, each in a buffer of its own (transferred to a worker, not copied): a
+ * chunk up to its last newline, after what the previous chunk left over.
+ */
+async function* blocks(stream: Readable): AsyncGenerator<Uint8Array> {
+  let carry: Buffer[] = []
+  let carried = 0
+  for await (const data of stream) {
+    const chunk = data as Buffer
+    const nl = chunk.lastIndexOf(0x0a)
+    if (nl === -1 || carried + nl + 1 < BLOCK_BYTES / 4) {
+      // no line ends here, or too little for a block yet: keep it for the next one
+      carry.push(chunk)
+      carried += chunk.length
+      continue
+    }
+    const block = new Uint8Array(carried + nl + 1)
+    let at = 0
+    for (const c of carry) {
+      block.set(c, at)
+      at += c.length
+    }
+    block.set(chunk.subarray(0, nl + 1), at)
+    yield block
+    carry = nl + 1 < chunk.length ? [chunk.subarray(nl + 1)] : []
+    carried = chunk.length - nl - 1
+  }
+  if (carried > 0) {
+    const block = new Uint8Array(carried)
+    let at = 0
+    for (const c of carry) {
+      block.set(c, at)
+      at += c.length
+    }
+    yield block
+  }
+}
+
+/** Timestamps of one key, sorted, oldest dropped from the front as windows move on. */
+class TsList {
+  a: number[] = []
+  head = 0
+
+  insert(ts: number): void {
+    const a = this.a
+    if (a.length === this.head || ts >= a[a.length - 1]!) {
+      a.push(ts)
+      return
+    }
+    a.splice(this.upper(ts), 0, ts)
+  }
+
+  /** index of the first element > ts */
+  upper(ts: number): number {
+    let lo = this.head
+    let hi = this.a.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (this.a[mid]! <= ts) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+
+  /** how many in (from, to] */
+  count(from: number, to: number): number {
+    return this.upper(to) - this.upper(from)
+  }
+
+  evict(upTo: number): void {
+    while (this.head < this.a.length && this.a[this.head]! <= upTo) this.head++
+    if (this.head > 256 && this.head * 2 > this.a.length) {
+      this.a = this.a.slice(this.head)
+      this.head = 0
+    }
+  }
+
+  get empty(): boolean {
+    return this.head === this.a.length
+  }
+}
+
+interface Block extends BlockColumns {
+  lists: Array<Array<TsList>>
+}
+
+/**
+ * Rate-limit windows in time order, for the 'columns' mode: takes blocks in file order, decides
+ * an event once no line still to come can fall in its window, and counts it.
+ */
+class Sequencer {
+  late = 0
+  full = false
+  private readonly maps: Array<Map<string, TsList>>
+  private readonly maxWindow: number[]
+  private readonly rateKey: number[]
+  private maxTs = -Infinity
+  /** items at or before this are no longer in any window still to be computed */
+  private evictBefore = -Infinity
+  private sizeAtSweep = 1024
+  // In-order arrivals queue up sorted; late ones go to a heap.
+  private fifoB: Block[] = []
+  private fifoI: number[] = []
+  private fifoHead = 0
+  private heap: Array<{ ts: number; b: Block; i: number }> = []
+  private readonly vals: Float64Array
+
+  constructor(
+    private readonly pair: CompiledPair,
+    private readonly tally: Tally,
+    private readonly options: Pick<ReplayOptions, 'maxDisorderMs' | 'skipInvalid' | 'sampleSize' | 'file'>,
+  ) {
+    this.maps = pair.keys.map(() => new Map())
+    this.rateKey = pair.rate.map((i) => pair.keys.indexOf((pair.leaves[i] as RateLeaf).key))
+    this.maxWindow = pair.keys.map((k) =>
+      Math.max(
+        0,
+        ...pair.rate
+          .map((i) => pair.leaves[i] as RateLeaf)
+          .filter((l) => l.key === k)
+          .map((l) => l.windowMs),
+      ),
+    )
+    this.vals = new Float64Array(pair.leaves.length)
+  }
+
+  /** `lineBase`: the file line number of the block's first line, for messages. */
+  add(c: BlockColumns, lineBase: number): void {
+    const K = this.pair.keys.length
+    const lists = c.dicts.map((dict, k) =>
+      dict.map((key) => {
+        const m = this.maps[k]!
+        let l = m.get(key)
+        if (!l) {
+          l = new TsList()
+          m.set(key, l)
+        }
+        return l
+      }),
+    )
+    const b: Block = { ...c, lists }
+    const D = this.options.maxDisorderMs
+    for (let i = 0; i < c.n; i++) {
+      const ts = c.ts[i]!
+      if (ts < this.maxTs - D) {
+        if (!this.options.skipInvalid) {
+          throw new UsageError(
+            `${this.options.file} line ${lineBase + c.line[i]!}: its ts is ${((this.maxTs - ts) / 1000).toFixed(3)}s before a line above it, more than --max-disorder allows (${D / 1000}s).`,
+            {
+              code: 'TRAFFIC_OUT_OF_ORDER',
+              hint: 'Sort the file by ts, raise --max-disorder, or pass --skip-invalid to skip and count such lines.',
+              data: { line: lineBase + c.line[i]! },
+            },
+          )
+        }
+        this.late++
+        c.attack[i] = 2 // marks a skipped event
+        continue
+      }
+      for (let k = 0; k < K; k++) {
+        const id = c.keyIds[i * K + k]!
+        if (id >= 0) {
+          const l = lists[k]![id]!
+          l.evict(this.evictBefore - this.maxWindow[k]!)
+          l.insert(ts)
+        }
+      }
+      const lastB = this.fifoB.length > this.fifoHead ? this.fifoB[this.fifoB.length - 1] : undefined
+      const lastTs = lastB ? lastB.ts[this.fifoI[this.fifoI.length - 1]!]! : -Infinity
+      if (ts >= lastTs) {
+        this.fifoB.push(b)
+        this.fifoI.push(i)
+      } else this.heapPush({ ts, b, i })
+      if (ts > this.maxTs) this.maxTs = ts
+    }
+    this.release(this.maxTs - D)
+    this.sweep()
+  }
+
+  /** Decide and count every waiting event earlier than the watermark, in time order. */
+  private release(watermark: number): void {
+    for (;;) {
+      if (this.full) return
+      const hasFifo = this.fifoHead < this.fifoB.length
+      const fifoTs = hasFifo ? this.fifoB[this.fifoHead]!.ts[this.fifoI[this.fifoHead]!]! : Infinity
+      const heapTs = this.heap.length > 0 ? this.heap[0]!.ts : Infinity
+      const ts = Math.min(fifoTs, heapTs)
+      if (!(ts < watermark)) break
+      if (fifoTs <= heapTs) {
+        this.decide(this.fifoB[this.fifoHead]!, this.fifoI[this.fifoHead]!)
+        this.fifoHead++
+      } else {
+        const top = this.heapPop()
+        this.decide(top.b, top.i)
+      }
+    }
+    if (this.fifoHead > 4096 && this.fifoHead * 2 > this.fifoB.length) {
+      this.fifoB = this.fifoB.slice(this.fifoHead)
+      this.fifoI = this.fifoI.slice(this.fifoHead)
+      this.fifoHead = 0
+    }
+    // Every event still to be decided has ts >= watermark, so its window starts after watermark - w.
+    if (watermark > this.evictBefore) this.evictBefore = watermark
+  }
+
+  private decide(b: Block, i: number): void {
+    const pair = this.pair
+    const vals = this.vals
+    const S = pair.stateless.length
+    const K = pair.keys.length
+    const ts = b.ts[i]!
+    for (let j = 0; j < S; j++) vals[pair.stateless[j]!] = b.vals[i * S + j]!
+    for (let r = 0; r < pair.rate.length; r++) {
+      const leafIndex = pair.rate[r]!
+      const leaf = pair.leaves[leafIndex] as RateLeaf
+      const k = this.rateKey[r]!
+      const id = b.keyIds[i * K + k]!
+      vals[leafIndex] = id < 0 ? -Infinity : b.lists[k]![id]!.count(ts - leaf.windowMs, ts) / leaf.threshold
+    }
+    addEvent(
+      this.tally,
+      ts,
+      b.attack[i] === 1,
+      pair.control.blocks(vals),
+      pair.control.score(vals),
+      pair.candidate.blocks(vals),
+      pair.candidate.score(vals),
+    )
+    if (this.options.sampleSize !== undefined && this.tally.events >= this.options.sampleSize)
+      this.full = true
+  }
+
+  /** Drop keys with nothing left in any window, now and then: memory follows live keys only. */
+  private sweep(): void {
+    let size = 0
+    for (const m of this.maps) size += m.size
+    if (size < this.sizeAtSweep * 2) return
+    this.maps.forEach((m, k) => {
+      for (const [key, l] of m) {
+        l.evict(this.evictBefore - this.maxWindow[k]!)
+        if (l.empty) m.delete(key)
+      }
+    })
+    size = 0
+    for (const m of this.maps) size += m.size
+    this.sizeAtSweep = Math.max(1024, size)
+  }
+
+  finish(): void {
+    this.release(Infinity)
+  }
+
+  private heapPush(x: { ts: number; b: Block; i: number }): void {
+    const h = this.heap
+    h.push(x)
+    let i = h.length - 1
+    while (i > 0) {
+      const p = (i - 1) >> 1
+      if (h[p]!.ts <= x.ts) break
+      h[i] = h[p]!
+      i = p
+    }
+    h[i] = x
+  }
+
+  private heapPop(): { ts: number; b: Block; i: number } {
+    const h = this.heap
+    const top = h[0]!
+    const last = h.pop()!
+    if (h.length > 0) {
+      let i = 0
+      for (;;) {
+        const l = 2 * i + 1
+        if (l >= h.length) break
+        const r = l + 1
+        const c = r < h.length && h[r]!.ts < h[l]!.ts ? r : l
+        if (h[c]!.ts >= last.ts) break
+        h[i] = h[c]!
+        i = c
+      }
+      h[i] = last
+    }
+    return top
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * One line of labelled traffic: `{ ts, ip, tenant_id, method, path, status, latency_ms, label }`
+ * plus any other fields rules may read. Validation names the field; the caller adds the line.
+ */
+
+export type TrafficEvent = Record<string, unknown> & { label: 'attack' | 'benign' }
+
+export type ParsedLine = { ok: true; event: TrafficEvent; ts: number } | { ok: false; error: string }
+
+const STRING_FIELDS = ['ip', 'tenant_id', 'method', 'path'] as const
+const NUMBER_FIELDS = ['status', 'latency_ms'] as const
+
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+function digits(s: string, from: number, count: number): number {
+  let n = 0
+  for (let i = from; i < from + count; i++) {
+    const c = s.charCodeAt(i) - 48
+    if (c < 0 || c > 9) return NaN
+    n = n * 10 + c
+  }
+  return n
+}
+
+/** Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+function daysFromCivil(y: number, m: number, d: number): number {
+  y -= m <= 2 ? 1 : 0
+  const era = Math.floor(y / 400)
+  const yoe = y - era * 400
+  const doy = Math.floor((153 * (m + (m > 2 ? -3 : 9)) + 2) / 5) + d - 1
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+}
+
+/**
+ * `2026-01-01T00:00:00Z` or `2026-01-01T00:00:00.123Z` read by hand: this runs once per event and
+ * a regular expression plus Date.UTC cost as much as the JSON.parse of the line. NaN if not that form.
+ */
+function fastIsoUtc(v: string): number {
+  const len = v.length
+  if (
+    len < 20 ||
+    v.charCodeAt(len - 1) !== 90 /* Z */ ||
+    v[4] !== '-' ||
+    v[7] !== '-' ||
+    v[10] !== 'T' ||
+    v[13] !== ':' ||
+    v[16] !== ':'
+  )
+    return NaN
+  const y = digits(v, 0, 4)
+  const mo = digits(v, 5, 2)
+  const d = digits(v, 8, 2)
+  const h = digits(v, 11, 2)
+  const mi = digits(v, 14, 2)
+  const sec = digits(v, 17, 2)
+  let ms = 0
+  if (len > 20) {
+    if (v[19] !== '.' || len > 30 || len === 21) return NaN
+    const frac = digits(v, 20, len - 21)
+    if (Number.isNaN(frac)) return NaN
+    ms = len - 21 >= 3 ? Math.floor(frac / 10 ** (len - 24)) : frac * 10 ** (24 - len)
+  }
+  if (!(mo >= 1 && mo <= 12 && h < 24 && mi < 60 && sec < 60 && d >= 1)) return NaN
+  const leap = y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0)
+  if (d > (mo === 2 && leap ? 29 : DAYS_IN_MONTH[mo - 1]!)) return NaN
+  return ((daysFromCivil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + sec * 1000 + ms
+}
+
+// Anything else ISO-8601 with a date and a time (an offset, a space instead of T) goes to Date.parse.
+const ISO_ANY = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?$/
+
+/** Milliseconds since the epoch, or NaN. Numbers are epoch milliseconds. */
+export function parseTimestamp(v: unknown): number {
+  if (typeof v === 'number') return Number.isFinite(v) ? v : NaN
+  if (typeof v !== 'string') return NaN
+  const fast = fastIsoUtc(v)
+  if (!Number.isNaN(fast)) return fast
+  if (!ISO_ANY.test(v)) return NaN
+  // Date.parse rolls 2026-02-30 over into March: refuse a day the month does not have.
+  const y = digits(v, 0, 4)
+  const mo = digits(v, 5, 2)
+  const d = digits(v, 8, 2)
+  const leap = y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0)
+  if (!(mo >= 1 && mo <= 12 && d >= 1 && d <= (mo === 2 && leap ? 29 : DAYS_IN_MONTH[mo - 1]!))) return NaN
+  return Date.parse(v)
+}
+
+/** Parse and check one line. Never throws. */
+export function parseTrafficLine(line: string): ParsedLine {
+  let v: unknown
+  try {
+    v = JSON.parse(line)
+  } catch (err) {
+    return { ok: false, error: `not valid JSON (${(err as Error).message})` }
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    return { ok: false, error: 'must be a JSON object' }
+  const e = v as Record<string, unknown>
+  const ts = parseTimestamp(e.ts)
+  if (Number.isNaN(ts)) {
+    return {
+      ok: false,
+      error:
+        e.ts === undefined
+          ? '"ts" is missing (ISO-8601 or epoch milliseconds)'
+          : `"ts" must be ISO-8601 (e.g. 2026-01-01T00:00:00Z) or epoch milliseconds; got ${JSON.stringify(e.ts)}`,
+    }
+  }
+  if (e.label !== 'attack' && e.label !== 'benign') {
+    return {
+      ok: false,
+      error:
+        e.label === undefined
+          ? '"label" is missing ("attack" or "benign")'
+          : `"label" must be "attack" or "benign"; got ${JSON.stringify(e.label)}`,
+    }
+  }
+  for (const f of STRING_FIELDS) {
+    if (e[f] !== undefined && e[f] !== null && typeof e[f] !== 'string')
+      return { ok: false, error: `"${f}" must be a string` }
+  }
+  for (const f of NUMBER_FIELDS) {
+    if (e[f] !== undefined && e[f] !== null && (typeof e[f] !== 'number' || !Number.isFinite(e[f])))
+      return { ok: false, error: `"${f}" must be a number` }
+  }
+  return { ok: true, event: e as TrafficEvent, ts }
+}
+
+/** A field by name; `a.b` reads nested objects. */
+export function fieldReader(field: string): (e: Record<string, unknown>) => unknown {
+  if (!field.includes('.')) return (e) => e[field]
+  const parts = field.split('.')
+  return (e) => {
+    let cur: unknown = e
+    for (const p of parts) {
+      if (typeof cur !== 'object' || cur === null) return undefined
+      cur = (cur as Record<string, unknown>)[p]
+    }
+    return cur
+  }
+}

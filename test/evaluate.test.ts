@@ -1,0 +1,647 @@
+/**
+ * Rules and the shadow evaluator against a real PostgreSQL: rule validation and immutability,
+ * exact rate-limit windows (checked against a brute-force reference, in and out of time order),
+ * identical results for any --workers, .gz input, bad lines, the verdicts, and the stored record.
+ */
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { gzipSync } from 'node:zlib'
+import fc from 'fast-check'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { replay } from '../src/core/shadow/replay.js'
+import type { RulePart } from '../src/core/shadow/rules.js'
+import { seededRandom } from '../src/core/shadow/random.js'
+import { ROOT, runCli, tempHome } from './helpers/cli.js'
+import { createTestDatabase, type TestDatabase } from './helpers/db.js'
+import { cleanEnv } from './helpers/env.js'
+
+let db: TestDatabase
+let home: string
+let dir: string
+
+const env = () => cleanEnv({ CREDITS_DATABASE_URL: db.url, SHIELDX_HOME: home })
+const cli = (args: string[]) => runCli(['--no-color', ...args], { env: env() })
+async function json(args: string[]) {
+  const r = await cli(['--json', ...args])
+  return { ...r, doc: r.stdout ? JSON.parse(r.stdout) : null }
+}
+
+interface Ev {
+  ts: number
+  ip: string
+  path: string
+  status: number
+  label: 'attack' | 'benign'
+}
+
+function writeTraffic(name: string, events: readonly object[], gzip = false): string {
+  const file = path.join(dir, name)
+  const text = events.map((e) => JSON.stringify(e)).join('\n') + '\n'
+  fs.writeFileSync(file, gzip ? gzipSync(text) : text)
+  return file
+}
+
+/** Deterministic traffic: a few noisy IPs (attacks, in bursts) among many quiet ones. */
+function synthetic(n: number, seed: number, disorderMs = 0): Ev[] {
+  const rng = seededRandom(seed)
+  const out: Ev[] = []
+  let t = Date.UTC(2026, 0, 1)
+  for (let i = 0; i < n; i++) {
+    t += Math.floor(rng() * 40)
+    const attack = rng() < 0.25
+    const ip = attack
+      ? `10.0.0.${Math.floor(rng() * 6)}`
+      : `192.168.${Math.floor(rng() * 4)}.${Math.floor(rng() * 60)}`
+    const late = disorderMs > 0 && rng() < 0.05 ? Math.floor(rng() * disorderMs) : 0
+    out.push({
+      ts: t - late,
+      ip,
+      path: attack && rng() < 0.3 ? '/wp-login.php' : '/api/items',
+      status: attack ? (rng() < 0.7 ? 401 : 200) : rng() < 0.05 ? 404 : 200,
+      label: attack ? 'attack' : 'benign',
+    })
+  }
+  return out
+}
+
+/** The brute-force reference: for each event, count same-key events in (ts - w, ts]. */
+function reference(events: Ev[], windowMs: number, threshold: number, statusCut: number) {
+  const c = { tp: 0, fp: 0, tn: 0, fn: 0 }
+  const k = { tp: 0, fp: 0, tn: 0, fn: 0 }
+  const add = (x: typeof c, attack: boolean, blocks: boolean) => {
+    if (attack) x[blocks ? 'tp' : 'fn']++
+    else x[blocks ? 'fp' : 'tn']++
+  }
+  for (const e of events) {
+    const count = events.filter((o) => o.ip === e.ip && o.ts <= e.ts && o.ts > e.ts - windowMs).length
+    add(c, e.label === 'attack', e.status >= statusCut)
+    add(k, e.label === 'attack', count > threshold)
+  }
+  return { control: c, candidate: k }
+}
+
+const confusion = (x: { tp: number; fp: number; tn: number; fn: number }) => ({
+  tp: x.tp,
+  fp: x.fp,
+  tn: x.tn,
+  fn: x.fn,
+})
+
+const RATE: RulePart = { type: 'rate_limit', key: 'ip', window_s: 2, threshold: 5 }
+const STATUS: RulePart = { type: 'threshold', field: 'status', op: '>=', value: 401 }
+
+beforeAll(async () => {
+  db = await createTestDatabase('evaluate')
+  home = tempHome('evaluate')
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shx-evaluate-'))
+  const r = await cli(['migrate', 'up', '--no-backup'])
+  expect(r.code, r.stderr).toBe(0)
+  const add = await cli([
+    'rules',
+    'add',
+    ...fs.readdirSync(path.join(ROOT, 'fixtures/rules')).map((f) => path.join(ROOT, 'fixtures/rules', f)),
+  ])
+  expect(add.code, add.stderr).toBe(0)
+})
+afterAll(async () => {
+  await db.drop()
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+describe('rules', () => {
+  it('rejects a malformed rule with exit 2 and the JSON path of the problem, storing nothing', async () => {
+    const cases: Array<[unknown, string]> = [
+      [
+        { id: 'x', version: 1, name: 'x', type: 'rate_limit', key: 'cookie', window_s: 10, threshold: 5 },
+        '$.key',
+      ],
+      [
+        { id: 'x', version: 1, name: 'x', type: 'rate_limit', key: 'ip', window_s: -1, threshold: 5 },
+        '$.window_s',
+      ],
+      [{ id: 'x', version: 0, name: 'x', type: 'match', field: 'path', values: ['a'] }, '$.version'],
+      [{ id: 'x', version: 1, name: 'x', type: 'match', field: 'path', pattern: '([' }, '$.pattern'],
+      [
+        {
+          id: 'x',
+          version: 1,
+          name: 'x',
+          type: 'any',
+          rules: [{ type: 'threshold', field: 'status', op: '=>', value: 1 }],
+        },
+        '$.rules[0].op',
+      ],
+      [
+        {
+          id: 'x',
+          version: 1,
+          name: 'x',
+          type: 'all',
+          rules: [STATUS, { type: 'any', rules: [{ type: 'match', field: 'path' }] }],
+        },
+        '$.rules[1].rules[0]',
+      ],
+      [{ id: 'Bad Id', version: 1, name: 'x', type: 'match', field: 'path', values: ['a'] }, '$.id'],
+      [
+        {
+          id: 'x',
+          version: 1,
+          name: 'x',
+          type: 'threshold',
+          field: 'status',
+          op: '>=',
+          value: 1,
+          extra: true,
+        },
+        '$.extra',
+      ],
+    ]
+    for (const [doc, where] of cases) {
+      const file = path.join(dir, 'bad-rule.json')
+      fs.writeFileSync(file, JSON.stringify(doc))
+      const r = await json(['rules', 'add', file])
+      expect(r.code, JSON.stringify(doc)).toBe(2)
+      expect(r.doc.error.path).toBe(where)
+      expect(r.doc.error.message).toContain(where)
+    }
+    const { rows } = await db.query(`select 1 from shadow.rules where id = 'x'`)
+    expect(rows).toHaveLength(0)
+    fs.writeFileSync(path.join(dir, 'not-json.json'), '{ "id": ')
+    const r = await cli(['rules', 'add', path.join(dir, 'not-json.json')])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('not valid JSON')
+  })
+
+  it('stores versions immutably: the same again is a no-op, a changed one is exit 5, SQL cannot edit', async () => {
+    const file = path.join(dir, 'imm.json')
+    const def = { id: 'imm', version: 1, name: 'immutable', ...STATUS }
+    fs.writeFileSync(file, JSON.stringify(def))
+    expect((await cli(['rules', 'add', file])).code).toBe(0)
+    const again = await cli(['rules', 'add', file])
+    expect(again.code).toBe(0)
+    expect(again.stdout).toContain('already stored')
+    fs.writeFileSync(file, JSON.stringify({ ...def, value: 500 }))
+    const changed = await json(['rules', 'add', file])
+    expect(changed.code).toBe(5)
+    expect(changed.doc.error.hint).toContain('"version": 2')
+    await expect(db.query(`update shadow.rules set definition = '{}' where id = 'imm'`)).rejects.toThrow(
+      /append-only/,
+    )
+    await expect(db.query(`delete from shadow.rules where id = 'imm'`)).rejects.toThrow(/append-only/)
+    const show = await json(['rules', 'show', 'imm@1'])
+    expect(show.doc.definition.value).toBe(401)
+    expect((await cli(['rules', 'show', 'imm@9'])).code).toBe(1)
+  })
+
+  it('lists every rule with its newest version', async () => {
+    const r = await json(['rules', 'list'])
+    expect(r.code).toBe(0)
+    const ids = r.doc.map((x: { id: string }) => x.id)
+    expect(ids).toEqual(expect.arrayContaining(['ip-burst', 'status-errors', 'scanner-paths', 'layered']))
+  })
+})
+
+describe('replay', () => {
+  it('counts rate-limit windows as (ts - window, ts], ties together, keys apart', async () => {
+    const t0 = Date.UTC(2026, 0, 1)
+    const ev = (ms: number, ip: string, label: 'attack' | 'benign') => ({
+      ts: t0 + ms,
+      ip,
+      status: 200,
+      label,
+    })
+    // window 1 s, threshold 2: a request is blocked when 3+ requests of its IP fall in (ts-1s, ts].
+    const file = writeTraffic('window.jsonl', [
+      ev(0, 'a', 'benign'), // count 1
+      ev(500, 'a', 'benign'), // 2
+      ev(1000, 'a', 'attack'), // (0, 1000]: 500, 1000, 1000 → 3: blocked (TP)
+      ev(1000, 'a', 'attack'), // the same instant counts together: 3, blocked (TP)
+      ev(1000, 'b', 'benign'), // another key: 1
+      ev(2001, 'a', 'benign'), // (1001, 2001]: only itself
+    ])
+    const r = await replay({
+      file,
+      control: STATUS,
+      candidate: { type: 'rate_limit', key: 'ip', window_s: 1, threshold: 2 },
+      workers: 1,
+      skipInvalid: false,
+      maxDisorderMs: 0,
+    })
+    expect(confusion(r.tally.candidate)).toEqual({ tp: 2, fp: 0, tn: 4, fn: 0 })
+    // The score of the blocked ones is 3/2, of the others their count / 2.
+    expect([...r.tally.candidate.scores.keys()].sort()).toEqual([0.5, 1, 1.5])
+  })
+
+  it('matches the brute-force reference in and out of time order, for any number of workers', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 10_000 }),
+        fc.integer({ min: 0, max: 3000 }),
+        async (seed, disorder) => {
+          const events = synthetic(600, seed, disorder)
+          const file = writeTraffic(`prop-${seed}.jsonl`, events)
+          const want = reference(events, 2000, 5, 401)
+          const r = await replay({
+            file,
+            control: STATUS,
+            candidate: RATE,
+            workers: 1,
+            skipInvalid: false,
+            maxDisorderMs: disorder,
+          })
+          expect(confusion(r.tally.candidate)).toEqual(want.candidate)
+          expect(confusion(r.tally.control)).toEqual(want.control)
+          fs.rmSync(file)
+        },
+      ),
+      { numRuns: 15 },
+    )
+  })
+
+  it('gives the identical tally with 1, 2 and 3 workers on a file of many blocks, and for its .gz', async () => {
+    const events = synthetic(40_000, 99, 1500)
+    const plain = writeTraffic('many.jsonl', events)
+    const gz = writeTraffic('many.jsonl.gz', events, true)
+    const run = (file: string, workers: number, candidate: RulePart) =>
+      replay({ file, control: STATUS, candidate, workers, skipInvalid: false, maxDisorderMs: 2000 })
+    const stateless: RulePart = { type: 'match', field: 'path', pattern: 'wp-login' }
+    for (const candidate of [RATE, stateless]) {
+      const one = await run(plain, 1, candidate)
+      expect(one.tally.events).toBe(40_000)
+      for (const [file, workers] of [
+        [plain, 2],
+        [plain, 3],
+        [gz, 2],
+      ] as const) {
+        const other = await run(file, workers, candidate)
+        expect(confusion(other.tally.candidate)).toEqual(confusion(one.tally.candidate))
+        expect(confusion(other.tally.control)).toEqual(confusion(one.tally.control))
+        expect([...other.tally.candidate.scores].sort()).toEqual([...one.tally.candidate.scores].sort())
+        expect(other.tally.control_only_right).toBe(one.tally.control_only_right)
+      }
+    }
+    const r = await run(gz, 2, RATE)
+    expect(r.compressed).toBe(true)
+    expect(r.traffic_sha256).toBe(createHash('sha256').update(fs.readFileSync(gz)).digest('hex'))
+    expect(r.bytes).toBe(fs.statSync(gz).size)
+  })
+
+  it('scores only the first N events in time order with a sample size, windows still fed by all', async () => {
+    const events = synthetic(5000, 5)
+    const file = writeTraffic('sample.jsonl', events)
+    const r = await replay({
+      file,
+      control: STATUS,
+      candidate: RATE,
+      workers: 2,
+      skipInvalid: false,
+      maxDisorderMs: 0,
+      sampleSize: 1000,
+    })
+    expect(r.tally.events).toBe(1000)
+    const want = reference(events, 2000, 5, 401)
+    const prefix = reference(events.slice(0, 1000), 2000, 5, 401)
+    // The first 1000 events' windows only reach back, so the prefix reference is exact here.
+    expect(confusion(r.tally.candidate)).toEqual(prefix.candidate)
+    expect(want.candidate.tp).toBeGreaterThan(prefix.candidate.tp)
+  })
+})
+
+describe('evaluate', () => {
+  let traffic: string
+
+  beforeAll(() => {
+    traffic = writeTraffic('eval.jsonl', synthetic(20_000, 3))
+  })
+
+  it('prints the documented JSON and stores the evaluation with the traffic hash', async () => {
+    const r = await json([
+      'evaluate',
+      '--candidate',
+      'ip-burst',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      traffic,
+      '--workers',
+      '2',
+    ])
+    expect(r.code, r.stderr).toBe(0)
+    const d = r.doc
+    for (const k of [
+      'id',
+      'candidate',
+      'control',
+      'sample_size',
+      'control_metrics',
+      'candidate_metrics',
+      'significance',
+      'bayes',
+      'recommendation',
+      'conclusive',
+    ])
+      expect(d).toHaveProperty(k)
+    for (const k of [
+      'tp',
+      'fp',
+      'tn',
+      'fn',
+      'precision',
+      'recall',
+      'f1',
+      'accuracy',
+      'fpr',
+      'mcc',
+      'auc_roc',
+    ])
+      expect(d.candidate_metrics).toHaveProperty(k)
+    expect(d.sample_size).toBe(20_000)
+    expect(d.significance.chi_square.df).toBeGreaterThanOrEqual(1)
+    expect(
+      Math.abs(d.bayes.prob_candidate_better_exact - d.bayes.prob_candidate_better_thompson),
+    ).toBeLessThan(0.01)
+    expect(d.bayes.draws).toBeGreaterThanOrEqual(100_000)
+    expect(['APPROVE_FULL_DEPLOYMENT', 'APPROVE_CANARY', 'REJECT', 'NEED_MORE_DATA']).toContain(
+      d.recommendation.decision,
+    )
+    expect(d.recommendation.reasons.length).toBeGreaterThanOrEqual(7)
+    const { rows } = await db.query(
+      'select recommendation, conclusive, traffic_sha256, samples, metrics from shadow.evaluations where id = $1',
+      [d.id],
+    )
+    expect(rows[0]!.traffic_sha256).toBe(createHash('sha256').update(fs.readFileSync(traffic)).digest('hex'))
+    expect(rows[0]!.recommendation).toBe(d.recommendation.decision)
+    expect(Number(rows[0]!.samples)).toBe(20_000)
+    const show = await json(['evaluate', 'show', d.id])
+    expect(show.doc.candidate_metrics).toEqual(d.candidate_metrics)
+    const list = await json(['evaluate', 'list', '--rule', 'ip-burst'])
+    expect(list.doc.map((x: { id: string }) => x.id)).toContain(d.id)
+    await expect(db.query(`delete from shadow.evaluations where id = $1`, [d.id])).rejects.toThrow(
+      /append-only/,
+    )
+  })
+
+  it('is the same for any --workers, and --no-store records nothing', async () => {
+    const before = await db.query('select count(*)::int as n from shadow.evaluations')
+    const docs = []
+    for (const w of ['1', '3']) {
+      const r = await json([
+        'evaluate',
+        '--candidate',
+        'layered@1',
+        '--control',
+        'ip-burst@1',
+        '--traffic',
+        traffic,
+        '--workers',
+        w,
+        '--no-store',
+      ])
+      expect(r.code, r.stderr).toBe(0)
+      docs.push(r.doc)
+    }
+    for (const k of [
+      'control_metrics',
+      'candidate_metrics',
+      'significance',
+      'bayes',
+      'recommendation',
+    ] as const)
+      expect(docs[1][k]).toEqual(docs[0][k])
+    const after = await db.query('select count(*)::int as n from shadow.evaluations')
+    expect(after.rows[0]!.n).toBe(before.rows[0]!.n)
+  })
+
+  it('NEED_MORE_DATA below the minimum sample size; REJECT for a rule that misses the precision bar', async () => {
+    const small = await json([
+      'evaluate',
+      '--candidate',
+      'ip-burst',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      traffic,
+      '--sample-size',
+      '500',
+      '--no-store',
+    ])
+    expect(small.doc.recommendation.decision).toBe('NEED_MORE_DATA')
+    expect(small.doc.conclusive).toBe(false)
+    expect(small.doc.recommendation.reasons[0]).toMatch(/^FAIL sample size 500 < the minimum 1,000/)
+    // status >= 401 as the candidate, judged against the rate limit: it blocks benign 404s.
+    const r = await json([
+      'evaluate',
+      '--candidate',
+      'status-errors@1',
+      '--control',
+      'ip-burst@1',
+      '--traffic',
+      traffic,
+      '--min-precision',
+      '0.99',
+      '--no-store',
+    ])
+    expect(r.doc.candidate_metrics.precision).toBeLessThan(0.99)
+    expect(r.doc.recommendation.decision).toBe('REJECT')
+    expect(r.doc.recommendation.risk_level).toBe('high')
+  })
+
+  it('reports an undefined metric as null with a reason, never 0', async () => {
+    const file = path.join(dir, 'never.json')
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        id: 'never',
+        version: 1,
+        name: 'never blocks',
+        type: 'threshold',
+        field: 'status',
+        op: '>',
+        value: 999,
+      }),
+    )
+    expect((await cli(['rules', 'add', file])).code).toBe(0)
+    const r = await json([
+      'evaluate',
+      '--candidate',
+      'never',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      traffic,
+      '--no-store',
+    ])
+    expect(r.doc.candidate_metrics.precision).toBeNull()
+    expect(r.doc.candidate_metrics.undefined_reasons.precision).toMatch(/\w/)
+    expect(r.doc.candidate_metrics.recall).toBe(0)
+    expect(r.doc.recommendation.decision).toBe('REJECT')
+  })
+
+  it('stops at a bad line with exit 2 naming it; --skip-invalid skips and counts', async () => {
+    const lines = synthetic(3000, 8).map((e) => JSON.stringify(e))
+    lines[1233] = '{"ts": "yesterday", "label": "attack"}'
+    lines[2000] = 'not json'
+    const file = path.join(dir, 'bad-lines.jsonl')
+    fs.writeFileSync(file, lines.join('\n') + '\n')
+    const r = await json([
+      'evaluate',
+      '--candidate',
+      'ip-burst',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      file,
+    ])
+    expect(r.code).toBe(2)
+    expect(r.doc.error.message).toContain('line 1234')
+    expect(r.doc.error.message).toContain('"ts"')
+    const skipped = await json([
+      'evaluate',
+      '--candidate',
+      'ip-burst',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      file,
+      '--skip-invalid',
+      '--no-store',
+    ])
+    expect(skipped.code).toBe(0)
+    expect(skipped.doc.traffic.skipped_invalid).toBe(2)
+    expect(skipped.doc.sample_size).toBe(2998)
+  })
+
+  it('refuses a line older than --max-disorder allows, naming it', async () => {
+    const events = synthetic(2000, 4)
+    events[1500] = { ...events[1500]!, ts: events[1500]!.ts - 120_000 }
+    const file = writeTraffic('late.jsonl', events)
+    const r = await json([
+      'evaluate',
+      '--candidate',
+      'ip-burst',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      file,
+    ])
+    expect(r.code).toBe(2)
+    expect(r.doc.error.message).toContain('line 1501')
+    expect(r.doc.error.message).toContain('--max-disorder')
+    const wide = await json([
+      'evaluate',
+      '--candidate',
+      'ip-burst',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      file,
+      '--max-disorder',
+      '5m',
+      '--no-store',
+    ])
+    expect(wide.code).toBe(0)
+    expect(wide.doc.sample_size).toBe(2000)
+  })
+
+  it('--control active uses the deployed version, and says so when there is none', async () => {
+    const none = await json(['evaluate', '--candidate', 'ip-burst', '--traffic', traffic])
+    expect(none.code).toBe(1)
+    expect(none.doc.error.message).toContain('no active version')
+    const v2 = path.join(dir, 'ip-burst-2.json')
+    fs.writeFileSync(
+      v2,
+      JSON.stringify({
+        id: 'ip-burst',
+        version: 2,
+        name: 'tighter',
+        type: 'rate_limit',
+        key: 'ip',
+        window_s: 10,
+        threshold: 10,
+      }),
+    )
+    expect((await cli(['rules', 'add', v2])).code).toBe(0)
+    await db.query(`insert into shadow.rule_deployments (rule_id, active_version) values ('ip-burst', 1)`)
+    const r = await json(['evaluate', '--candidate', 'ip-burst', '--traffic', traffic, '--no-store'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.doc.control).toMatchObject({ id: 'ip-burst', version: 1 })
+    expect(r.doc.candidate).toMatchObject({ id: 'ip-burst', version: 2 })
+  })
+
+  it('bad flags are exit 2 before anything runs', async () => {
+    const cases: string[][] = [
+      [
+        '--candidate',
+        'ip-burst',
+        '--control',
+        'status-errors@1',
+        '--traffic',
+        path.join(dir, 'missing.jsonl'),
+      ],
+      ['--candidate', 'ip-burst', '--control', 'status-errors', '--traffic', traffic],
+      [
+        '--candidate',
+        'ip-burst',
+        '--control',
+        'status-errors@1',
+        '--traffic',
+        traffic,
+        '--confidence',
+        '1.5',
+      ],
+      ['--candidate', 'ip-burst', '--control', 'status-errors@1', '--traffic', traffic, '--fp-cost', '-1'],
+      ['--candidate', 'ip-burst@1', '--control', 'ip-burst@1', '--traffic', traffic],
+      ['--control', 'status-errors@1', '--traffic', traffic],
+    ]
+    for (const args of cases) {
+      const r = await cli(['evaluate', ...args])
+      expect(r.code, args.join(' ')).toBe(2)
+      expect(r.stderr).not.toMatch(/\n\s+at /)
+    }
+  })
+
+  it('adds the expected cost per 10,000 requests with --fp-cost/--fn-cost', async () => {
+    const r = await json([
+      'evaluate',
+      '--candidate',
+      'ip-burst@1',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      traffic,
+      '--fp-cost',
+      '5',
+      '--fn-cost',
+      '50',
+      '--no-store',
+    ])
+    const cost = r.doc.bayes.expected_cost_per_10k
+    const m = r.doc.candidate_metrics
+    const n = r.doc.sample_size
+    expect(cost.candidate).toBeCloseTo((10_000 * (5 * (m.fp + 1) + 50 * (m.fn + 1))) / (n + 4), 3)
+    expect(r.doc.recommendation.reasons.some((x: string) => x.includes('expected cost per 10,000'))).toBe(
+      true,
+    )
+  })
+
+  it('shows a readable report with the verdict first', async () => {
+    const r = await cli([
+      'evaluate',
+      '--candidate',
+      'layered@1',
+      '--control',
+      'status-errors@1',
+      '--traffic',
+      traffic,
+      '--no-store',
+    ])
+    expect(r.code, r.stderr).toBe(0)
+    const first = r.stdout.split('\n')[0]!
+    expect(first).toMatch(/^(APPROVE_FULL_DEPLOYMENT|APPROVE_CANARY|REJECT|NEED_MORE_DATA) {2}confidence/)
+    expect(r.stdout).toContain('precision')
+    expect(r.stdout).toContain('McNemar')
+    expect(r.stdout).toMatch(/PASS|FAIL/)
+  })
+})
