@@ -11,13 +11,14 @@ import path from 'node:path'
 import { execa } from 'execa'
 import * as backup from './backup.js'
 import * as embedded from './embedded.js'
+import * as evaluate from './evaluate.js'
 import { cleanupAll, ROOT } from './lib.js'
 import * as ledger from './ledger.js'
 import * as migrate from './migrate.js'
 import { document, groupSection, loadavg, machineFacts } from './report.js'
 import * as startup from './startup.js'
 
-const GROUPS = [startup, migrate, embedded, ledger, backup]
+const GROUPS = [startup, migrate, embedded, ledger, backup, evaluate]
 
 function newestMtime(p) {
   const st = fs.statSync(p)

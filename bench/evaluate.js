@@ -1,0 +1,216 @@
+/**
+ * The shadow evaluator on generated traffic: `evaluate` of a rate_limit candidate (ip-burst@1)
+ * against a threshold control (status-errors@1) on 1,000,000 events, with 1 and with 2 workers,
+ * against the floor of the same job in the same run — one thread doing nothing but JSON.parse of
+ * every line of the same file — and peak memory at two file sizes to show it stays flat.
+ */
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import {
+  BIN,
+  cleanEnv,
+  compareFigures,
+  goals,
+  NODE,
+  ROOT,
+  scratchDatabase,
+  scratchDir,
+  spawnTracked,
+  stats,
+} from './lib.js'
+
+export const name = 'evaluate'
+export const title = 'Shadow evaluation of a rule on generated traffic'
+
+const BIG = 1_000_000
+const SMALL = 250_000
+const ROUNDS = 3
+
+export const about =
+  `\`shieldx traffic generate --attack-rate 0.2 --seed 1\` writes ${BIG.toLocaleString('en-US')} and ${SMALL.toLocaleString('en-US')} events ` +
+  `(JSON lines, not compressed). Subject: \`shieldx evaluate --candidate ip-burst@1 --control status-errors@1 --no-store --json\` ` +
+  `(a rate_limit on ip over 10 s against a threshold on status) on a scratch server database, with --workers 1 (one thread does ` +
+  `everything) and --workers 2 (two parsing threads, the main thread reads and runs the windows). Baseline: a node process ` +
+  `that reads the same file and JSON.parses every line on one thread (bench/json-lines.js) — the least any evaluator of ` +
+  `JSON lines does. ${ROUNDS} rounds, the order rotating. Rates are events per second of the evaluation as the command reports ` +
+  `it (elapsed_ms: replay, statistics, verdict; the CLI's start and connection are measured by the startup group); the wall ` +
+  `time from spawn to exit is reported too. Peak RSS is GNU time's %M of the process.`
+
+export const notes = []
+
+async function timed(args, env) {
+  const rssFile = path.join(os.tmpdir(), `shx-bench-rss-${randomBytes(4).toString('hex')}`)
+  const started = performance.now()
+  try {
+    const r = await spawnTracked('/usr/bin/time', ['-f', '%M', '-o', rssFile, NODE, ...args], {
+      env,
+      timeoutMs: 600_000,
+    })
+    const ms = performance.now() - started
+    const rssMb = Number(fs.readFileSync(rssFile, 'utf8').trim().split('\n').at(-1)) / 1024
+    return { ms, rssMb, stdout: r.stdout }
+  } finally {
+    fs.rmSync(rssFile, { force: true })
+  }
+}
+
+export async function run({ progress }) {
+  const db = await scratchDatabase()
+  const work = scratchDir('evaluate')
+  try {
+    const env = cleanEnv({ CREDITS_DATABASE_URL: db.url, SHIELDX_HOME: work.dir })
+    await spawnTracked(NODE, [BIN, 'migrate', 'up', '--no-backup'], { env })
+    await spawnTracked(
+      NODE,
+      [
+        BIN,
+        'rules',
+        'add',
+        path.join(ROOT, 'fixtures/rules/ip-burst.json'),
+        path.join(ROOT, 'fixtures/rules/status-errors.json'),
+      ],
+      { env },
+    )
+    const files = {}
+    for (const n of [BIG, SMALL]) {
+      files[n] = path.join(work.dir, `traffic-${n}.jsonl`)
+      await spawnTracked(
+        NODE,
+        [
+          BIN,
+          'traffic',
+          'generate',
+          '--events',
+          String(n),
+          '--attack-rate',
+          '0.2',
+          '--seed',
+          '1',
+          '--out',
+          files[n],
+        ],
+        { env },
+      )
+    }
+    const evaluate = (file, workers) => async () => {
+      const r = await timed(
+        [
+          BIN,
+          '--json',
+          'evaluate',
+          '--candidate',
+          'ip-burst@1',
+          '--control',
+          'status-errors@1',
+          '--traffic',
+          file,
+          '--workers',
+          String(workers),
+          '--no-store',
+        ],
+        env,
+      )
+      const doc = JSON.parse(r.stdout)
+      if (doc.sample_size !== (file === files[BIG] ? BIG : SMALL))
+        throw new Error(`evaluate scored ${doc.sample_size} events`)
+      return { ...r, elapsedMs: doc.elapsed_ms, decision: doc.recommendation.decision }
+    }
+    const subjects = {
+      w1: evaluate(files[BIG], 1),
+      w2: evaluate(files[BIG], 2),
+      small: evaluate(files[SMALL], 2),
+      parse: async () => {
+        const r = await timed([path.join(ROOT, 'bench/json-lines.js'), files[BIG]], env)
+        return { ...r, elapsedMs: Number(JSON.parse(r.stdout).elapsed_ms) }
+      },
+    }
+    const samples = Object.fromEntries(Object.keys(subjects).map((k) => [k, []]))
+    const keys = Object.keys(subjects)
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let i = 0; i < keys.length; i++) {
+        const k = keys[(i + round) % keys.length]
+        samples[k].push(await subjects[k]())
+      }
+      progress(round + 1, ROUNDS)
+    }
+    const rate = (k, n, by = 'elapsedMs') => samples[k].map((s) => (n / s[by]) * 1000)
+    const ratePerSec = (k, n, by) => ({ label: labelOf(k), samples: rate(k, n, by) })
+    const rows = [
+      compareFigures(
+        'evaluate, 2 workers, 1,000,000 events',
+        ratePerSec('w2', BIG),
+        ratePerSec('parse', BIG),
+        {
+          unit: 'events/s',
+          baselineUnit: 'lines/s',
+          goal: goals.report(),
+        },
+      ),
+      compareFigures(
+        'evaluate, 1 worker, 1,000,000 events',
+        ratePerSec('w1', BIG),
+        ratePerSec('parse', BIG),
+        {
+          unit: 'events/s',
+          baselineUnit: 'lines/s',
+          goal: goals.report(),
+        },
+      ),
+      compareFigures(
+        'evaluate: 2 workers against 1 (speed-up)',
+        ratePerSec('w2', BIG),
+        ratePerSec('w1', BIG),
+        {
+          unit: 'events/s',
+          goal: goals.minRatio(1.6),
+        },
+      ),
+      compareFigures(
+        'evaluate, 2 workers: events/s (goal ≥ 500,000)',
+        ratePerSec('w2', BIG),
+        { label: 'the goal', samples: [500_000] },
+        { unit: 'events/s', goal: goals.minRatio(1.0) },
+      ),
+      compareFigures(
+        'evaluate, 2 workers, spawn to exit',
+        ratePerSec('w2', BIG, 'ms'),
+        ratePerSec('parse', BIG, 'ms'),
+        { unit: 'events/s', baselineUnit: 'lines/s', goal: goals.report() },
+      ),
+      compareFigures(
+        'peak RSS of evaluate, 1,000,000 against 250,000 events',
+        { label: '1,000,000 events', samples: samples.w2.map((s) => s.rssMb) },
+        { label: '250,000 events', samples: samples.small.map((s) => s.rssMb) },
+        { unit: 'MB', goal: goals.maxRatio(1.25) },
+      ),
+      compareFigures(
+        'peak RSS of evaluate, 1,000,000 events (goal < 500 MB)',
+        { label: '2 workers', samples: samples.w2.map((s) => s.rssMb) },
+        { label: 'the goal', samples: [500] },
+        { unit: 'MB', goal: goals.maxRatio(1.0) },
+      ),
+    ]
+    const med = (k, f) => stats(samples[k].map(f)).median
+    notes.length = 0
+    notes.push(
+      `file sizes: ${(fs.statSync(files[BIG]).size / 2 ** 20).toFixed(0)} MB and ${(fs.statSync(files[SMALL]).size / 2 ** 20).toFixed(0)} MB; verdict on the 1,000,000 events: ${samples.w2[0].decision}`,
+      `medians: 1 worker ${med('w1', (s) => s.elapsedMs).toFixed(0)} ms evaluating / ${med('w1', (s) => s.ms).toFixed(0)} ms spawn to exit; 2 workers ${med('w2', (s) => s.elapsedMs).toFixed(0)} / ${med('w2', (s) => s.ms).toFixed(0)} ms; JSON.parse of every line ${med('parse', (s) => s.elapsedMs).toFixed(0)} / ${med('parse', (s) => s.ms).toFixed(0)} ms`,
+      `peak RSS (MB): 1 worker ${med('w1', (s) => s.rssMb).toFixed(0)}, 2 workers ${med('w2', (s) => s.rssMb).toFixed(0)} (1M events) and ${med('small', (s) => s.rssMb).toFixed(0)} (250k), JSON.parse baseline ${med('parse', (s) => s.rssMb).toFixed(0)}`,
+    )
+    return rows
+  } finally {
+    await db.drop()
+    work.remove()
+  }
+}
+
+function labelOf(k) {
+  return {
+    w1: '`evaluate --workers 1`',
+    w2: '`evaluate --workers 2`',
+    small: '`evaluate --workers 2`, 250k',
+    parse: 'JSON.parse of each line, 1 thread',
+  }[k]
+}
