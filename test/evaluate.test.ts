@@ -8,12 +8,13 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { gzipSync } from 'node:zlib'
+import { execa } from 'execa'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { replay } from '../src/core/shadow/replay.js'
 import type { RulePart } from '../src/core/shadow/rules.js'
 import { seededRandom } from '../src/core/shadow/random.js'
-import { ROOT, runCli, tempHome } from './helpers/cli.js'
+import { BIN, ROOT, runCli, tempHome } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { cleanEnv } from './helpers/env.js'
 
@@ -643,5 +644,57 @@ describe('evaluate', () => {
     expect(r.stdout).toContain('precision')
     expect(r.stdout).toContain('McNemar')
     expect(r.stdout).toMatch(/PASS|FAIL/)
+  })
+
+  it('draws a progress bar on a terminal', async () => {
+    const r = await runCli(
+      [
+        'evaluate',
+        '--candidate',
+        'ip-burst@1',
+        '--control',
+        'status-errors@1',
+        '--traffic',
+        traffic,
+        '--no-store',
+      ],
+      { env: env(), tty: true },
+    )
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stderr).toMatch(/replaying \[#+\] 100%/)
+  })
+
+  it('Ctrl-C mid-replay exits 130, stores nothing and prints no verdict', async () => {
+    const big = writeTraffic('big.jsonl', synthetic(400_000, 11))
+    const before = (await db.query('select count(*)::int as n from shadow.evaluations')).rows[0]!.n
+    const child = execa(
+      process.execPath,
+      [
+        BIN,
+        'evaluate',
+        '--candidate',
+        'ip-burst@1',
+        '--control',
+        'status-errors@1',
+        '--traffic',
+        big,
+        '--workers',
+        '2',
+      ],
+      { env: env(), extendEnv: false, reject: false },
+    )
+    let stderr = ''
+    child.stderr!.on('data', (d) => {
+      stderr += d
+    })
+    const deadline = Date.now() + 20_000
+    while (!stderr.includes('replaying.progress') && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20))
+    child.kill('SIGINT')
+    const r = await child
+    expect(r.exitCode).toBe(130)
+    expect(String(r.stdout)).not.toMatch(/APPROVE|REJECT|NEED_MORE_DATA/)
+    const after = (await db.query('select count(*)::int as n from shadow.evaluations')).rows[0]!.n
+    expect(after).toBe(before)
   })
 })
