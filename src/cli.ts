@@ -459,15 +459,57 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
 
   // --- A/B tests and rollout ----------------------------------------------------------------------
   const ab = sub(program, 'ab', 'Bayesian A/B tests (Beta-Binomial, Thompson sampling)', [
-    'shieldx ab results checkout',
+    'shieldx ab create --name sqli-v2 --control waf-sqli@1 --test waf-sqli@2',
+    'shieldx ab results sqli-v2',
   ])
-  for (const [name, desc, ex] of [
-    ['create', 'start an A/B test', 'shieldx ab create checkout --variants a,b'],
-    ['record', 'record an observation', 'shieldx ab record checkout a --success'],
-    ['results', 'posterior, probability to beat, recommendation', 'shieldx ab results checkout'],
-  ] as const) {
-    notBuilt(ab, name, desc, [ex], `ab ${name}`)
-  }
+  const loadAb = () => import('./commands/ab.js')
+  sub(ab, 'create', 'start an A/B test of two arms, control and test', [
+    'shieldx ab create --name sqli-v2 --control waf-sqli@1 --test waf-sqli@2',
+    'shieldx ab create --name sqli-v2 --control waf-sqli@1 --test waf-sqli@2 --confidence 0.99 --min-sample-size 5000 --json',
+  ])
+    .option('--name <name>', 'unique name of the test')
+    .option('--control <label>', 'what the control arm runs, e.g. waf-sqli@1')
+    .option('--test <label>', 'what the test arm runs, e.g. waf-sqli@2')
+    .option(
+      '--confidence <p>',
+      'probability of being best that concludes the test, above 0.5 and below 1 (default 0.95)',
+    )
+    .option('--min-sample-size <n>', 'trials every arm needs before the test can conclude (default 1000)')
+    .action(action(loadAb, (m, ctx, _a, o) => m.create(ctx, o)))
+
+  sub(ab, 'record', 'record successes out of trials for one arm, or both arms from an evaluation', [
+    'shieldx ab record sqli-v2 --variant test --successes 540 --trials 1000',
+    'shieldx ab record sqli-v2 --from-evaluation 5d0c2f9e-1b7a-4f7e-9d7a-2b1c3d4e5f60',
+  ])
+    .argument('<test>', 'the test name or id')
+    .option('--variant <arm>', 'control or test')
+    .option('--successes <n>', 'successes in this batch (0 to --trials)')
+    .option('--trials <n>', 'trials in this batch (at least 1)')
+    .option(
+      '--from-evaluation <id>',
+      'both arms from a stored evaluation: successes = tp + tn, trials = all events (once per evaluation)',
+    )
+    .action(action(loadAb, (m, ctx, a, o) => m.record(ctx, a[0] as string, o)))
+
+  sub(ab, 'results', 'posteriors, probability of being best, sample-ratio check, verdict', [
+    'shieldx ab results sqli-v2',
+    'shieldx ab results sqli-v2 --json --seed 7',
+  ])
+    .argument('<test>', 'the test name or id')
+    .option('--seed <n>', 'seed of the Thompson sampling (default 1, so results are reproducible)')
+    .addHelpText(
+      'after',
+      '\nConclusive when every arm has at least --min-sample-size trials and one arm is best with at least\nthe --confidence probability; the verdict is then stored on the test. A sample ratio mismatch (p < 0.001\nagainst a 50/50 split) is reported as a warning.',
+    )
+    .action(action(loadAb, (m, ctx, a, o) => m.results(ctx, a[0] as string, o)))
+
+  sub(ab, 'assign', 'pick the arm for the next unit: one Thompson draw per arm', [
+    'shieldx ab assign sqli-v2',
+    'shieldx ab assign sqli-v2 --seed 42 --json',
+  ])
+    .argument('<test>', 'the test name or id')
+    .option('--seed <n>', 'make the draw reproducible (default: random)')
+    .action(action(loadAb, (m, ctx, a, o) => m.assign(ctx, a[0] as string, o)))
   notBuilt(program, 'deploy-canary', 'staged rollout of a rule gated on a conclusive evaluation', [
     'shieldx deploy-canary waf-sqli --version 2',
   ])
