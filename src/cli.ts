@@ -413,7 +413,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
       "the rule to beat: RULE@VERSION, or 'active' (the deployed version of the candidate's rule)",
       'active',
     )
-    .option('--traffic <file>', 'labelled traffic, JSON lines (.gz too)')
+    .option('--traffic <file>', "labelled traffic, JSON lines (.gz too); '-' reads standard input")
     .option('--sample-size <n>', 'score only the first N events in time order', intArg('--sample-size'))
     .option('--min-sample-size <n>', 'below this, NEED_MORE_DATA (default 1000)', intArg('--min-sample-size'))
     .option(

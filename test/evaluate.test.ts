@@ -191,6 +191,11 @@ describe('rules', () => {
       /append-only/,
     )
     await expect(db.query(`delete from shadow.rules where id = 'imm'`)).rejects.toThrow(/append-only/)
+    // Several files are stored all or none: the conflict in the second keeps the first out too.
+    const fresh = path.join(dir, 'fresh.json')
+    fs.writeFileSync(fresh, JSON.stringify({ ...def, id: 'fresh' }))
+    expect((await cli(['rules', 'add', fresh, file])).code).toBe(5)
+    expect((await db.query(`select 1 from shadow.rules where id = 'fresh'`)).rows).toHaveLength(0)
     const show = await json(['rules', 'show', 'imm@1'])
     expect(show.doc.definition.value).toBe(401)
     expect((await cli(['rules', 'show', 'imm@9'])).code).toBe(1)
@@ -259,6 +264,131 @@ describe('replay', () => {
       ),
       { numRuns: 15 },
     )
+  })
+
+  it('matches the reference across many small blocks: nested rules, two keys, ties, late lines skipped', async () => {
+    const layered: RulePart = {
+      type: 'any',
+      rules: [
+        { type: 'rate_limit', key: 'ip', window_s: 1, threshold: 3 },
+        {
+          type: 'all',
+          rules: [
+            { type: 'match', field: 'status', values: [401] },
+            { type: 'rate_limit', key: 'path', window_s: 0.5, threshold: 2 },
+          ],
+        },
+      ],
+    }
+    const count = (events: Ev[], e: Ev, key: 'ip' | 'path', w: number) =>
+      events.filter((o) => o[key] === e[key] && o.ts <= e.ts && o.ts > e.ts - w).length
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 100_000 }),
+        fc.integer({ min: 0, max: 2000 }),
+        fc.integer({ min: 150, max: 3000 }),
+        async (seed, disorder, blockBytes) => {
+          const events = synthetic(500, seed, disorder)
+          // Same-instant neighbours, to exercise ties across blocks.
+          for (let i = 1; i < events.length; i += 7) events[i]!.ts = events[i - 1]!.ts
+          // A line far too late: skipped and counted with skipInvalid, never counted in a window.
+          const late = { ...events[250]!, ts: events[250]!.ts - disorder - 10_000 }
+          const lines = [...events.slice(0, 300), late, ...events.slice(300)]
+          const file = writeTraffic(`blocks-${seed}.jsonl`, lines)
+          const want = { tp: 0, fp: 0, tn: 0, fn: 0 }
+          for (const e of events) {
+            const blocks =
+              count(events, e, 'ip', 1000) > 3 || (e.status === 401 && count(events, e, 'path', 500) > 2)
+            want[e.label === 'attack' ? (blocks ? 'tp' : 'fn') : blocks ? 'fp' : 'tn']++
+          }
+          const r = await replay({
+            file,
+            control: STATUS,
+            candidate: layered,
+            workers: 1,
+            skipInvalid: true,
+            maxDisorderMs: disorder,
+            blockBytes,
+          })
+          expect(r.skipped.out_of_order).toBe(1)
+          expect(confusion(r.tally.candidate)).toEqual(want)
+          fs.rmSync(file)
+        },
+      ),
+      { numRuns: 12 },
+    )
+  })
+
+  it('names both lines when one line is far ahead of the rest', async () => {
+    const events = synthetic(3000, 21)
+    events[99] = { ...events[99]!, ts: events[99]!.ts + 365 * 86_400_000 }
+    const file = writeTraffic('ahead.jsonl', events)
+    const err = await replay({
+      file,
+      control: STATUS,
+      candidate: RATE,
+      workers: 1,
+      skipInvalid: false,
+      maxDisorderMs: 60_000,
+    }).then(
+      () => null,
+      (e: Error) => e,
+    )
+    expect(err?.message).toContain('line 101')
+    expect(err?.message).toContain('before line 100')
+  })
+
+  it('refuses timestamps without a zone, in epoch seconds, or out of range, naming the line', async () => {
+    for (const [ts, words] of [
+      ['2026-01-01 00:00:00', 'no time zone'],
+      [1767225600, 'looks like epoch seconds'],
+      [1e20, 'must be ISO-8601'],
+    ] as const) {
+      const file = writeTraffic('ts.jsonl', [
+        { ts: Date.UTC(2026, 0, 1), label: 'benign' },
+        { ts, label: 'attack' },
+      ])
+      const r = await json([
+        'evaluate',
+        '--candidate',
+        'ip-burst@1',
+        '--control',
+        'status-errors@1',
+        '--traffic',
+        file,
+      ])
+      expect(r.code, String(ts)).toBe(2)
+      expect(r.doc.error.message).toContain('line 2')
+      expect(r.doc.error.message).toContain(words)
+    }
+  })
+
+  it('reads traffic from standard input (--traffic -), and refuses a directory in one sentence', async () => {
+    const events = synthetic(3000, 31)
+    const file = writeTraffic('piped.jsonl', events)
+    const text = fs.readFileSync(file, 'utf8')
+    const args = [
+      '--json',
+      'evaluate',
+      '--candidate',
+      'ip-burst@1',
+      '--control',
+      'status-errors@1',
+      '--no-store',
+    ]
+    const piped = await execa(process.execPath, [BIN, ...args, '--traffic', '-'], {
+      env: env(),
+      extendEnv: false,
+      reject: false,
+      input: text,
+    })
+    expect(piped.exitCode, String(piped.stderr)).toBe(0)
+    const fromFile = await json([...args.slice(1), '--traffic', file])
+    expect(JSON.parse(String(piped.stdout)).candidate_metrics).toEqual(fromFile.doc.candidate_metrics)
+    expect(JSON.parse(String(piped.stdout)).traffic.sha256).toBe(fromFile.doc.traffic.sha256)
+    const r = await json([...args.slice(1), '--traffic', dir])
+    expect(r.code).toBe(2)
+    expect(r.doc.error.message).toContain('is a directory')
   })
 
   it('gives the identical tally with 1, 2 and 3 workers on a file of many blocks, and for its .gz', async () => {

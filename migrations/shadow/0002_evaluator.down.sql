@@ -1,3 +1,12 @@
+-- Going below 0002 would have to fold every evaluation's control into the candidate's rule id:
+-- refuse when that would rewrite what a permanent record says it compared.
+do $$
+begin
+  if exists (select 1 from shadow.evaluations where control_rule_id <> rule_id) then
+    raise exception 'cannot revert shadow 0002: some evaluations compare two different rules, which 0001 cannot record';
+  end if;
+end $$;
+
 drop index shadow.ab_observations_one_evaluation;
 alter table shadow.ab_observations drop constraint ab_observations_counts, add column success boolean;
 -- A batch cannot be split back into single observations: keep one row per batch, a success if most were.

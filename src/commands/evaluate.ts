@@ -84,11 +84,13 @@ export async function run(ctx: Context, f: EvaluateFlags) {
   const maxDisorderMs =
     f.maxDisorder === undefined
       ? 60_000
-      : f.maxDisorder.trim() === '0'
+      : /^0(ms|s|m|h)?$/.test(f.maxDisorder.trim())
         ? 0
         : parseDuration(f.maxDisorder, '--max-disorder')
   if (f.draws !== undefined && f.draws < 100_000) throw new UsageError('--draws must be at least 100000.')
-  if (!fs.existsSync(f.traffic)) throw new UsageError(`--traffic: there is no file ${f.traffic}.`)
+  const fromStdin = f.traffic === '-'
+  if (!fromStdin && !fs.existsSync(f.traffic))
+    throw new UsageError(`--traffic: there is no file ${f.traffic}.`)
 
   const db = await shadowDb(ctx)
   const candidate = await getRule(db, candidateRef)
@@ -112,25 +114,31 @@ export async function run(ctx: Context, f: EvaluateFlags) {
       `The candidate and the control are both ${formatRef(candidate)}: compare two different rules or versions.`,
     )
 
-  const size = fs.statSync(f.traffic).size
-  const bar = progressBar(ctx.out, 'replaying', size, 'events')
-  const doc = await evaluate({
-    candidate,
-    control,
-    traffic: f.traffic,
-    workers,
-    ...(f.sampleSize === undefined ? {} : { sampleSize: f.sampleSize }),
-    skipInvalid: f.skipInvalid === true,
-    maxDisorderMs,
-    seed: f.seed ?? 1,
-    ...(f.draws === undefined ? {} : { draws: f.draws }),
-    thresholds,
-    ...(fpCost === undefined ? {} : { fpCost }),
-    ...(fnCost === undefined ? {} : { fnCost }),
-    signal: ctx.signal,
-    onProgress: (events, bytes) => bar.update(bytes, events),
-  })
-  bar.done()
+  // A pipe or /dev/stdin has no size: the bar then shows the count only.
+  const stat = fromStdin ? null : fs.statSync(f.traffic)
+  const bar = progressBar(ctx.out, 'replaying', stat?.isFile() ? stat.size : 0, 'events')
+  let doc: EvaluationDoc
+  try {
+    doc = await evaluate({
+      candidate,
+      control,
+      traffic: f.traffic,
+      ...(fromStdin ? { stdin: ctx.io.stdin } : {}),
+      workers,
+      ...(f.sampleSize === undefined ? {} : { sampleSize: f.sampleSize }),
+      skipInvalid: f.skipInvalid === true,
+      maxDisorderMs,
+      seed: f.seed ?? 1,
+      ...(f.draws === undefined ? {} : { draws: f.draws }),
+      thresholds,
+      ...(fpCost === undefined ? {} : { fpCost }),
+      ...(fnCost === undefined ? {} : { fnCost }),
+      signal: ctx.signal,
+      onProgress: (events, bytes) => bar.update(bytes, events),
+    })
+  } finally {
+    bar.done()
+  }
   if (ctx.signal.aborted) return
 
   const stored = f.store !== false
@@ -208,7 +216,7 @@ function render(ctx: Context, doc: EvaluationDoc, stored: boolean) {
   )
   const b = doc.bayes
   out.result(
-    `P(candidate better) ${fix(b.prob_candidate_better, 4)} (exact ${fix(b.prob_candidate_better_exact, 4)}, Thompson ${fix(b.prob_candidate_better_thompson, 4)} over ${int(b.draws)} draws); expected loss: candidate ${b.expected_loss_candidate.toExponential(2)}, control ${b.expected_loss_control.toExponential(2)}`,
+    `P(candidate better): ${fix(b.prob_candidate_better_paired, 4)} on the ${int(s.mcnemar.discordant)} events where they disagree (the verdict's); ${fix(b.prob_candidate_better, 4)} from each rule's accuracy (exact ${fix(b.prob_candidate_better_exact, 4)}, Thompson ${fix(b.prob_candidate_better_thompson, 4)} over ${int(b.draws)} draws); expected loss: candidate ${b.expected_loss_candidate.toExponential(2)}, control ${b.expected_loss_control.toExponential(2)}`,
   )
   out.result()
   for (const line of r.reasons) {

@@ -1,5 +1,6 @@
 import fs from 'node:fs'
 import type { Context } from '../context.js'
+import { transaction } from '../core/db/tx.js'
 import { UsageError } from '../core/errors.js'
 import { addRule, getRule, listRules } from '../core/shadow/rule-store.js'
 import { formatRef, parseRule, parseRuleRef } from '../core/shadow/rules.js'
@@ -34,8 +35,16 @@ function readRuleFile(file: string) {
 export async function add(ctx: Context, files: string[]) {
   const defs = files.map(readRuleFile)
   const db = await shadowDb(ctx)
-  const results = []
-  for (const def of defs) results.push(await addRule(db, def))
+  // All the files or none: a conflict in the last one leaves the first ones unstored too.
+  const results = await transaction(
+    db,
+    async (client) => {
+      const done = []
+      for (const def of defs) done.push(await addRule(client, def))
+      return done
+    },
+    { idempotent: true, what: 'storing the rules' },
+  )
   if (ctx.out.json) {
     return ctx.out.document(
       results.map((r) => ({

@@ -64,7 +64,7 @@ export interface Bar {
 
 /**
  * A bar over a known total (a file's bytes) with a count beside it, redrawn on a terminal;
- * a JSON line every few seconds otherwise.
+ * a JSON line every few seconds otherwise. A total of 0 (a pipe) shows the count only.
  */
 export function progressBar(out: Output, what: string, total: number, unit: string): Bar {
   const started = Date.now()
@@ -75,18 +75,22 @@ export function progressBar(out: Output, what: string, total: number, unit: stri
     const now = Date.now()
     if (!force && now - last < (tty ? 100 : 5000)) return
     last = now
-    const frac = total > 0 ? Math.min(1, done / total) : 1
+    const frac = total > 0 ? Math.min(1, done / total) : null
     const rate = Math.round(count / Math.max(0.001, (now - started) / 1000))
     if (tty) {
       const width = 30
-      const full = Math.round(frac * width)
+      const full = Math.round((frac ?? 0) * width)
+      const bar =
+        frac === null
+          ? ''
+          : `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${(frac * 100).toFixed(0).padStart(3)}%  `
       out.io.stderr.write(
-        `\r${what} [${'#'.repeat(full)}${'.'.repeat(width - full)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${count.toLocaleString('en-US')} ${unit} (${rate.toLocaleString('en-US')}/s)  `,
+        `\r${what} ${bar}${count.toLocaleString('en-US')} ${unit} (${rate.toLocaleString('en-US')}/s)  `,
       )
       drawn = true
     } else {
       out.log(`${what.replace(/\s+/g, '_')}.progress`, {
-        percent: Math.round(frac * 100),
+        ...(frac === null ? {} : { percent: Math.round(frac * 100) }),
         [unit]: count,
         per_second: rate,
       })

@@ -18,7 +18,9 @@ import type { RuleTally } from './tally.js'
 export interface EvaluateOptions {
   candidate: StoredRule
   control: StoredRule
+  /** a path, or '-' for `stdin` */
   traffic: string
+  stdin?: import('node:stream').Readable
   workers: number
   sampleSize?: number
   skipInvalid: boolean
@@ -67,6 +69,7 @@ export interface EvaluationDoc {
   }
   bayes: {
     prior: 'Beta(1,1)'
+    /** Beta(1,1) on each rule's rate of correct decisions: P(candidate's > control's) */
     prob_candidate_better: number
     prob_candidate_better_exact: number | null
     prob_candidate_better_thompson: number
@@ -74,6 +77,8 @@ export interface EvaluationDoc {
     seed: number
     expected_loss_candidate: number
     expected_loss_control: number
+    /** Beta(1,1) on P(candidate right | the two disagree): what the verdict is judged on */
+    prob_candidate_better_paired: number
     expected_cost_per_10k?: { control: number; candidate: number; fp_cost: number; fn_cost: number }
   }
   recommendation: Recommendation
@@ -103,6 +108,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvaluationDoc>
   const started = Date.now()
   const r = await replay({
     file: options.traffic,
+    ...(options.stdin ? { stdin: options.stdin } : {}),
     control: ruleBody(options.control.definition),
     candidate: ruleBody(options.candidate.definition),
     workers: options.workers,
@@ -136,6 +142,8 @@ export async function evaluate(options: EvaluateOptions): Promise<EvaluationDoc>
   const ts = thompson([postControl, postCandidate], { draws, seed: options.seed })
   const exact = probBetterExact(postControl, postCandidate)
   const probBetter = exact.value ?? ts.prob_best[1]!
+  // The verdict's probability: on the paired decisions (recommend.ts says why).
+  const probPaired = 1 - betaInc(c + 1, b + 1, 0.5)
 
   let cost: EvaluationDoc['bayes']['expected_cost_per_10k']
   if (options.fpCost !== undefined || options.fnCost !== undefined) {
@@ -164,7 +172,9 @@ export async function evaluate(options: EvaluateOptions): Promise<EvaluationDoc>
         fpr: candidateMetrics.fpr,
       },
       control: { fpr: controlMetrics.fpr },
-      probCandidateBetter: probBetter,
+      probCandidateBetter: probPaired,
+      skippedLines: r.skipped.invalid + r.skipped.out_of_order,
+      lines: r.lines,
       // P(precision >= min) under Beta(tp+1, fp+1); the same for recall with Beta(tp+1, fn+1).
       probPrecisionOk: 1 - betaInc(k.tp + 1, k.fp + 1, th.minPrecision),
       probRecallOk: 1 - betaInc(k.tp + 1, k.fn + 1, th.minRecall),
@@ -181,7 +191,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvaluationDoc>
     candidate: def(options.candidate),
     control: def(options.control),
     traffic: {
-      file: path.resolve(options.traffic),
+      file: options.traffic === '-' ? '(standard input)' : path.resolve(options.traffic),
       sha256: r.traffic_sha256,
       bytes: r.bytes,
       compressed: r.compressed,
@@ -216,6 +226,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvaluationDoc>
       seed: options.seed,
       expected_loss_candidate: ts.expected_loss[1]!,
       expected_loss_control: ts.expected_loss[0]!,
+      prob_candidate_better_paired: round(probPaired, 9),
       ...(cost ? { expected_cost_per_10k: cost } : {}),
     },
     recommendation,

@@ -1,9 +1,18 @@
 /**
  * The verdict on a candidate rule, from the numbers an evaluation computed. Every threshold is
- * checked and reported, passed or failed, in words; the decision follows from them:
+ * checked and reported, passed or failed, in words; the decision follows from them.
  *
- * - NEED_MORE_DATA: below the minimum sample size, too few attacks or benign requests to judge,
- *   or the evidence points neither way (neither rule better with the required confidence).
+ * "Better with the required confidence" is judged on the paired decisions: both rules decide the
+ * same events, so what tells them apart is the events where they disagree. With c events only the
+ * candidate got right and b only the control, P(candidate better) = P(theta > 1/2) for theta ~
+ * Beta(c + 1, b + 1). Two independent Betas on each rule's accuracy (also reported) ignore the
+ * pairing and would hold back a candidate that is right on every disagreement until the traffic
+ * is huge.
+ *
+ *
+ * - NEED_MORE_DATA: below the minimum sample size, too few attacks or benign requests to judge
+ *   (none at all is always too few), more than 1% of the lines skipped, or the evidence points
+ *   neither way (neither rule better with the required confidence).
  * - REJECT: the candidate misses the minimum precision or recall, or the control is better with
  *   the required confidence.
  * - APPROVE_FULL_DEPLOYMENT: every threshold passes, the candidate is better with the required
@@ -40,8 +49,11 @@ export interface RecommendationInput {
   benign: number
   candidate: { precision: number | null; recall: number | null; fpr: number | null }
   control: { fpr: number | null }
-  /** P(candidate's rate of correct decisions > control's) */
+  /** P(candidate better) on the paired decisions (see above) */
   probCandidateBetter: number
+  /** lines skipped (invalid or too far out of order) and lines read */
+  skippedLines: number
+  lines: number
   /** posterior P(candidate precision >= minPrecision), P(recall >= minRecall) */
   probPrecisionOk: number
   probRecallOk: number
@@ -66,6 +78,9 @@ export interface Recommendation {
 const pct = (x: number | null) => (x === null ? 'undefined' : `${(x * 100).toFixed(2)}%`)
 const num = (x: number) => x.toLocaleString('en-US')
 
+/** More skipped lines than this share makes the sample untrustworthy: what was skipped may differ. */
+export const MAX_SKIPPED_SHARE = 0.01
+
 export function recommend(input: RecommendationInput, t: Thresholds): Recommendation {
   const checks: Check[] = []
   const check = (name: string, passed: boolean, detail: string) => {
@@ -77,14 +92,20 @@ export function recommend(input: RecommendationInput, t: Thresholds): Recommenda
     input.sampleSize >= t.minSampleSize,
     `sample size ${num(input.sampleSize)} ${input.sampleSize >= t.minSampleSize ? '≥' : '<'} the minimum ${num(t.minSampleSize)}`,
   )
+  const skippedShare = input.lines > 0 ? input.skippedLines / input.lines : 0
+  const fewSkipped = check(
+    'skipped_lines',
+    skippedShare <= MAX_SKIPPED_SHARE,
+    `${num(input.skippedLines)} of ${num(input.lines)} lines skipped (${pct(skippedShare)}) ${skippedShare <= MAX_SKIPPED_SHARE ? '≤' : '>'} ${pct(MAX_SKIPPED_SHARE)}`,
+  )
   const enoughAttacks = check(
     'attacks',
-    input.attacks >= t.minAttacks,
+    input.attacks >= Math.max(1, t.minAttacks),
     `${num(input.attacks)} attacks in the sample ${input.attacks >= t.minAttacks ? '≥' : '<'} the minimum ${num(t.minAttacks)}`,
   )
   const enoughBenign = check(
     'benign',
-    input.benign >= t.minAttacks,
+    input.benign >= Math.max(1, t.minAttacks),
     `${num(input.benign)} benign requests in the sample ${input.benign >= t.minAttacks ? '≥' : '<'} the minimum ${num(t.minAttacks)}`,
   )
   const c = input.candidate
@@ -106,7 +127,7 @@ export function recommend(input: RecommendationInput, t: Thresholds): Recommenda
   const better = check(
     'confidence',
     p >= t.confidence,
-    `probability the candidate decides better than the control ${pct(p)} ${p >= t.confidence ? '≥' : '<'} the confidence level ${pct(t.confidence)}`,
+    `probability the candidate decides better than the control (on the events where they disagree) ${pct(p)} ${p >= t.confidence ? '≥' : '<'} the confidence level ${pct(t.confidence)}`,
   )
   const alpha = 1 - t.confidence
   const significant = check(
@@ -139,7 +160,7 @@ export function recommend(input: RecommendationInput, t: Thresholds): Recommenda
     checks,
   })
 
-  if (!enoughSample || !enoughAttacks || !enoughBenign)
+  if (!enoughSample || !enoughAttacks || !enoughBenign || !fewSkipped)
     return decided('NEED_MORE_DATA', Math.max(p, 1 - p), 'high')
   if (!precisionOk || !recallOk) {
     // How sure we are the candidate misses the bar: the posterior mass below it.

@@ -19,7 +19,7 @@
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { Transform, type Readable } from 'node:stream'
+import { pipeline, Readable, Transform } from 'node:stream'
 import { Worker } from 'node:worker_threads'
 import { createGunzip } from 'node:zlib'
 import { InterruptedError, OperationError, UsageError } from '../errors.js'
@@ -40,17 +40,25 @@ const WORKER_FILE = path.join(PACKAGE_ROOT, 'dist/core/shadow/replay-worker.js')
 const BLOCK_BYTES = 1 << 20
 
 export interface ReplayOptions {
+  /** a path, or '-' for `stdin` */
   file: string
+  stdin?: Readable
   control: RulePart
   candidate: RulePart
   workers: number
-  /** Score only the first N events in time order (all events still count in rate-limit windows). */
+  /**
+   * Score only the first N events in time order. Every line is still read and checked (so the
+   * same file gives the same errors and counts whatever N is), and all events before the cut in
+   * time feed the rate-limit windows.
+   */
   sampleSize?: number
   skipInvalid: boolean
   maxDisorderMs: number
   signal?: AbortSignal
   /** events decided so far, bytes of the file read so far */
   onProgress?: (events: number, bytesRead: number) => void
+  /** For tests: smaller blocks, to cross many block boundaries with little data. */
+  blockBytes?: number
 }
 
 export interface ReplayResult {
@@ -67,7 +75,7 @@ export interface ReplayResult {
 }
 
 export async function replay(options: ReplayOptions): Promise<ReplayResult> {
-  const input = openTraffic(options.file)
+  const input = await openTraffic(options.file, options.stdin)
   const pair = compilePair(options.control, options.candidate)
   const windowed = pair.rate.length > 0 || options.sampleSize !== undefined
   const parserInput: BlockParserInput = {
@@ -82,7 +90,6 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   /** lines (blank ones too) before the block taken next: block-relative line numbers + this */
   let lineBase = 0
   let failure: Error | null = null
-  let stopReading = false
 
   const threads = Math.max(1, options.workers)
   const workers =
@@ -109,28 +116,35 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     const base = lineBase + 1 // 1-based, as editors count
     lineBase += msg.rawLines
     lines += msg.lines
-    if (msg.invalidCount > 0) {
-      if (!options.skipInvalid) {
-        const first = msg.invalid[0]!
-        throw new UsageError(`${options.file} line ${base + first.line}: ${first.error}.`, {
+    const firstInvalid = msg.invalid[0]
+    const invalidError = firstInvalid
+      ? new UsageError(`${options.file} line ${base + firstInvalid.line}: ${firstInvalid.error}.`, {
           code: 'INVALID_TRAFFIC',
           hint: 'Fix the line, or pass --skip-invalid to skip and count such lines.',
-          data: { line: base + first.line },
+          data: { line: base + firstInvalid.line },
         })
-      }
+      : null
+    if (invalidError && options.skipInvalid) {
       skipped.invalid += msg.invalidCount
       for (const x of msg.invalid) {
         if (skipped.examples.length < 10) skipped.examples.push({ line: base + x.line, error: x.error })
       }
     }
     if (msg.tally) {
+      if (invalidError && !options.skipInvalid) throw invalidError
       mergeTally(tally, msg.tally)
-      options.onProgress?.(tally.events, input.bytes())
     } else if (msg.columns && sequencer) {
-      sequencer.add(msg.columns, base)
-      options.onProgress?.(tally.events, input.bytes())
-      if (sequencer.full) stopReading = true
+      try {
+        sequencer.add(msg.columns, base)
+      } catch (err) {
+        // Report whichever problem comes first in the file.
+        const line = (err as { data?: { line?: number } }).data?.line ?? Infinity
+        if (invalidError && !options.skipInvalid && base + firstInvalid!.line < line) throw invalidError
+        throw err
+      }
+      if (invalidError && !options.skipInvalid) throw invalidError
     }
+    options.onProgress?.(tally.events, input.bytes())
   }
 
   for (const w of workers) {
@@ -143,7 +157,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
           const m = done.get(nextSeq)!
           done.delete(nextSeq)
           nextSeq++
-          if (!stopReading) take(m)
+          take(m)
         }
       } catch (err) {
         failure ??= err as Error
@@ -167,9 +181,8 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
 
   try {
     const limit = workers.length * 3
-    for await (const block of blocks(input.stream)) {
+    for await (const block of blocks(input.stream, options.blockBytes ?? BLOCK_BYTES)) {
       if (failure || options.signal?.aborted) break
-      if (stopReading) continue // keep reading: the hash covers the whole file
       const task: BlockTask = { seq: dispatched++, bytes: block }
       if (inline) {
         take(inline(task))
@@ -188,9 +201,8 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     sequencer?.finish()
     if (sequencer) skipped.out_of_order = sequencer.late
   } catch (err) {
-    input.stream.destroy()
-    if (input.error()) throw input.error()
-    throw err
+    input.close()
+    throw input.error() ?? err
   } finally {
     options.signal?.removeEventListener('abort', notify)
     await Promise.all(workers.map((w) => w.terminate()))
@@ -214,29 +226,35 @@ interface TrafficInput {
   digest(): string
   bytes(): number
   error(): Error | null
+  /** Stop reading and release the file (on failure or Ctrl-C). */
+  close(): void
 }
 
-/** The file's bytes, hashed as stored, gunzipped when they start with the gzip magic. */
-function openTraffic(file: string): TrafficInput {
-  let fd: number
-  try {
-    fd = fs.openSync(file, 'r')
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    throw new UsageError(
-      code === 'ENOENT'
-        ? `--traffic: there is no file ${file}.`
-        : `--traffic: cannot read ${file} (${code}).`,
-    )
-  }
-  const magic = Buffer.alloc(2)
-  const got = fs.readSync(fd, magic, 0, 2, 0)
-  if (fs.fstatSync(fd).isDirectory()) throw new UsageError(`--traffic: ${file} is a directory, not a file.`)
-  const compressed = got === 2 && magic[0] === 0x1f && magic[1] === 0x8b
+/**
+ * The file's bytes, hashed as stored, gunzipped when its first bytes are the gzip magic. Read as
+ * a stream from the start, so a pipe or /dev/stdin works as well as a file.
+ */
+async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput> {
+  if (file !== '-') {
+    let stat: fs.Stats
+    try {
+      stat = await fs.promises.stat(file)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      throw new UsageError(
+        code === 'ENOENT'
+          ? `--traffic: there is no file ${file}.`
+          : `--traffic: cannot read ${file} (${code}).`,
+      )
+    }
+    if (stat.isDirectory()) throw new UsageError(`--traffic: ${file} is a directory, not a file.`)
+  } else if (!stdin) throw new UsageError('--traffic -: there is no standard input to read.')
   const hash = createHash('sha256')
   let bytes = 0
   let error: Error | null = null
-  const raw = fs.createReadStream(file, { fd, highWaterMark: BLOCK_BYTES })
+  const readError = (err: Error) =>
+    new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
+  const raw = file === '-' ? stdin! : fs.createReadStream(file, { highWaterMark: BLOCK_BYTES })
   const hasher = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       hash.update(chunk)
@@ -244,20 +262,39 @@ function openTraffic(file: string): TrafficInput {
       cb(null, chunk)
     },
   })
-  const fail = (err: Error) => {
-    error ??= new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
+  // pipeline, not pipe: an error anywhere (a read error, EIO) ends the whole chain and is kept.
+  const hashed = pipeline(raw, hasher, (err) => {
+    if (err && !error) error = readError(err)
+  })
+  const chunks = hashed[Symbol.asyncIterator]() as AsyncIterator<Buffer>
+  let first: IteratorResult<Buffer>
+  try {
+    first = await chunks.next()
+  } catch (err) {
+    throw error ?? readError(err as Error)
   }
-  raw.on('error', fail)
-  hasher.on('error', fail)
-  let stream: Readable = raw.pipe(hasher)
+  const compressed = !first.done && first.value[0] === 0x1f && first.value[1] === 0x8b
+  const replayed = Readable.from(
+    (async function* () {
+      if (first.done) return
+      yield first.value
+      for (;;) {
+        const next = await chunks.next()
+        if (next.done) return
+        yield next.value
+      }
+    })(),
+    { objectMode: false },
+  )
+  let stream: Readable = replayed
   if (compressed) {
-    const gunzip = createGunzip()
-    gunzip.on('error', (err) => {
-      error ??= new UsageError(`--traffic: ${file} is not a valid gzip file (${err.message}).`, {
-        cause: err,
-      })
+    stream = pipeline(replayed, createGunzip(), (err) => {
+      if (err && !error) {
+        error = new UsageError(`--traffic: ${file} is not a valid gzip file (${err.message}).`, {
+          cause: err,
+        })
+      }
     })
-    stream = hasher.pipe(gunzip)
   }
   let digest: string | null = null
   return {
@@ -266,6 +303,10 @@ function openTraffic(file: string): TrafficInput {
     digest: () => (digest ??= hash.digest('hex')),
     bytes: () => bytes,
     error: () => error,
+    close: () => {
+      stream.destroy()
+      raw.destroy()
+    },
   }
 }
 
@@ -273,38 +314,38 @@ function openTraffic(file: string): TrafficInput {
  * Blocks of whole lines, each in a buffer of its own (transferred to a worker, not copied): a
  * chunk up to its last newline, after what the previous chunk left over.
  */
-async function* blocks(stream: Readable): AsyncGenerator<Uint8Array> {
+async function* blocks(stream: Readable, blockBytes: number): AsyncGenerator<Uint8Array> {
   let carry: Buffer[] = []
   let carried = 0
+  const cut = (tail: Buffer) => {
+    const block = new Uint8Array(carried + tail.length)
+    let at = 0
+    for (const c of carry) {
+      block.set(c, at)
+      at += c.length
+    }
+    block.set(tail, at)
+    carry = []
+    carried = 0
+    return block
+  }
   for await (const data of stream) {
-    const chunk = data as Buffer
-    const nl = chunk.lastIndexOf(0x0a)
-    if (nl === -1 || carried + nl + 1 < BLOCK_BYTES / 4) {
-      // no line ends here, or too little for a block yet: keep it for the next one
-      carry.push(chunk)
-      carried += chunk.length
-      continue
+    let chunk = data as Buffer
+    while (chunk.length > 0) {
+      const room = blockBytes - carried
+      // the last line end within the room left, else the first after it (a very long line)
+      let nl = chunk.length < room ? -1 : chunk.lastIndexOf(0x0a, room - 1)
+      if (nl === -1 && chunk.length >= room) nl = chunk.indexOf(0x0a, room)
+      if (nl === -1) {
+        carry.push(chunk)
+        carried += chunk.length
+        break
+      }
+      yield cut(chunk.subarray(0, nl + 1))
+      chunk = chunk.subarray(nl + 1)
     }
-    const block = new Uint8Array(carried + nl + 1)
-    let at = 0
-    for (const c of carry) {
-      block.set(c, at)
-      at += c.length
-    }
-    block.set(chunk.subarray(0, nl + 1), at)
-    yield block
-    carry = nl + 1 < chunk.length ? [chunk.subarray(nl + 1)] : []
-    carried = chunk.length - nl - 1
   }
-  if (carried > 0) {
-    const block = new Uint8Array(carried)
-    let at = 0
-    for (const c of carry) {
-      block.set(c, at)
-      at += c.length
-    }
-    yield block
-  }
+  if (carried > 0) yield cut(Buffer.alloc(0))
 }
 
 /** Timestamps of one key, sorted, oldest dropped from the front as windows move on. */
@@ -353,6 +394,15 @@ class TsList {
 
 interface Block extends BlockColumns {
   lists: Array<Array<TsList>>
+  /** arrival order of the block's first event: ties in time are decided in arrival order */
+  firstSeq: number
+}
+
+interface Late {
+  ts: number
+  seq: number
+  b: Block
+  i: number
 }
 
 /**
@@ -366,6 +416,9 @@ class Sequencer {
   private readonly maxWindow: number[]
   private readonly rateKey: number[]
   private maxTs = -Infinity
+  /** the line that holds maxTs: named when a later line is too far behind it */
+  private maxLine = 0
+  private arrived = 0
   /** items at or before this are no longer in any window still to be computed */
   private evictBefore = -Infinity
   private sizeAtSweep = 1024
@@ -373,7 +426,7 @@ class Sequencer {
   private fifoB: Block[] = []
   private fifoI: number[] = []
   private fifoHead = 0
-  private heap: Array<{ ts: number; b: Block; i: number }> = []
+  private heap: Late[] = []
   private readonly vals: Float64Array
 
   constructor(
@@ -409,25 +462,32 @@ class Sequencer {
         return l
       }),
     )
-    const b: Block = { ...c, lists }
+    const b: Block = { ...c, lists, firstSeq: this.arrived }
+    this.arrived += c.n
     const D = this.options.maxDisorderMs
     for (let i = 0; i < c.n; i++) {
       const ts = c.ts[i]!
       if (ts < this.maxTs - D) {
         if (!this.options.skipInvalid) {
+          const line = lineBase + c.line[i]!
           throw new UsageError(
-            `${this.options.file} line ${lineBase + c.line[i]!}: its ts is ${((this.maxTs - ts) / 1000).toFixed(3)}s before a line above it, more than --max-disorder allows (${D / 1000}s).`,
+            `${this.options.file} line ${line}: its ts (${iso(ts)}) is ${((this.maxTs - ts) / 1000).toFixed(3)}s before line ${this.maxLine} (${iso(this.maxTs)}), more than --max-disorder allows (${D / 1000}s).`,
             {
               code: 'TRAFFIC_OUT_OF_ORDER',
-              hint: 'Sort the file by ts, raise --max-disorder, or pass --skip-invalid to skip and count such lines.',
-              data: { line: lineBase + c.line[i]! },
+              hint: `If line ${this.maxLine} is the wrong one, fix it; otherwise sort the file by ts, raise --max-disorder, or pass --skip-invalid to skip and count such lines.`,
+              data: { line, ahead_line: this.maxLine },
             },
           )
         }
         this.late++
-        c.attack[i] = 2 // marks a skipped event
         continue
       }
+      if (ts > this.maxTs) {
+        this.maxTs = ts
+        this.maxLine = lineBase + c.line[i]!
+      }
+      // Past the sample: lines are still checked above, but nothing more is scored.
+      if (this.full) continue
       for (let k = 0; k < K; k++) {
         const id = c.keyIds[i * K + k]!
         if (id >= 0) {
@@ -441,8 +501,7 @@ class Sequencer {
       if (ts >= lastTs) {
         this.fifoB.push(b)
         this.fifoI.push(i)
-      } else this.heapPush({ ts, b, i })
-      if (ts > this.maxTs) this.maxTs = ts
+      } else this.heapPush({ ts, seq: b.firstSeq + i, b, i })
     }
     this.release(this.maxTs - D)
     this.sweep()
@@ -457,6 +516,7 @@ class Sequencer {
       const heapTs = this.heap.length > 0 ? this.heap[0]!.ts : Infinity
       const ts = Math.min(fifoTs, heapTs)
       if (!(ts < watermark)) break
+      // On a tie the FIFO goes first: an in-order event of the same ts always arrived earlier.
       if (fifoTs <= heapTs) {
         this.decide(this.fifoB[this.fifoHead]!, this.fifoI[this.fifoHead]!)
         this.fifoHead++
@@ -521,20 +581,20 @@ class Sequencer {
     this.release(Infinity)
   }
 
-  private heapPush(x: { ts: number; b: Block; i: number }): void {
+  private heapPush(x: Late): void {
     const h = this.heap
     h.push(x)
     let i = h.length - 1
     while (i > 0) {
       const p = (i - 1) >> 1
-      if (h[p]!.ts <= x.ts) break
+      if (before(h[p]!, x)) break
       h[i] = h[p]!
       i = p
     }
     h[i] = x
   }
 
-  private heapPop(): { ts: number; b: Block; i: number } {
+  private heapPop(): Late {
     const h = this.heap
     const top = h[0]!
     const last = h.pop()!
@@ -544,8 +604,8 @@ class Sequencer {
         const l = 2 * i + 1
         if (l >= h.length) break
         const r = l + 1
-        const c = r < h.length && h[r]!.ts < h[l]!.ts ? r : l
-        if (h[c]!.ts >= last.ts) break
+        const c = r < h.length && before(h[r]!, h[l]!) ? r : l
+        if (before(last, h[c]!)) break
         h[i] = h[c]!
         i = c
       }
@@ -553,4 +613,13 @@ class Sequencer {
     }
     return top
   }
+}
+
+/** Heap order: by time, then arrival, so which of two same-instant events is decided first never depends on blocks. */
+function before(a: Late, b: Late): boolean {
+  return a.ts < b.ts || (a.ts === b.ts && a.seq < b.seq)
+}
+
+function iso(ms: number): string {
+  return Number.isFinite(ms) && Math.abs(ms) <= 8.64e15 ? new Date(ms).toISOString() : String(ms)
 }

@@ -53,6 +53,14 @@ function positive(v: unknown, path: string, source: string | undefined, integer:
   return v
 }
 
+/** At least a millisecond: timestamps are in milliseconds, a shorter window would not hold the request itself. */
+function windowSeconds(v: unknown, path: string, source?: string): number {
+  const w = positive(v, path, source, false)
+  if (w < 0.001 || w > 31_536_000)
+    invalid(path, 'must be from 0.001 (1 ms) to 31536000 (a year) seconds', source)
+  return w
+}
+
 function allowOnly(obj: Record<string, unknown>, keys: string[], path: string, source?: string): void {
   for (const k of Object.keys(obj)) {
     if (!keys.includes(k))
@@ -75,7 +83,7 @@ function parsePart(v: unknown, path: string, depth: number, top: boolean, source
       return {
         type,
         key: v.key as RateLimitKey,
-        window_s: positive(v.window_s, `${path}.window_s`, source, false),
+        window_s: windowSeconds(v.window_s, `${path}.window_s`, source),
         threshold: positive(v.threshold, `${path}.threshold`, source, true),
       }
     }

@@ -67,12 +67,19 @@ function fastIsoUtc(v: string): number {
   return ((daysFromCivil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + sec * 1000 + ms
 }
 
-// Anything else ISO-8601 with a date and a time (an offset, a space instead of T) goes to Date.parse.
-const ISO_ANY = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?$/
+// Anything else ISO-8601 with a date, a time and a zone (an offset, a space instead of T) goes to
+// Date.parse. The zone is required: without one Date.parse reads the machine's local time, and
+// the same file would give other windows on a laptop than in CI.
+const ISO_ANY = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})$/
+const ISO_NO_ZONE = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?$/
+/** Date's own range; beyond it a timestamp cannot be printed. */
+const MAX_MS = 8.64e15
+/** Epoch milliseconds below this are before March 1973: almost surely epoch seconds. */
+const MIN_PLAUSIBLE_MS = 1e11
 
 /** Milliseconds since the epoch, or NaN. Numbers are epoch milliseconds. */
 export function parseTimestamp(v: unknown): number {
-  if (typeof v === 'number') return Number.isFinite(v) ? v : NaN
+  if (typeof v === 'number') return Number.isFinite(v) && v >= MIN_PLAUSIBLE_MS && v <= MAX_MS ? v : NaN
   if (typeof v !== 'string') return NaN
   const fast = fastIsoUtc(v)
   if (!Number.isNaN(fast)) return fast
@@ -92,21 +99,14 @@ export function parseTrafficLine(line: string): ParsedLine {
   try {
     v = JSON.parse(line)
   } catch (err) {
-    return { ok: false, error: `not valid JSON (${(err as Error).message})` }
+    // V8 quotes a piece of the line in its message; traffic may carry tokens, so keep only the why.
+    return { ok: false, error: `not valid JSON (${(err as Error).message.replace(/,? ".*$/s, '')})` }
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v))
     return { ok: false, error: 'must be a JSON object' }
   const e = v as Record<string, unknown>
   const ts = parseTimestamp(e.ts)
-  if (Number.isNaN(ts)) {
-    return {
-      ok: false,
-      error:
-        e.ts === undefined
-          ? '"ts" is missing (ISO-8601 or epoch milliseconds)'
-          : `"ts" must be ISO-8601 (e.g. 2026-01-01T00:00:00Z) or epoch milliseconds; got ${JSON.stringify(e.ts)}`,
-    }
-  }
+  if (Number.isNaN(ts)) return { ok: false, error: timestampProblem(e.ts) }
   if (e.label !== 'attack' && e.label !== 'benign') {
     return {
       ok: false,
@@ -139,4 +139,13 @@ export function fieldReader(field: string): (e: Record<string, unknown>) => unkn
     }
     return cur
   }
+}
+
+function timestampProblem(v: unknown): string {
+  if (v === undefined) return '"ts" is missing (ISO-8601 with a zone, or epoch milliseconds)'
+  if (typeof v === 'number' && Number.isFinite(v) && v > 0 && v < MIN_PLAUSIBLE_MS)
+    return `"ts" ${v} looks like epoch seconds; give epoch milliseconds (${v * 1000}) or ISO-8601`
+  if (typeof v === 'string' && ISO_NO_ZONE.test(v))
+    return `"ts" "${v}" has no time zone; add Z (UTC) or an offset such as +01:00`
+  return `"ts" must be ISO-8601 with a zone (e.g. 2026-01-01T00:00:00Z) or epoch milliseconds; got ${JSON.stringify(v)?.slice(0, 40)}`
 }
