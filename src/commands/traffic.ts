@@ -47,7 +47,8 @@ export async function generate(ctx: Context, opts: GenerateFlags) {
     `${toStdout ? 'Wrote' : `Wrote ${r.out}:`} ${num(r.events)} events (${num(r.attacks)} attack, ${num(r.benign)} benign), ` +
     `${r.first_ts} to ${r.last_ts}, ${(r.bytes / 1_048_576).toFixed(1)} MB${r.gzip ? ' gzipped' : ''}, sha256 ${r.sha256}.`
   // With --out -, stdout is the traffic itself: the summary goes with the messages.
-  if (toStdout) ctx.out.info(summary)
+  if (!r.complete) ctx.out.info(`Stopped: the reader closed stdout after ${num(r.events)} events.`)
+  else if (toStdout) ctx.out.info(summary)
   else ctx.out.result(summary)
 }
 

@@ -52,7 +52,7 @@ const MAX_SHIFT_MS = 60_000
 export type TsFormat = 'iso' | 'epoch-ms'
 export type TrafficLabel = 'attack' | 'benign'
 
-export interface TrafficEvent {
+export interface SyntheticEvent {
   /** Epoch milliseconds (written as ISO-8601 or as the number, see TsFormat). */
   ts: number
   ip: string
@@ -98,8 +98,8 @@ const STUFFER = 5
 
 /** Share of the benign or the attack rate that each population takes. */
 const POPULATIONS: ReadonlyArray<{ kind: number; attack: boolean; share: number }> = [
-  { kind: USER, attack: false, share: 0.86 },
-  { kind: MONITOR, attack: false, share: 0.06 },
+  { kind: USER, attack: false, share: 0.88 },
+  { kind: MONITOR, attack: false, share: 0.04 },
   { kind: API_CLIENT, attack: false, share: 0.08 },
   { kind: BOT, attack: true, share: 0.45 },
   { kind: SCANNER, attack: true, share: 0.15 },
@@ -111,7 +111,7 @@ const MEAN_SIZE: Record<number, number> = { [BOT]: 40, [STUFFER]: 3.5 }
 const STEERED = [BOT, STUFFER]
 
 /** How many distinct addresses each population draws from (bots: "a few IPs"). */
-const POOL = { user: 60_000, monitor: 4, api: 8, bot: 10, scanner: 400, stuffer: 250_000 } as const
+const POOL = { user: 60_000, monitor: 12, api: 24, bot: 10, scanner: 400, stuffer: 250_000 } as const
 
 const TENANTS = Array.from({ length: 50 }, (_, i) => `tenant-${String(i + 1).padStart(2, '0')}`)
 
@@ -292,8 +292,8 @@ export class TrafficModel {
   /** The spawner whose next session starts first. */
   private due: Spawner | undefined
   /** Late lines, sorted by the time they are released. */
-  private readonly held: Array<{ release: number; event: TrafficEvent }> = []
-  private readonly ev: TrafficEvent = {
+  private readonly held: Array<{ release: number; event: SyntheticEvent }> = []
+  private readonly ev: SyntheticEvent = {
     ts: 0,
     ip: '',
     tenant_id: '',
@@ -345,7 +345,7 @@ export class TrafficModel {
     while (this.nextTime() < 0) this.step()
   }
 
-  next(): TrafficEvent | null {
+  next(): SyntheticEvent | null {
     for (;;) {
       const h = this.held[0]
       if (h && (this.produced >= this.options.events || h.release <= TRAFFIC_START_MS + this.nextTime())) {
@@ -366,7 +366,7 @@ export class TrafficModel {
     }
   }
 
-  private count(e: TrafficEvent): TrafficEvent {
+  private count(e: SyntheticEvent): SyntheticEvent {
     const s = this.summary
     if (s.events === 0 || e.ts < s.first) s.first = e.ts
     if (s.events === 0 || e.ts > s.last) s.last = e.ts
@@ -383,7 +383,7 @@ export class TrafficModel {
   }
 
   /** Start due sessions, then make the earliest request. */
-  private step(): TrafficEvent {
+  private step(): SyntheticEvent {
     let due = this.due!
     while (this.heap.length === 0 || due.next.t <= this.heap[0]!.t) {
       this.push(due.next)
@@ -457,7 +457,7 @@ export class TrafficModel {
         s.tenant = tenantAt(mix32(salt + who) / 0x100000000)
         s.agent = MONITOR_AGENTS[who % MONITOR_AGENTS.length]!
         s.path = pick(rng, MONITOR_PATHS)
-        s.n = pick(rng, [250, 333, 500, 1000])
+        s.n = pick(rng, [250, 1000, 2000, 5000])
         s.remaining = intBetween(rng, 20, 120)
         break
       }
@@ -500,7 +500,7 @@ export class TrafficModel {
   }
 
   /** Fill `e` with the session's next request; returns the delay to the one after it (ms). */
-  private request(s: Session, e: TrafficEvent): number {
+  private request(s: Session, e: SyntheticEvent): number {
     const rng = this.rng
     e.ts = TRAFFIC_START_MS + Math.floor(s.t)
     e.ip = s.ip
@@ -536,7 +536,7 @@ export class TrafficModel {
         e.status = x < 0.97 ? (e.method === 'POST' ? 202 : 200) : x < 0.99 ? 429 : 504
         e.latency_ms = ms(lognormal(rng, 1500, 0.6))
         e.bytes = e.status < 300 ? ms(lognormal(rng, 250_000, 1)) : 120
-        return lognormal(rng, 350, 0.7)
+        return lognormal(rng, 700, 0.6)
       }
       case BOT: {
         e.label = 'attack'
@@ -582,7 +582,7 @@ export class TrafficModel {
   }
 
   /** A person in a browser: pages with their assets, think time between pages, some mistakes. */
-  private user(s: Session, e: TrafficEvent, rng: Random): number {
+  private user(s: Session, e: SyntheticEvent, rng: Random): number {
     if (s.n === -1 && rng() < 0.3) {
       // Logging in; now and then with a mistyped password (a benign 401 on /login).
       s.n = 4
@@ -691,7 +691,7 @@ function assertOptions(o: GenerateOptions): void {
 }
 
 /** The events in output order (copies: safe to keep). For tests and in-process consumers. */
-export function* trafficEvents(options: GenerateOptions): Generator<TrafficEvent> {
+export function* trafficEvents(options: GenerateOptions): Generator<SyntheticEvent> {
   const model = new TrafficModel(options)
   for (let e = model.next(); e; e = model.next()) yield { ...e }
 }
@@ -792,6 +792,8 @@ export interface WriteTrafficResult extends TrafficSummary {
   /** SHA-256 of the bytes written. */
   sha256: string
   duration_ms: number
+  /** False when the reader of a stream went away first (`--out - | head`): the counts are of what was generated. */
+  complete: boolean
 }
 
 /**
@@ -840,6 +842,7 @@ export async function writeTraffic(options: WriteTrafficOptions): Promise<WriteT
 
   const hash = createHash('sha256')
   let bytes = 0
+  let complete = true
   let reported = 0
   const tap = new Transform({
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
@@ -874,6 +877,7 @@ export async function writeTraffic(options: WriteTrafficOptions): Promise<WriteT
     const code = (err as NodeJS.ErrnoException).code
     if (toFile || options.signal?.aborted || (code !== 'EPIPE' && code !== 'ERR_STREAM_DESTROYED'))
       throw describeWriteError(err, options, target?.file ?? '-')
+    complete = false
   }
   options.onProgress?.(source.summary.events)
   return {
@@ -883,6 +887,7 @@ export async function writeTraffic(options: WriteTrafficOptions): Promise<WriteT
     bytes,
     sha256: hash.digest('hex'),
     duration_ms: Date.now() - started,
+    complete,
   }
 }
 
