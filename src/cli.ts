@@ -375,6 +375,41 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option('--force', 'restore over a non-empty target or one with other connections')
     .action(action(loadBackup, (m, ctx, a, o) => m.restore(ctx, a[0] as string, o)))
 
+  // --- synthetic traffic ---------------------------------------------------------------------------
+  const traffic = sub(program, 'traffic', 'synthetic labelled HTTP traffic for the shadow evaluator', [
+    'shieldx traffic generate --events 100000 --attack-rate 0.2 --seed 7 --out traffic.jsonl.gz',
+  ])
+  sub(
+    traffic,
+    'generate',
+    'write deterministic synthetic traffic as JSON lines (users, bots, scanners, credential stuffing)',
+    [
+      'shieldx traffic generate --events 100000 --attack-rate 0.2 --seed 7 --out traffic.jsonl',
+      'shieldx traffic generate --events 1000000 --seed 7 --out traffic.jsonl.gz --force --json',
+      'shieldx traffic generate --events 20 --ts-format epoch-ms --out - | head -3',
+    ],
+  )
+    .requiredOption('--events <n>', 'how many requests (lines) to write')
+    .option('--attack-rate <r>', 'share of attack lines, from 0 to 1', '0.2')
+    .option('--seed <n>', 'the same --events, --attack-rate and --seed give the same bytes', '1')
+    .requiredOption('--out <file>', "FILE, FILE.gz (gzipped), or '-' for stdout")
+    .addOption(
+      new Option('--ts-format <format>', 'ts as ISO-8601 or epoch milliseconds')
+        .choices(['iso', 'epoch-ms'])
+        .default('iso'),
+    )
+    .option('--force', 'replace an existing FILE')
+    .addHelpText(
+      'after',
+      '\nEach line: {"ts","ip","tenant_id","method","path","status","latency_ms","bytes","user_agent","label":"attack|benign"}.\nFrom 2026-01-01T00:00:00.000Z at about 200 requests/s, in time order except about 0.2% of lines, written up to 2 s late.',
+    )
+    .action(
+      action(
+        () => import('./commands/traffic.js'),
+        (m, ctx, _a, o) => m.generate(ctx, o),
+      ),
+    )
+
   // --- rules and the shadow evaluator -------------------------------------------------------------
   const rules = sub(program, 'rules', 'security rules, stored as immutable versions', [
     'shieldx rules add fixtures/rules/ip-rate-limit.json',
