@@ -62,6 +62,11 @@ describe('shieldx demo on an empty home', () => {
     )
     expect(first.stdout).toContain('an overdraft of 5000 was refused')
     expect(first.stdout).toContain('Audit chain: intact, 2 row(s) across 1 tenant(s).')
+    // The shadow steps: generated traffic, a candidate evaluated against a control, the verdict stored.
+    expect(first.stdout).toMatch(
+      /Shadow evaluation: edge-guard@1 vs status-errors@1 on 20,000 events: APPROVE_FULL_DEPLOYMENT/,
+    )
+    expect(fs.existsSync(path.join(demoHome, 'traffic.jsonl.gz'))).toBe(true)
     // Keys are generated once, mode 0600, and the CLI says so.
     expect(first.stderr).toContain('Generated a new audit HMAC key')
     expect(fs.statSync(path.join(demoHome, 'keys', 'audit_hmac.key')).mode & 0o777).toBe(0o600)
@@ -179,11 +184,16 @@ describe('the embedded default', () => {
 
   it('migrates down and up inside PGlite', async () => {
     const env = cleanEnv({ SHIELDX_HOME: demoHome })
-    const down = await runCli(['migrate', 'down', '--schema', 'shadow', '--yes'], { env })
+    // The demo stored an evaluation of one rule against another, which shadow 0001 cannot hold:
+    // the down refuses rather than rewrite a permanent record.
+    const refused = await runCli(['migrate', 'down', '--schema', 'shadow', '--yes'], { env })
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain('compare two different rules')
+    const down = await runCli(['migrate', 'down', '--schema', 'credits', '--yes'], { env })
     expect(down.code, down.stderr).toBe(0)
     const up = await runCli(['migrate', 'up'], { env })
     expect(up.code, up.stderr).toBe(0)
-    expect(up.stdout).toContain(fileLabel(shipped[1]!.at(-1)!))
+    expect(up.stdout).toContain(fileLabel(shipped[0]!.at(-1)!))
     expect(up.stderr).not.toContain('pre-migration backup') // no backup hook for the embedded database
   })
 

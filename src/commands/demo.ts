@@ -15,6 +15,13 @@ import { BACKUP_KEY_SPEC, backupDatabase } from './backup.js'
 import type { CreateResult } from '../core/backup/create.js'
 import { type VerifyBackupResult, verifyBackup } from '../core/backup/verify.js'
 import { loadKeyring } from '../core/config/secrets.js'
+import { PACKAGE_ROOT } from '../core/config/paths.js'
+import { evaluate, type EvaluationDoc } from '../core/shadow/evaluate.js'
+import { storeEvaluation } from '../core/shadow/evaluations.js'
+import { writeTraffic } from '../core/shadow/generate.js'
+import { DEFAULT_THRESHOLDS } from '../core/shadow/recommend.js'
+import { addRule, getRule } from '../core/shadow/rule-store.js'
+import { parseRule } from '../core/shadow/rules.js'
 
 /** Settings the demo may not take from the environment: it never touches a real database or cache. */
 const IGNORED_ENV = [
@@ -48,7 +55,15 @@ interface DemoState {
   health?: LedgerHealth
   backup?: CreateResult
   backupCheck?: VerifyBackupResult
+  trafficFile?: string
+  rulesStored?: number
+  evaluation?: EvaluationDoc
 }
+
+/** The demo's evaluation: a layered candidate against a single threshold, on generated traffic. */
+const DEMO_EVENTS = 20_000
+const DEMO_CANDIDATE = { id: 'edge-guard', version: 1 }
+const DEMO_CONTROL = { id: 'status-errors', version: 1 }
 
 function userHome(ctx: Context): string {
   const fromEnv = ctx.io.env.SHIELDX_HOME
@@ -204,6 +219,53 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
         return `${s.backupCheck.checks.length} checks passed, chain intact after restore`
       },
     },
+    {
+      title: `Generate ${DEMO_EVENTS.toLocaleString('en-US')} events of labelled synthetic traffic`,
+      run: async (s) => {
+        s.trafficFile = path.join(demoHome, 'traffic.jsonl.gz')
+        const r = await writeTraffic({
+          events: DEMO_EVENTS,
+          attackRate: 0.2,
+          seed: 7,
+          out: s.trafficFile,
+          force: true,
+          signal: ctx.signal,
+        })
+        return `${r.attacks} attacks, ${r.benign} benign, in ${tildify(s.trafficFile, ctx.io.env)}`
+      },
+    },
+    {
+      title: 'Store the example rules (fixtures/rules)',
+      run: async (s) => {
+        const dir = path.join(PACKAGE_ROOT, 'fixtures', 'rules')
+        const files = fs.readdirSync(dir).filter((f) => f.endsWith('.json'))
+        for (const f of files) {
+          const def = parseRule(JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')), f)
+          await addRule(s.dbs!.shadow.pool, def)
+        }
+        s.rulesStored = files.length
+        return `${files.length} rules`
+      },
+    },
+    {
+      title: `Evaluate ${DEMO_CANDIDATE.id}@1 against ${DEMO_CONTROL.id}@1 on that traffic`,
+      run: async (s) => {
+        const db = s.dbs!.shadow.pool
+        s.evaluation = await evaluate({
+          candidate: await getRule(db, DEMO_CANDIDATE),
+          control: await getRule(db, DEMO_CONTROL),
+          traffic: s.trafficFile!,
+          workers: 2,
+          skipInvalid: false,
+          maxDisorderMs: 60_000,
+          seed: 1,
+          thresholds: DEFAULT_THRESHOLDS,
+          signal: ctx.signal,
+        })
+        s.evaluation.created_at = await storeEvaluation(db, s.evaluation)
+        return `${s.evaluation.recommendation.decision} (stored as ${s.evaluation.id.slice(0, 8)})`
+      },
+    },
   ])
 
   const ledgerDoc = {
@@ -225,6 +287,21 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
     verified: state.backupCheck!.ok,
     checks: state.backupCheck!.checks.map((c) => c.name),
   }
+  const e = state.evaluation!
+  const evaluationDoc = {
+    id: e.id,
+    candidate: `${e.candidate.id}@${e.candidate.version}`,
+    control: `${e.control.id}@${e.control.version}`,
+    traffic: state.trafficFile!,
+    sample_size: e.sample_size,
+    decision: e.recommendation.decision,
+    confidence_score: e.recommendation.confidence_score,
+    candidate_metrics: {
+      precision: e.candidate_metrics.precision,
+      recall: e.candidate_metrics.recall,
+      fpr: e.candidate_metrics.fpr,
+    },
+  }
   if (ctx.out.json) {
     ctx.out.document({
       database: where,
@@ -232,6 +309,7 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
       schema_versions: state.versions,
       ledger: ledgerDoc,
       backup: backupDoc,
+      evaluation: evaluationDoc,
     })
     return
   }
@@ -255,8 +333,13 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
   ctx.out.result(
     `Backup: ${tildify(state.backup!.file, ctx.io.env)}, restored into a scratch database and checked (${state.backupCheck!.checks.map((c) => c.name).join(', ')}).`,
   )
+  const pct = (x: number | null) => (x === null ? 'n/a' : `${(x * 100).toFixed(1)}%`)
+  ctx.out.result(
+    `Shadow evaluation: ${evaluationDoc.candidate} vs ${evaluationDoc.control} on ${e.sample_size.toLocaleString('en-US')} events: ${ctx.out.style('bold', e.recommendation.decision)} (confidence ${e.recommendation.confidence_score.toFixed(3)}, risk ${e.recommendation.risk_level}); precision ${pct(e.control_metrics.precision)} -> ${pct(e.candidate_metrics.precision)}, recall ${pct(e.control_metrics.recall)} -> ${pct(e.candidate_metrics.recall)}, benign blocked ${pct(e.control_metrics.fpr)} -> ${pct(e.candidate_metrics.fpr)}.`,
+  )
   ctx.out.result('')
   ctx.out.result(`Next: shieldx --home ${tildify(demoHome, ctx.io.env)} credits history ${tenant}`)
+  ctx.out.result(`      shieldx --home ${tildify(demoHome, ctx.io.env)} evaluate show ${e.id}`)
   ctx.out.result(`      shieldx --home ${tildify(demoHome, ctx.io.env)} verify-chain`)
   ctx.out.result('      shieldx locate   (what a command would touch, and why)')
 }

@@ -213,7 +213,14 @@ async function embeddedDump(db: Database, schema: SchemaName): Promise<DumpSourc
   }
   const serverVersion = (await db.pool.query<{ v: string }>("select current_setting('server_version') as v"))
     .rows[0]!.v
-  const dump = await pgDump({ pg: db.pglite!, args: [`--schema=${schema}`] })
+  let dump: File
+  try {
+    dump = await pgDump({ pg: db.pglite!, args: [`--schema=${schema}`] })
+  } finally {
+    // PGlite's pg_dump runs in our one session and leaves it inside its read-only transaction,
+    // with its own settings (search_path ''): every later write would fail. Undo both.
+    await db.pglite!.exec('rollback; reset all')
+  }
   const bytes = Buffer.from(await dump.arrayBuffer())
   return {
     stream: Readable.from([bytes]),
