@@ -97,6 +97,8 @@ async function initDataDir(
 
 /** A lock directory without a pid file (left by an old shieldx, or made by hand) is stale after this. */
 const NO_PID_STALE_MS = 5000
+/** A takeover lock older than this was left by a process that died during a takeover. */
+const TAKEOVER_STALE_MS = 10_000
 
 /**
  * Take the lock directory, waiting up to timeoutMs for a live holder; a holder that died is
@@ -125,7 +127,7 @@ export async function acquireDirLock(lockDir: string, timeoutMs: number, what: s
     const holder = parsePid(seen)
     const stale = holder !== null ? !isAlive(holder) : ageMs(lockDir) > NO_PID_STALE_MS
     if (stale) {
-      takeOverStale(lockDir, seen)
+      if (!takeOverStale(lockDir, seen)) await sleep(20)
       continue
     }
     if (Date.now() >= deadline) {
@@ -159,30 +161,32 @@ function tryCreateLock(lockDir: string, token: string): boolean {
 
 /**
  * Remove a lock judged stale, whose pid file read `seen`. Two processes can judge the same lock
- * stale: the first moves it away and makes its own, and the second must not then remove that
- * fresh lock. So: move `lockDir` away (atomic: of two movers, one gets ENOENT), then look at what
- * was moved; if it is not the lock that was judged, put it back. Exported for tests.
+ * stale, and a third can make a fresh lock in between: moving a lock away to look at it, then
+ * putting it back, loses that race (the fresh lock cannot go back, and its holder runs on
+ * unprotected). So takeovers are serialised by a second, short-lived lock (`lockDir.takeover`,
+ * made with mkdir, which only one process can win): under it the pid file is read again, and the
+ * lock is removed only if it is still the one judged stale. Nobody else removes a lock, so what
+ * is read under the takeover lock cannot change before the removal. Exported for tests.
  */
-export function takeOverStale(lockDir: string, seen: string | null): void {
-  const grave = `${lockDir}.stale-${process.pid}-${randomBytes(4).toString('hex')}`
+export function takeOverStale(lockDir: string, seen: string | null): boolean {
+  const mutex = `${lockDir}.takeover`
   try {
-    fs.renameSync(lockDir, grave)
+    fs.mkdirSync(mutex, { mode: 0o700 })
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return // someone else took it over
-    throw err
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    // Another process is taking over; the caller looks again. A takeover lock left by a process
+    // killed in the middle of one (it holds it for microseconds) is cleared once it is old.
+    if (ageMs(mutex) > TAKEOVER_STALE_MS) fs.rmSync(mutex, { recursive: true, force: true })
+    return false
   }
-  const moved = readText(path.join(grave, 'pid'))
-  const same = moved === seen && (seen !== null || ageMs(grave) > NO_PID_STALE_MS)
-  if (!same) {
-    try {
-      fs.renameSync(grave, lockDir)
-      return
-    } catch {
-      // A third process made a lock in the instant between the two renames. The lock we moved
-      // cannot go back; removing it is no worse than leaving it where its holder never looks.
-    }
+  try {
+    const now = readText(path.join(lockDir, 'pid'))
+    const same = now === seen && (seen !== null || ageMs(lockDir) > NO_PID_STALE_MS)
+    if (same && fs.existsSync(lockDir)) removeLockDir(lockDir)
+    return true
+  } finally {
+    fs.rmSync(mutex, { recursive: true, force: true })
   }
-  fs.rmSync(grave, { recursive: true, force: true })
 }
 
 function removeLockDir(lockDir: string): void {
