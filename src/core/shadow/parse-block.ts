@@ -18,6 +18,8 @@ export interface BlockParserInput {
 
 export interface BlockTask {
   seq: number
+  /** the start of the block's first line (left over from the previous chunk), if any */
+  head: Uint8Array | null
   bytes: Uint8Array
 }
 
@@ -65,7 +67,12 @@ export type BlockParser = (task: BlockTask) => BlockMessage & { type: 'block' }
 export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
   const decoder = new TextDecoder('utf-8', { fatal: false })
-  return (task) => parseBlock(pair, input.mode, decoder.decode(task.bytes), task.seq)
+  // stream: true for the head, so that a character split between head and body decodes whole
+  const decode = (task: BlockTask) =>
+    task.head
+      ? decoder.decode(task.head, { stream: true }) + decoder.decode(task.bytes)
+      : decoder.decode(task.bytes)
+  return (task) => parseBlock(pair, input.mode, decode(task), task.seq)
 }
 
 function parseBlock(

@@ -196,7 +196,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     const limit = workers.length * 3
     for await (const block of blocks(input.stream, options.blockBytes ?? BLOCK_BYTES)) {
       if (failure || options.signal?.aborted) break
-      const task: BlockTask = { seq: dispatched++, bytes: block }
+      const task: BlockTask = { seq: dispatched++, head: block.head, bytes: block.body }
       if (inline) {
         take(inline(task))
         nextSeq++
@@ -206,7 +206,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       if (failure || options.signal?.aborted) break
       const w = [...load].sort((a, b) => a[1] - b[1])[0]![0]
       load.set(w, load.get(w)! + 1)
-      w.postMessage(task, [block.buffer as ArrayBuffer])
+      w.postMessage(task, [block.body.buffer as ArrayBuffer])
     }
     await waitUntil(() => nextSeq === dispatched)
     if (options.signal?.aborted) throw new InterruptedError()
@@ -323,24 +323,27 @@ async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput
   }
 }
 
+/** A block of whole lines: `head` (what the previous chunk left over, small) then `body`. */
+interface RawBlock {
+  head: Uint8Array | null
+  /** in an ArrayBuffer of its own, so that it can be transferred to a worker, not copied */
+  body: Uint8Array
+}
+
 /**
- * Blocks of whole lines, each in a buffer of its own (transferred to a worker, not copied): a
- * chunk up to its last newline, after what the previous chunk left over.
+ * Blocks of whole lines: a chunk up to its last newline, after what the previous chunk left over.
+ * The chunk's own buffer becomes the block when it can (the file's chunks are buffers of their
+ * own): only the leftover line is copied, not the megabyte.
  */
-async function* blocks(stream: Readable, blockBytes: number): AsyncGenerator<Uint8Array> {
+async function* blocks(stream: Readable, blockBytes: number): AsyncGenerator<RawBlock> {
   let carry: Buffer[] = []
   let carried = 0
-  const cut = (tail: Buffer) => {
-    const block = new Uint8Array(carried + tail.length)
-    let at = 0
-    for (const c of carry) {
-      block.set(c, at)
-      at += c.length
-    }
-    block.set(tail, at)
+  const head = (): Uint8Array | null => {
+    const h =
+      carried === 0 ? null : carry.length === 1 ? new Uint8Array(carry[0]!) : Buffer.concat(carry, carried)
     carry = []
     carried = 0
-    return block
+    return h
   }
   for await (const data of stream) {
     let chunk = data as Buffer
@@ -354,11 +357,24 @@ async function* blocks(stream: Readable, blockBytes: number): AsyncGenerator<Uin
         carried += chunk.length
         break
       }
-      yield cut(chunk.subarray(0, nl + 1))
-      chunk = chunk.subarray(nl + 1)
+      const whole = chunk.byteOffset === 0 && chunk.buffer.byteLength === chunk.length
+      const rest = chunk.subarray(nl + 1)
+      if (whole && nl < blockBytes) {
+        // The common case: the chunk's buffer is the block (transferred, so detached here); the
+        // partial line after it is copied out first.
+        const h = head()
+        if (rest.length > 0) {
+          carry.push(Buffer.from(rest))
+          carried = rest.length
+        }
+        yield { head: h, body: new Uint8Array(chunk.buffer, 0, nl + 1) }
+        break
+      }
+      yield { head: head(), body: new Uint8Array(chunk.subarray(0, nl + 1)) }
+      chunk = rest
     }
   }
-  if (carried > 0) yield cut(Buffer.alloc(0))
+  if (carried > 0) yield { head: null, body: head()! }
 }
 
 /** Timestamps of one key, sorted, oldest dropped from the front as windows move on. */
