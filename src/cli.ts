@@ -412,12 +412,12 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
 
   // --- rules and the shadow evaluator -------------------------------------------------------------
   const rules = sub(program, 'rules', 'security rules, stored as immutable versions', [
-    'shieldx rules add fixtures/rules/ip-rate-limit.json',
+    'shieldx rules add fixtures/rules/ip-burst.json',
     'shieldx rules list',
   ])
   const loadRules = () => import('./commands/rules.js')
   sub(rules, 'add', 'validate and store rule versions from JSON files', [
-    'shieldx rules add fixtures/rules/ip-rate-limit.json fixtures/rules/status-threshold.json',
+    'shieldx rules add fixtures/rules/ip-burst.json fixtures/rules/status-errors.json',
   ])
     .argument('<files...>', 'rule files: { "id", "version", "name", "type", ... }')
     .addHelpText(

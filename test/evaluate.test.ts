@@ -90,6 +90,9 @@ const confusion = (x: { tp: number; fp: number; tn: number; fn: number }) => ({
   fn: x.fn,
 })
 
+/** The evaluation most tests run: the ip-burst fixture against the status-errors one. */
+const BURST_VS_STATUS = ['evaluate', '--candidate', 'ip-burst', '--control', 'status-errors@1']
+
 const RATE: RulePart = { type: 'rate_limit', key: 'ip', window_s: 2, threshold: 5 }
 const STATUS: RulePart = { type: 'threshold', field: 'status', op: '>=', value: 401 }
 
@@ -448,17 +451,7 @@ describe('evaluate', () => {
   })
 
   it('prints the documented JSON and stores the evaluation with the traffic hash', async () => {
-    const r = await json([
-      'evaluate',
-      '--candidate',
-      'ip-burst',
-      '--control',
-      'status-errors@1',
-      '--traffic',
-      traffic,
-      '--workers',
-      '2',
-    ])
+    const r = await json([...BURST_VS_STATUS, '--traffic', traffic, '--workers', '2'])
     expect(r.code, r.stderr).toBe(0)
     const d = r.doc
     for (const k of [
@@ -546,18 +539,7 @@ describe('evaluate', () => {
   })
 
   it('NEED_MORE_DATA below the minimum sample size; REJECT for a rule that misses the precision bar', async () => {
-    const small = await json([
-      'evaluate',
-      '--candidate',
-      'ip-burst',
-      '--control',
-      'status-errors@1',
-      '--traffic',
-      traffic,
-      '--sample-size',
-      '500',
-      '--no-store',
-    ])
+    const small = await json([...BURST_VS_STATUS, '--traffic', traffic, '--sample-size', '500', '--no-store'])
     expect(small.doc.recommendation.decision).toBe('NEED_MORE_DATA')
     expect(small.doc.conclusive).toBe(false)
     expect(small.doc.recommendation.reasons[0]).toMatch(/^FAIL sample size 500 < the minimum 1,000/)
@@ -616,29 +598,11 @@ describe('evaluate', () => {
     lines[2000] = 'not json'
     const file = path.join(dir, 'bad-lines.jsonl')
     fs.writeFileSync(file, lines.join('\n') + '\n')
-    const r = await json([
-      'evaluate',
-      '--candidate',
-      'ip-burst',
-      '--control',
-      'status-errors@1',
-      '--traffic',
-      file,
-    ])
+    const r = await json([...BURST_VS_STATUS, '--traffic', file])
     expect(r.code).toBe(2)
     expect(r.doc.error.message).toContain('line 1234')
     expect(r.doc.error.message).toContain('"ts"')
-    const skipped = await json([
-      'evaluate',
-      '--candidate',
-      'ip-burst',
-      '--control',
-      'status-errors@1',
-      '--traffic',
-      file,
-      '--skip-invalid',
-      '--no-store',
-    ])
+    const skipped = await json([...BURST_VS_STATUS, '--traffic', file, '--skip-invalid', '--no-store'])
     expect(skipped.code).toBe(0)
     expect(skipped.doc.traffic.skipped_invalid).toBe(2)
     expect(skipped.doc.sample_size).toBe(2998)
@@ -648,30 +612,11 @@ describe('evaluate', () => {
     const events = synthetic(2000, 4)
     events[1500] = { ...events[1500]!, ts: events[1500]!.ts - 120_000 }
     const file = writeTraffic('late.jsonl', events)
-    const r = await json([
-      'evaluate',
-      '--candidate',
-      'ip-burst',
-      '--control',
-      'status-errors@1',
-      '--traffic',
-      file,
-    ])
+    const r = await json([...BURST_VS_STATUS, '--traffic', file])
     expect(r.code).toBe(2)
     expect(r.doc.error.message).toContain('line 1501')
     expect(r.doc.error.message).toContain('--max-disorder')
-    const wide = await json([
-      'evaluate',
-      '--candidate',
-      'ip-burst',
-      '--control',
-      'status-errors@1',
-      '--traffic',
-      file,
-      '--max-disorder',
-      '5m',
-      '--no-store',
-    ])
+    const wide = await json([...BURST_VS_STATUS, '--traffic', file, '--max-disorder', '5m', '--no-store'])
     expect(wide.code).toBe(0)
     expect(wide.doc.sample_size).toBe(2000)
   })
