@@ -7,9 +7,6 @@ export type TrafficEvent = Record<string, unknown> & { label: 'attack' | 'benign
 
 export type ParsedLine = { ok: true; event: TrafficEvent; ts: number } | { ok: false; error: string }
 
-const STRING_FIELDS = ['ip', 'tenant_id', 'method', 'path'] as const
-const NUMBER_FIELDS = ['status', 'latency_ms'] as const
-
 const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
 
 function digits(s: string, from: number, count: number): number {
@@ -93,6 +90,16 @@ export function parseTimestamp(v: unknown): number {
   return Date.parse(v)
 }
 
+function badString(v: unknown, name: string): string | undefined {
+  return v === undefined || v === null || typeof v === 'string' ? undefined : `"${name}" must be a string`
+}
+
+function badNumber(v: unknown, name: string): string | undefined {
+  return v === undefined || v === null || (typeof v === 'number' && Number.isFinite(v))
+    ? undefined
+    : `"${name}" must be a number`
+}
+
 /** Parse and check one line. Never throws. */
 export function parseTrafficLine(line: string): ParsedLine {
   let v: unknown
@@ -116,14 +123,15 @@ export function parseTrafficLine(line: string): ParsedLine {
           : `"label" must be "attack" or "benign"; got ${JSON.stringify(e.label)}`,
     }
   }
-  for (const f of STRING_FIELDS) {
-    if (e[f] !== undefined && e[f] !== null && typeof e[f] !== 'string')
-      return { ok: false, error: `"${f}" must be a string` }
-  }
-  for (const f of NUMBER_FIELDS) {
-    if (e[f] !== undefined && e[f] !== null && (typeof e[f] !== 'number' || !Number.isFinite(e[f])))
-      return { ok: false, error: `"${f}" must be a number` }
-  }
+  // Written out, not looped over names: this runs per event, and direct property reads are faster.
+  const bad =
+    badString(e.ip, 'ip') ??
+    badString(e.tenant_id, 'tenant_id') ??
+    badString(e.method, 'method') ??
+    badString(e.path, 'path') ??
+    badNumber(e.status, 'status') ??
+    badNumber(e.latency_ms, 'latency_ms')
+  if (bad) return { ok: false, error: bad }
   return { ok: true, event: e as TrafficEvent, ts }
 }
 
