@@ -322,6 +322,29 @@ describe('replay', () => {
     )
   })
 
+  it('decodes UTF-8 split across blocks: a match on non-ASCII text counts every line', async () => {
+    const events = synthetic(3000, 41).map((e, i) => ({
+      ...e,
+      path: i % 3 === 0 ? '/café/ünï/日本' : e.path,
+    }))
+    const file = writeTraffic('utf8.jsonl', events)
+    const want = events.filter((e, i) => i % 3 === 0 && e.label === 'attack').length
+    for (const blockBytes of [97, 1000, 1 << 20]) {
+      const r = await replay({
+        file,
+        control: STATUS,
+        candidate: { type: 'match', field: 'path', pattern: '日本$' },
+        workers: 1,
+        skipInvalid: false,
+        maxDisorderMs: 0,
+        sampleSize: 3000,
+        blockBytes,
+      })
+      expect(r.tally.candidate.tp, String(blockBytes)).toBe(want)
+      expect(r.skipped.invalid).toBe(0)
+    }
+  })
+
   it('names both lines when one line is far ahead of the rest', async () => {
     const events = synthetic(3000, 21)
     events[99] = { ...events[99]!, ts: events[99]!.ts + 365 * 86_400_000 }

@@ -4,6 +4,7 @@
  * decided and counted here, and the main thread only merges tallies. With rate limits it comes
  * back as compact columns; the main thread runs the windows in time order (see replay.ts).
  */
+import { isAscii } from 'node:buffer'
 import { compilePair, type CompiledPair } from './compile.js'
 import type { RulePart } from './rules.js'
 import { addEvent, newTally, tallyToData, type TallyData } from './tally.js'
@@ -68,10 +69,15 @@ export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
   const decoder = new TextDecoder('utf-8', { fatal: false })
   // stream: true for the head, so that a character split between head and body decodes whole
-  const decode = (task: BlockTask) =>
-    task.head
+  // ASCII (nearly all traffic logs) decodes as latin1 at twice TextDecoder's speed, same result.
+  const latin1 = (u8: Uint8Array) => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength).toString('latin1')
+  const decode = (task: BlockTask) => {
+    if ((!task.head || isAscii(task.head)) && isAscii(task.bytes))
+      return task.head ? latin1(task.head) + latin1(task.bytes) : latin1(task.bytes)
+    return task.head
       ? decoder.decode(task.head, { stream: true }) + decoder.decode(task.bytes)
       : decoder.decode(task.bytes)
+  }
   return (task) => parseBlock(pair, input.mode, decode(task), task.seq)
 }
 
@@ -112,8 +118,9 @@ function parseBlock(
     let raw = text.slice(start, end)
     start = end + 1
     const thisLine = line++
-    if (raw.endsWith('\r')) raw = raw.slice(0, -1)
-    if (raw.trim() === '') continue
+    if (raw.charCodeAt(raw.length - 1) === 13) raw = raw.slice(0, -1)
+    // A line that starts with '{' is not blank: the trim is only for the odd one that does not.
+    if (raw.charCodeAt(0) !== 123 && raw.trim() === '') continue
     lines++
     const parsed = parseTrafficLine(raw)
     if (!parsed.ok) {
