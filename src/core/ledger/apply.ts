@@ -1,9 +1,11 @@
 /**
  * `credits apply`: many operations from JSON lines, one result each, in input order. Operations
- * run in chunks of one transaction each, every operation inside its own savepoint, so each is
- * all-or-nothing on its own while the commit (and its fsync) is paid once per chunk. Chunks run
- * on several connections at once ("lanes"); a tenant always goes to the same lane, so its
- * operations apply in file order. Results are put back in input order before they are printed.
+ * run in chunks of one transaction each, set-based (applySet): the chunk's accounts are locked
+ * and its keys read in one round trip, every operation is decided in order against the locked
+ * rows here (a refused one writes nothing and fails alone), and all the chunk's rows are written
+ * by one statement, so the round trips, the commit and its fsync are paid once per chunk.
+ * Chunks run on several connections at once ("lanes"); a tenant always goes to the same lane, so
+ * its operations apply in file order. Results are put back in input order before they are printed.
  *
  * A line without an idempotency key gets one derived from its line number and content: running
  * the same file again after a crash replays what was applied instead of applying it twice.
@@ -12,10 +14,10 @@ import { createHash } from 'node:crypto'
 import type pg from 'pg'
 import { isConnectionError } from '../db/pg-errors.js'
 import { withRetry } from '../db/retry.js'
-import { isShieldxError, UsageError } from '../errors.js'
+import { UsageError } from '../errors.js'
 import {
-  applyOn,
-  isDuplicateKeyRace,
+  applySet,
+  isRetryableSetError,
   type LedgerKeys,
   type LedgerRequest,
   type LedgerResult,
@@ -104,40 +106,92 @@ export async function applyLines(
   options: {
     chunkSize?: number
     lanes?: number
-    onResult: (r: ApplyLineResult) => void
+    /** Called with the results that became printable, in input order (a batch per call). */
+    onResults: (r: ApplyLineResult[]) => void
     signal?: AbortSignal
   },
 ): Promise<ApplySummary> {
   const chunkSize = options.chunkSize ?? 200
-  const lanes = Math.max(1, options.lanes ?? 1)
+  const laneCount = Math.max(1, options.lanes ?? 1)
+  /** Lines read and not yet printed, at most: then reading waits for the lanes to catch up. */
+  const maxPending = 3 * chunkSize * laneCount
   const summary: ApplySummary = { lines: 0, applied: 0, replayed: 0, failed: 0 }
-  let chunk: ParsedLine[] = []
-  const emit = (r: ApplyLineResult) => {
-    summary.lines++
-    if (!r.ok) summary.failed++
-    else if (r.result?.replayed) summary.replayed++
-    else summary.applied++
-    options.onResult(r)
+
+  // Results wait here until every line before theirs has been printed.
+  const done = new Map<number, ApplyLineResult>()
+  const order: number[] = []
+  let next = 0
+  const emitReady = () => {
+    const batch: ApplyLineResult[] = []
+    while (next < order.length && done.has(order[next]!)) {
+      const r = done.get(order[next]!)!
+      done.delete(order[next]!)
+      next++
+      summary.lines++
+      if (!r.ok) summary.failed++
+      else if (r.result?.replayed) summary.replayed++
+      else summary.applied++
+      batch.push(r)
+    }
+    if (batch.length > 0) options.onResults(batch)
+    if (next > 4096 && next * 2 > order.length) {
+      order.splice(0, next)
+      next = 0
+    }
   }
-  const flush = async () => {
-    if (chunk.length === 0) return
-    const byLane: ParsedLine[][] = Array.from({ length: lanes }, () => [])
-    for (const p of chunk) byLane[laneOf(p, lanes)]!.push(p)
-    const results = (
-      await Promise.all(byLane.filter((l) => l.length > 0).map((l) => runChunk(pool, l, keys)))
-    ).flat()
-    for (const r of results.sort((a, b) => a.line - b.line)) emit(r)
-    chunk = []
+
+  // Each lane applies its chunks one after another (a tenant's operations stay in file order),
+  // while the other lanes and the reading of the next lines go on: no lane waits for another.
+  const state: { failure: { error: unknown } | null } = { failure: null }
+  let wake: (() => void) | null = null
+  const lanes = Array.from({ length: laneCount }, () => ({
+    buffer: [] as ParsedLine[],
+    tail: Promise.resolve(),
+  }))
+  const submit = (lane: (typeof lanes)[number]) => {
+    const chunk = lane.buffer
+    lane.buffer = []
+    lane.tail = lane.tail.then(async () => {
+      try {
+        if (!state.failure) for (const r of await runChunk(pool, chunk, keys)) done.set(r.line, r)
+        emitReady()
+      } catch (err) {
+        state.failure ??= { error: err }
+      } finally {
+        wake?.()
+      }
+    })
   }
+  const submitAll = () => {
+    for (const lane of lanes) if (lane.buffer.length > 0) submit(lane)
+  }
+
   let n = 0
+  let sinceSubmit = 0
   for await (const text of lines) {
     n++
     if (text.trim() === '') continue
-    if (options.signal?.aborted) break
-    chunk.push(parseOperation(text, n))
-    if (chunk.length >= chunkSize * lanes) await flush()
+    if (options.signal?.aborted || state.failure) break
+    const p = parseOperation(text, n)
+    order.push(n)
+    if (!p.request) done.set(n, { line: n, ok: false, error: p.error! })
+    else lanes[laneOf(p, laneCount)]!.buffer.push(p)
+    // Every chunkSize x lanes lines, every lane's lines so far go (as the flush did): no line waits
+    // long behind a lane that fills slowly.
+    if (++sinceSubmit >= chunkSize * laneCount) {
+      sinceSubmit = 0
+      submitAll()
+    }
+    emitReady()
+    while (order.length - next > maxPending && !state.failure) {
+      await new Promise<void>((resolve) => (wake = resolve))
+      wake = null
+    }
   }
-  await flush()
+  submitAll()
+  await Promise.all(lanes.map((l) => l.tail))
+  if (state.failure) throw state.failure.error
+  emitReady()
   return summary
 }
 
@@ -152,31 +206,31 @@ function laneOf(p: ParsedLine, lanes: number): number {
 
 /** One transaction for the chunk; retried whole if the connection drops (keys make that a replay). */
 async function runChunk(pool: pg.Pool, chunk: ParsedLine[], keys: LedgerKeys): Promise<ApplyLineResult[]> {
+  const valid = chunk.filter((p) => p.request)
   return withRetry(
     async () => {
       const client = await pool.connect()
       let failed: unknown
       try {
-        await client.query('BEGIN')
-        const out: ApplyLineResult[] = []
-        for (const p of chunk) {
-          if (p.error || !p.request) {
-            out.push({ line: p.line, ok: false, error: p.error! })
-            continue
-          }
-          try {
-            const { version: _version, ...result } = await applyOn(client, p.request, p.key!, keys, {
-              mode: 'savepoint',
-            })
-            out.push({ line: p.line, ok: true, result })
-          } catch (err) {
-            // Connection problems and races abort the whole chunk (retried); anything else is this line's.
-            if (isConnectionError(err) || isDuplicateKeyRace(err) || !isShieldxError(err)) throw err
-            out.push({ line: p.line, ok: false, error: { code: err.code, message: err.message } })
-          }
-        }
-        await client.query('COMMIT')
-        return out
+        const outcomes =
+          valid.length > 0
+            ? await applySet(
+                client,
+                valid.map((p) => ({ req: p.request!, key: p.key! })),
+                keys,
+                { transaction: 'open' },
+              )
+            : []
+        if (valid.length > 0) await client.query('COMMIT')
+        let next = 0
+        return chunk.map((p): ApplyLineResult => {
+          if (!p.request) return { line: p.line, ok: false, error: p.error! }
+          const o = outcomes[next++]!
+          if (!o.ok)
+            return { line: p.line, ok: false, error: { code: o.error.code, message: o.error.message } }
+          const { version: _version, ...result } = o.result
+          return { line: p.line, ok: true, result }
+        })
       } catch (err) {
         failed = err
         if (!isConnectionError(err)) await client.query('ROLLBACK').catch(() => {})
@@ -185,6 +239,6 @@ async function runChunk(pool: pg.Pool, chunk: ParsedLine[], keys: LedgerKeys): P
         client.release(isConnectionError(failed) ? (failed as Error) : undefined)
       }
     },
-    { maxAttempts: 6, retryIf: isDuplicateKeyRace },
+    { maxAttempts: 6, retryIf: isRetryableSetError },
   )
 }

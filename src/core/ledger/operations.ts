@@ -4,22 +4,37 @@
  * UPDATE is conditional on that row being unchanged, and the CHECKs are the last line), and
  * appends one row to the tenant's audit chain in the same transaction as the balance.
  *
- * Why the SQL is sent as two simple-protocol batches with escaped literals: the audit hash needs
- * the balance after the change, which only exists once the account row is locked, and the HMAC
- * key must not travel to the server. So batch 1 locks and reads the row (BEGIN; SELECT ... FOR
- * UPDATE; the key), the change and its hash are computed here, and batch 2 is one statement that
- * updates the account and inserts the transaction, the chain link and the key, then COMMITs. Two
- * round trips, one account UPDATE: the hot row stays locked as briefly as this design allows.
- * Every value is either validated (tenant ids, uuids, integers) or escaped with pg's escapeLiteral.
+ * Everything goes through one engine, applySet(): a set of operations (one, a tenant's queue, or
+ * a chunk of `credits apply`) in one transaction, in two round trips. The audit hash needs the
+ * balance after the change, which only exists once the account row is locked, and the HMAC key
+ * must not travel to the server, so:
+ *   1. one message: BEGIN; lock the reservations, then the accounts (each in id order); read the
+ *      stored idempotency keys (a statement of its own, after the locks);
+ *   2. here: each operation in order against the locked rows, as if applied one by one: a
+ *      replay, a refusal (its own error, nothing written for it) or a change, with its chain
+ *      link hashed here;
+ *   3. one message: one statement writing every account once and every row of every change, each
+ *      conditional on its account still being where we read it; COMMIT.
+ * The statements are prepared once per connection (statements.ts). A set is all-or-nothing as a
+ * transaction, and each operation in it all-or-nothing on its own: a refused operation writes
+ * nothing, and a failure of the whole set (a lost connection, a race on a key) commits nothing,
+ * so the retry replays or applies each operation exactly once.
+ *
+ * applyOperation() adds per-tenant group commit: operations for one tenant that arrive on one
+ * pool while a transaction for that tenant is in flight wait, and go together in the next one.
+ * A hot tenant then pays one lock, two round trips and one commit per group instead of per
+ * operation; each operation still has its own key, chain row and result. Unrelated tenants never
+ * share a transaction.
  */
 import { createHash, randomUUID } from 'node:crypto'
-import pg from 'pg'
+import type pg from 'pg'
 import type { Keyring } from '../config/secrets.js'
 import { isConnectionError, isTimeout, toTimeoutError } from '../db/pg-errors.js'
 import { withRetry } from '../db/retry.js'
-import { ConflictError, OperationError, UsageError } from '../errors.js'
+import { ConflictError, OperationError, type ShieldxError, UsageError } from '../errors.js'
 import { chainHash, GENESIS } from '../audit/chain.js'
 import { encryptPaymentToken, maskToken } from '../crypto/payment.js'
+import * as sql from './statements.js'
 
 export type LedgerRequest =
   | {
@@ -60,21 +75,12 @@ export interface LedgerKeys {
 }
 
 export interface ApplyOptions {
-  /** 'transaction': BEGIN/COMMIT per operation. 'savepoint': inside the caller's transaction. */
-  mode?: 'transaction' | 'savepoint'
+  /** For the message of a timeout (the statement timeout itself is set on the connection). */
   timeoutMs?: number
 }
 
 /** Idempotency keys live this long; a replay after that is a new operation. */
 export const IDEMPOTENCY_TTL = '24 hours'
-
-const lit = pg.escapeLiteral
-const bytea = (b: Buffer) => `'\\x${b.toString('hex')}'::bytea`
-const int = (n: number) => {
-  if (!Number.isSafeInteger(n)) throw new Error(`not an integer: ${n}`)
-  return String(n)
-}
-const sha256 = (s: string | Buffer) => createHash('sha256').update(s).digest()
 
 /** What identifies a request: the same key with a different fingerprint is a conflict (exit 5). */
 export function requestFingerprint(req: LedgerRequest): Buffer {
@@ -102,35 +108,29 @@ export function requestFingerprint(req: LedgerRequest): Buffer {
   return sha256(JSON.stringify(parts))
 }
 
+/** One operation of a set: the request and the client's idempotency key. */
+export interface SetItem {
+  req: LedgerRequest
+  key: string
+}
+
+/** What became of one operation of a set: its result, or why it was refused (nothing written). */
+export type SetOutcome = { ok: true; result: LedgerResult } | { ok: false; error: ShieldxError }
+
 /** Apply one operation, retrying on serialization failures, deadlocks and lost connections. */
-export async function applyOperation(
+export function applyOperation(
   pool: pg.Pool,
   req: LedgerRequest,
   idempotencyKey: string,
   keys: LedgerKeys,
   options: ApplyOptions = {},
 ): Promise<LedgerResult> {
-  try {
-    return await withRetry(
-      async () => {
-        const client = await pool.connect()
-        let failed: unknown
-        try {
-          return await applyOn(client, req, idempotencyKey, keys, { ...options, mode: 'transaction' })
-        } catch (err) {
-          failed = err
-          throw err
-        } finally {
-          client.release(isConnectionError(failed) ? (failed as Error) : undefined)
-        }
-      },
-      // The idempotency key makes a retry after a lost COMMIT safe: it replays instead.
-      { maxAttempts: 8, onConnectionLoss: true, retryIf: isDuplicateKeyRace },
-    )
-  } catch (err) {
-    if (isTimeout(err)) throw toTimeoutError(err, `credits ${req.kind}`, options.timeoutMs ?? 0)
-    throw err
-  }
+  return new Promise((resolve, reject) => {
+    const waiting: Waiting = { item: { req, key: idempotencyKey }, keys, options, resolve, reject }
+    // A reservation names its tenant only once it is read: those run on their own.
+    if (!('tenantId' in req)) void runGroup(pool, [waiting])
+    else enqueue(pool, req.tenantId, waiting)
+  })
 }
 
 /** Two requests with the same new key raced; the loser retries and then replays. */
@@ -139,195 +139,416 @@ export function isDuplicateKeyRace(err: unknown): boolean {
   return e?.code === '23505' && e.constraint === 'idempotency_keys_pkey'
 }
 
-/**
- * Apply one operation on a client the caller holds. In 'savepoint' mode the caller has an open
- * transaction (credits apply): this operation is all-or-nothing on its own inside it.
- */
-export async function applyOn(
-  client: pg.ClientBase,
-  req: LedgerRequest,
-  idempotencyKey: string,
-  keys: LedgerKeys,
-  options: ApplyOptions,
-): Promise<LedgerResult> {
-  const mode = options.mode ?? 'transaction'
-  const begin = mode === 'transaction' ? 'BEGIN' : 'SAVEPOINT ledger_op'
-  const abort =
-    mode === 'transaction' ? 'ROLLBACK' : 'ROLLBACK TO SAVEPOINT ledger_op; RELEASE SAVEPOINT ledger_op'
-  const end = mode === 'transaction' ? 'COMMIT' : 'RELEASE SAVEPOINT ledger_op'
+/** Worth running the whole set again: its keys make that a replay of whatever committed. */
+export function isRetryableSetError(err: unknown): boolean {
+  return isDuplicateKeyRace(err) || sql.isStalePrepared(err)
+}
 
-  if (req.kind === 'topup' && req.paymentToken && !keys.payment) {
-    throw new UsageError('A payment token needs ENCRYPT_KEY to store it encrypted.')
-  }
-  const keyHash = sha256(idempotencyKey)
-  const fingerprint = requestFingerprint(req)
-  const isReservationOp = req.kind === 'commit' || req.kind === 'cancel' || req.kind === 'expire'
+// ---- group commit ------------------------------------------------------------------------------
 
-  // ---- batch 1: lock the account row (and the reservation), then read the key -------------------------
-  // The reservation is locked before the account wherever both are involved: one lock order, no
-  // deadlocks. The key is read by a second statement, after the lock: every operation with this key
-  // for this tenant is serialized by the account lock, so a replay always sees the first result.
-  const batch1: string[] = [begin]
-  if (req.kind === 'topup') {
-    batch1.push(
-      `insert into credits.credit_accounts (tenant_id) values (${lit(req.tenantId)}) on conflict do nothing`,
-    )
-  }
-  const cols = `a.tenant_id, a.balance, a.reserved, a.version, a.chain_seq, a.chain_head, date_trunc('milliseconds', now()) as ts`
-  let tenantExpr: string
-  if (isReservationOp) {
-    batch1.push(
-      `select ${cols}, r.amount as res_amount, r.status as res_status, r.expires_at <= now() as res_expired
-         from credits.reservations r join credits.credit_accounts a on a.tenant_id = r.tenant_id
-        where r.id = ${lit(req.reservationId)} for update of r, a`,
-    )
-    tenantExpr = `(select tenant_id from credits.reservations where id = ${lit(req.reservationId)})`
-  } else {
-    const expires =
-      req.kind === 'reserve' ? `, now() + ${int(req.ttlMs)} * interval '1 millisecond' as res_expires_at` : ''
-    batch1.push(
-      `select ${cols}${expires} from credits.credit_accounts a where a.tenant_id = ${lit(req.tenantId)} for update of a`,
-    )
-    tenantExpr = lit(req.tenantId)
-  }
-  batch1.push(
-    `select request_hash, response, expires_at <= now() as key_expired from credits.idempotency_keys
-      where tenant_id = ${tenantExpr} and key_hash = ${bytea(keyHash)}`,
-  )
+interface Waiting {
+  item: SetItem
+  keys: LedgerKeys
+  options: ApplyOptions
+  resolve: (r: LedgerResult) => void
+  reject: (err: unknown) => void
+}
 
-  let results: pg.QueryResult[]
+/** Operations per transaction at most; more wait for the next one. */
+const MAX_GROUP = 64
+
+/** Per pool, per tenant: the operations waiting while one transaction for the tenant is in flight. */
+const queues = new WeakMap<pg.Pool, Map<string, Waiting[]>>()
+
+function enqueue(pool: pg.Pool, tenant: string, waiting: Waiting): void {
+  let byTenant = queues.get(pool)
+  if (!byTenant) queues.set(pool, (byTenant = new Map()))
+  const queue = byTenant.get(tenant)
+  if (queue) {
+    queue.push(waiting)
+    return
+  }
+  const fresh = [waiting]
+  byTenant.set(tenant, fresh)
+  void drain(pool, byTenant, tenant, fresh)
+}
+
+/** One transaction at a time for this tenant, each taking every operation waiting when it starts. */
+async function drain(pool: pg.Pool, byTenant: Map<string, Waiting[]>, tenant: string, queue: Waiting[]) {
   try {
-    results = (await client.query(batch1.join(';\n'))) as unknown as pg.QueryResult[]
-  } catch (err) {
-    if (!isConnectionError(err)) await client.query(abort).catch(() => {})
-    throw err
+    while (queue.length > 0) {
+      const keys = queue[0]!.keys
+      const group: Waiting[] = []
+      for (let i = 0; i < queue.length && group.length < MAX_GROUP;) {
+        if (queue[i]!.keys === keys) group.push(...queue.splice(i, 1))
+        else i++
+      }
+      await runGroup(pool, group)
+      // Let the callers just answered send their next operation before deciding the queue is empty.
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+  } finally {
+    byTenant.delete(tenant)
   }
-  const row = results.at(-2)!.rows[0] as LockedRow | undefined
-  const key = results.at(-1)!.rows[0] as StoredKey | undefined
+}
 
-  if (key && !key.key_expired) {
-    await client.query(abort)
-    if (!key.request_hash.equals(fingerprint)) {
-      throw new ConflictError(
-        `Idempotency key '${idempotencyKey}' was already used for a different request; nothing was changed.`,
+/** Apply a group in one transaction (with retries) and answer each caller; never throws. */
+async function runGroup(pool: pg.Pool, group: Waiting[]): Promise<void> {
+  const keys = group[0]!.keys
+  try {
+    const outcomes = await applySetWithRetry(
+      pool,
+      group.map((w) => w.item),
+      keys,
+    )
+    outcomes.forEach((o, i) => (o.ok ? group[i]!.resolve(o.result) : group[i]!.reject(o.error)))
+  } catch (err) {
+    if (group.length > 1 && !isTimeout(err) && !isConnectionError(err)) {
+      // The whole set failed for a reason no retry cured: apply each on its own, so that the
+      // error lands on the operation it belongs to and the others go through.
+      for (const w of group) await runGroup(pool, [w])
+      return
+    }
+    for (const w of group) {
+      w.reject(
+        isTimeout(err) ? toTimeoutError(err, `credits ${w.item.req.kind}`, w.options.timeoutMs ?? 0) : err,
+      )
+    }
+  }
+}
+
+async function applySetWithRetry(pool: pg.Pool, items: SetItem[], keys: LedgerKeys): Promise<SetOutcome[]> {
+  return withRetry(
+    async () => {
+      const client = await pool.connect()
+      let failed: unknown
+      try {
+        return await applySet(client, items, keys, { transaction: 'own' })
+      } catch (err) {
+        failed = err
+        throw err
+      } finally {
+        client.release(isConnectionError(failed) ? (failed as Error) : undefined)
+      }
+    },
+    // The idempotency keys make a retry after a lost COMMIT safe: it replays instead.
+    { maxAttempts: 8, onConnectionLoss: true, retryIf: isRetryableSetError },
+  )
+}
+
+// ---- the engine ------------------------------------------------------------------------------
+
+export interface SetOptions {
+  /**
+   * 'own': BEGIN and COMMIT here. 'open': BEGIN here, and the transaction is left open for the
+   * caller to COMMIT (credits apply). On an error both roll back before throwing.
+   */
+  transaction: 'own' | 'open'
+}
+
+/**
+ * Apply operations in order in one transaction on a client the caller holds. Returns one outcome
+ * per item; throws (having rolled back) when the set as a whole failed, and then nothing of it
+ * was written.
+ */
+export async function applySet(
+  client: pg.ClientBase,
+  items: SetItem[],
+  keys: LedgerKeys,
+  options: SetOptions,
+): Promise<SetOutcome[]> {
+  const outcomes: SetOutcome[] = new Array(items.length)
+  const ops: Op[] = []
+  items.forEach(({ req, key }, i) => {
+    if (req.kind === 'topup' && req.paymentToken && !keys.payment) {
+      outcomes[i] = {
+        ok: false,
+        error: new UsageError('A payment token needs ENCRYPT_KEY to store it encrypted.'),
+      }
+      return
+    }
+    const reservationId = isReservationOp(req) ? req.reservationId : null
+    ops.push({
+      i,
+      req,
+      key,
+      keyHash: sha256(key),
+      fingerprint: requestFingerprint(req),
+      reservationId,
+      tenantId: 'tenantId' in req ? req.tenantId : null,
+    })
+  })
+  if (ops.length === 0) return outcomes
+
+  const run = async (text: string, statements: sql.Statement[] = []): Promise<pg.QueryResult[]> => {
+    const prepare = statements.length > 0 ? await sql.toPrepare(client, statements) : ''
+    try {
+      const r = (await client.query(prepare + text)) as unknown as pg.QueryResult | pg.QueryResult[]
+      if (prepare) sql.prepared(client, statements)
+      const results = Array.isArray(r) ? r : [r]
+      // Without the PREPAREs' own (empty) results: one result per statement of `text`.
+      return prepare ? results.filter((x) => x.command !== 'PREPARE') : results
+    } catch (err) {
+      if (prepare || sql.isStalePrepared(err)) sql.forgetPrepared(client)
+      if (!isConnectionError(err)) await client.query('rollback').catch(() => {})
+      throw err
+    }
+  }
+
+  // ---- round trip 1: lock, then read the keys ---------------------------------------------------
+  const sorted = (xs: Array<string | null>) => [...new Set(xs.filter((x): x is string => x !== null))].sort()
+  const created = sorted(ops.map((o) => (o.req.kind === 'topup' ? o.tenantId : null)))
+  const reservationIds = sorted(ops.map((o) => o.reservationId))
+  // One topup or consume takes the scalar statements; anything else the array forms.
+  const one = ops.length === 1 && (ops[0]!.req.kind === 'topup' || ops[0]!.req.kind === 'consume')
+  const batch1 = ['begin']
+  const used1: sql.Statement[] = []
+  const exec = (s: sql.Statement, args: string[]) => {
+    batch1.push(sql.execute(s, args))
+    used1.push(s)
+  }
+  if (one) {
+    const tenant = sql.textLiteral(ops[0]!.tenantId)
+    if (created.length > 0) exec(sql.ENSURE_ACCOUNT, [tenant])
+    exec(sql.LOCK_ACCOUNT, [tenant])
+    exec(sql.READ_KEY, [tenant, sql.bytesLiteral(ops[0]!.keyHash)])
+  } else {
+    // The plans made once, not a custom plan per call: with arrays of a few elements the planner
+    // finds custom plans cheaper and would plan every call (only for this transaction).
+    batch1.push('set local plan_cache_mode = force_generic_plan')
+    if (created.length > 0) exec(sql.ENSURE_ACCOUNTS, [sql.textArray(created)])
+    if (reservationIds.length > 0) exec(sql.LOCK_RESERVATIONS, [sql.uuidArray(reservationIds)])
+    exec(sql.LOCK_ACCOUNTS, [
+      sql.textArray(sorted(ops.map((o) => o.tenantId))),
+      sql.uuidArray(reservationIds),
+    ])
+    exec(sql.READ_KEYS, [
+      sql.textArray(ops.map((o) => o.tenantId)),
+      sql.uuidArray(ops.map((o) => o.reservationId)),
+      sql.hexArray(ops.map((o) => o.keyHash)),
+    ])
+  }
+  const read = await run(batch1.join(';\n'), used1)
+  const keyRows = read.at(-1)!.rows as StoredKeyRow[]
+  const accountRows = read.at(-2)!.rows as AccountRow[]
+  const reservationRows = reservationIds.length > 0 ? (read.at(-3)!.rows as ReservationRow[]) : []
+
+  const accounts = new Map<string, Account>()
+  for (const r of accountRows) {
+    const seq = Number(r.chain_seq)
+    accounts.set(r.tenant_id, {
+      tenant: r.tenant_id,
+      balance: Number(r.balance),
+      reserved: Number(r.reserved),
+      version: Number(r.version),
+      seqBefore: seq,
+      seq,
+      head: r.chain_head ?? GENESIS,
+      ts: r.ts,
+      written: false,
+    })
+  }
+  const reservations = new Map<string, Reservation>()
+  for (const r of reservationRows) {
+    reservations.set(r.id, {
+      id: r.id,
+      tenant: r.tenant_id,
+      amount: Number(r.amount),
+      status: r.status,
+      expired: r.expired,
+      isNew: false,
+      changed: false,
+      expiresAt: null,
+      committed: null,
+    })
+  }
+  const keyId = (tenant: string, keyHash: Buffer) => `${tenant}\u0000${keyHash.toString('hex')}`
+  const stored = new Map<string, StoredKey>()
+  for (const k of keyRows) {
+    stored.set(keyId(k.tenant_id, k.key_hash), {
+      request_hash: k.request_hash,
+      response: k.response,
+      expired: k.expired,
+    })
+  }
+
+  // ---- each operation in order, against the locked rows -------------------------------------------
+  const signing = keys.audit.current
+  const w = new SetWrites()
+  /** Keys this set writes: a later operation with the same key replays it, as it would in order. */
+  const written = new Map<string, StoredKey>()
+  let ts: Date | null = null
+  for (const o of ops) {
+    const res = o.reservationId === null ? undefined : reservations.get(o.reservationId)
+    const tenant = o.tenantId ?? res?.tenant ?? null
+    const id = tenant === null ? null : keyId(tenant, o.keyHash)
+    const prior = id === null ? undefined : (written.get(id) ?? stored.get(id))
+    if (prior && !prior.expired) {
+      outcomes[o.i] = replay(o, prior)
+      continue
+    }
+    const account = tenant === null ? undefined : accounts.get(tenant)
+    if (!account || (o.reservationId !== null && !res)) {
+      outcomes[o.i] = { ok: false, error: missing(o.req) }
+      continue
+    }
+    const plan = planChange(o.req, account, res)
+    if (plan instanceof Error) {
+      outcomes[o.i] = { ok: false, error: plan }
+      continue
+    }
+
+    const req = o.req
+    const balance = account.balance + plan.balanceDelta
+    const reserved = account.reserved + plan.reservedDelta
+    const seq = account.seq + 1
+    const version = account.version + 1
+    const transactionId = randomUUID()
+    const prevHash = account.head
+    ts = account.ts
+    const hash = chainHash(
+      signing,
+      {
+        tenant_id: account.tenant,
+        seq,
+        transaction_id: transactionId,
+        action: req.kind,
+        amount: plan.amount,
+        balance_after: balance,
+        reserved_after: reserved,
+        key_id: signing.kid,
+        created_at: account.ts,
+      },
+      prevHash,
+    )
+    let reservationOut: string | undefined
+    let expiresAt: Date | undefined
+    if (req.kind === 'reserve') {
+      reservationOut = randomUUID()
+      expiresAt = new Date(account.ts.getTime() + req.ttlMs)
+      reservations.set(reservationOut, {
+        id: reservationOut,
+        tenant: account.tenant,
+        amount: req.amount,
+        status: 'held',
+        expired: false,
+        isNew: true,
+        changed: true,
+        expiresAt,
+        committed: null,
+      })
+    } else if (res) {
+      reservationOut = res.id
+      res.status = req.kind === 'commit' ? 'committed' : req.kind === 'cancel' ? 'cancelled' : 'expired'
+      res.committed = req.kind === 'commit' ? plan.amount : null
+      res.changed = true
+    }
+    const response: StoredResponse = {
+      transaction_id: transactionId,
+      tenant_id: account.tenant,
+      kind: req.kind,
+      amount: plan.amount,
+      balance,
+      reserved,
+      available: balance - reserved,
+      ...(reservationOut ? { reservation_id: reservationOut } : {}),
+      ...(expiresAt ? { expires_at: expiresAt.toISOString() } : {}),
+      version,
+    }
+    let paymentMasked: string | null = null
+    let paymentEncrypted: Buffer | null = null
+    if (req.kind === 'topup' && req.paymentToken && keys.payment) {
+      paymentMasked = maskToken(req.paymentToken)
+      paymentEncrypted = encryptPaymentToken(req.paymentToken, keys.payment, { tenantId: account.tenant })
+    }
+    w.op({
+      id: transactionId,
+      tenant: account.tenant,
+      kind: req.kind,
+      amount: plan.amount,
+      balanceAfter: balance,
+      reservedAfter: reserved,
+      reservationId: reservationOut ?? null,
+      keyHash: o.keyHash,
+      description: 'description' in req && req.description ? req.description : null,
+      paymentMasked,
+      paymentEncrypted,
+      seq,
+      keyId: signing.kid,
+      prevHash,
+      hash,
+      requestHash: o.fingerprint,
+      response,
+      replacesKey: prior?.expired === true,
+    })
+    Object.assign(account, { balance, reserved, seq, version, head: hash, written: true })
+    written.set(id!, { request_hash: o.fingerprint, response, expired: false })
+    outcomes[o.i] = { ok: true, result: { ...response, replayed: false, idempotency_key: o.key } }
+  }
+
+  // ---- round trip 2: every write in one statement; commit ---------------------------------------
+  if (ts === null) {
+    // Nothing to write: replays and refusals only.
+    if (options.transaction === 'own') await run('rollback')
+    return outcomes
+  }
+  const changedAccounts = [...accounts.values()].filter((a) => a.written)
+  const changedReservations = [...reservations.values()].filter((r) => r.changed)
+  const write =
+    changedAccounts.length === 1 && changedReservations.length === 0 && w.size === 1
+      ? w.statementOne(changedAccounts[0]!, ts)
+      : w.statement(changedAccounts, changedReservations, ts)
+  // With one account, everything hangs off its update: if it did not match, nothing was written
+  // and the COMMIT commits nothing, so COMMIT can travel with the write. With several, a mismatch
+  // must roll back the others: check first.
+  const commitWithWrite = options.transaction === 'own' && changedAccounts.length === 1
+  const out = await run(commitWithWrite ? `${write.text};\ncommit` : write.text, [write.prepared])
+  const applied = (out[0]!.rows[0] as { applied: number }).applied
+  if (applied !== changedAccounts.length) {
+    if (!commitWithWrite) await run('rollback')
+    // Cannot happen while we hold the row locks.
+    throw new OperationError(
+      `An account changed underneath a locked operation (${changedAccounts.length - applied} of ${changedAccounts.length}); nothing was applied.`,
+      { code: 'LEDGER_CONFLICT' },
+    )
+  }
+  if (options.transaction === 'own' && !commitWithWrite) await run('commit')
+  return outcomes
+}
+
+function isReservationOp(
+  req: LedgerRequest,
+): req is Extract<LedgerRequest, { kind: 'commit' | 'cancel' | 'expire' }> {
+  return req.kind === 'commit' || req.kind === 'cancel' || req.kind === 'expire'
+}
+
+const sha256 = (s: string | Buffer) => createHash('sha256').update(s).digest()
+
+function replay(o: Op, prior: StoredKey): SetOutcome {
+  if (!prior.request_hash.equals(o.fingerprint)) {
+    return {
+      ok: false,
+      error: new ConflictError(
+        `Idempotency key '${o.key}' was already used for a different request; nothing was changed.`,
         {
           code: 'IDEMPOTENCY_KEY_REUSED',
           hint: 'Use a new key for a new operation, or repeat the original request exactly.',
         },
-      )
+      ),
     }
-    return { ...key.response, replayed: true, idempotency_key: idempotencyKey }
   }
+  return { ok: true, result: { ...prior.response, replayed: true, idempotency_key: o.key } }
+}
 
-  // ---- decide, on the locked row -------------------------------------------------------------------
-  const plan = row ? planChange(req, row) : null
-  if (!row || plan instanceof Error) {
-    await client.query(abort)
-    throw row ? plan : missing(req)
-  }
-  const change = plan as Change
-  const balance = Number(row.balance) + change.balanceDelta
-  const reserved = Number(row.reserved) + change.reservedDelta
-  const seq = Number(row.chain_seq) + 1
-  const version = Number(row.version) + 1
-  const transactionId = randomUUID()
-  const signing = keys.audit.current
-  const tenant = row.tenant_id
-  const prevHash = row.chain_head ?? GENESIS
-  const hash = chainHash(
-    signing,
-    {
-      tenant_id: tenant,
-      seq,
-      transaction_id: transactionId,
-      action: req.kind,
-      amount: change.amount,
-      balance_after: balance,
-      reserved_after: reserved,
-      key_id: signing.kid,
-      created_at: row.ts,
-    },
-    prevHash,
-  )
-  const reservationIdOut =
-    req.kind === 'reserve' ? randomUUID() : isReservationOp ? req.reservationId : undefined
-  const response: StoredResponse = {
-    transaction_id: transactionId,
-    tenant_id: tenant,
-    kind: req.kind,
-    amount: change.amount,
-    balance,
-    reserved,
-    available: balance - reserved,
-    ...(reservationIdOut ? { reservation_id: reservationIdOut } : {}),
-    ...(req.kind === 'reserve' && row.res_expires_at
-      ? { expires_at: new Date(row.res_expires_at).toISOString() }
-      : {}),
-    version,
-  }
-
-  // ---- batch 2: every write in one statement, each conditional on the account update; commit ----------
-  let paymentMasked = 'null'
-  let paymentEncrypted = 'null'
-  if (req.kind === 'topup' && req.paymentToken && keys.payment) {
-    paymentMasked = lit(maskToken(req.paymentToken))
-    paymentEncrypted = bytea(encryptPaymentToken(req.paymentToken, keys.payment, { tenantId: tenant }))
-  }
-  const description = 'description' in req && req.description ? lit(req.description) : 'null'
-  const ts = lit(row.ts.toISOString())
-  const ctes: string[] = [
-    // The guard: the row we locked and read is still at this seq, and the CHECKs hold.
-    `u as (update credits.credit_accounts set balance = ${int(balance)}, reserved = ${int(reserved)}, version = ${int(version)},
-             chain_seq = ${int(seq)}, chain_head = ${bytea(hash)}, updated_at = now()
-           where tenant_id = ${lit(tenant)} and chain_seq = ${int(seq - 1)} returning tenant_id)`,
-    `t as (insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id, idempotency_key_hash, description, payment_masked, payment_encrypted, created_at)
-           select ${lit(transactionId)}, ${lit(tenant)}, ${lit(req.kind)}, ${int(change.amount)}, ${int(balance)}, ${reservationIdOut ? lit(reservationIdOut) : 'null'}, ${bytea(keyHash)}, ${description}, ${paymentMasked}, ${paymentEncrypted}, ${ts} from u)`,
-    `l as (insert into credits.audit_logs (tenant_id, seq, transaction_id, action, amount, balance_after, reserved_after, key_id, prev_hash, hash, created_at)
-           select ${lit(tenant)}, ${int(seq)}, ${lit(transactionId)}, ${lit(req.kind)}, ${int(change.amount)}, ${int(balance)}, ${int(reserved)}, ${lit(signing.kid)}, ${bytea(prevHash)}, ${bytea(hash)}, ${ts} from u)`,
-    // A key past its TTL names a new operation: replace it (we hold the lock that guards it).
-    // Otherwise a plain insert, whose unique key is the last guard against applying twice.
-    `k as (insert into credits.idempotency_keys (tenant_id, key_hash, request_hash, response, created_at, expires_at)
-           select ${lit(tenant)}, ${bytea(keyHash)}, ${bytea(fingerprint)}, ${lit(JSON.stringify(response))}, ${ts}, ${ts}::timestamptz + interval '${IDEMPOTENCY_TTL}' from u
-           ${
-             key?.key_expired
-               ? `on conflict (tenant_id, key_hash) do update set request_hash = excluded.request_hash, response = excluded.response,
-                  created_at = excluded.created_at, expires_at = excluded.expires_at`
-               : ''
-           })`,
-  ]
-  if (req.kind === 'reserve') {
-    ctes.push(
-      `r as (insert into credits.reservations (id, tenant_id, amount, status, expires_at, created_at)
-             select ${lit(reservationIdOut!)}, ${lit(tenant)}, ${int(req.amount)}, 'held', ${lit(new Date(row.res_expires_at!).toISOString())}, ${ts} from u)`,
-    )
-  } else if (isReservationOp) {
-    const status = req.kind === 'commit' ? 'committed' : req.kind === 'cancel' ? 'cancelled' : 'expired'
-    const committed = req.kind === 'commit' ? int(change.amount) : 'null'
-    ctes.push(
-      `r as (update credits.reservations set status = '${status}', committed_amount = ${committed}, settled_at = ${ts}
-             where id = ${lit(req.reservationId)} and status = 'held' and exists (select 1 from u))`,
-    )
-  }
-  const batch2 = `with ${ctes.join(',\n')}\nselect count(*)::int as applied from u;\n${end}`
-  let applied: number
-  try {
-    const out = (await client.query(batch2)) as unknown as pg.QueryResult<{ applied: number }>[]
-    applied = out[0]!.rows[0]!.applied
-  } catch (err) {
-    if (!isConnectionError(err)) await client.query(abort).catch(() => {})
-    // The key insert lost a race with the same key (or its expired twin): retry, which replays.
-    throw err
-  }
-  if (applied !== 1) {
-    // Cannot happen while we hold the row lock; if it does, nothing was written (every insert hangs off u).
-    throw new OperationError(
-      `The account of '${tenant}' changed underneath a locked operation; nothing was applied.`,
-      {
-        code: 'LEDGER_CONFLICT',
-      },
-    )
-  }
-  return { ...response, replayed: false, idempotency_key: idempotencyKey }
+interface Op {
+  /** Index in the caller's items. */
+  i: number
+  req: LedgerRequest
+  key: string
+  keyHash: Buffer
+  fingerprint: Buffer
+  reservationId: string | null
+  tenantId: string | null
 }
 
 type StoredResponse = Omit<LedgerResult, 'idempotency_key' | 'replayed'>
@@ -335,10 +556,15 @@ type StoredResponse = Omit<LedgerResult, 'idempotency_key' | 'replayed'>
 interface StoredKey {
   request_hash: Buffer
   response: StoredResponse
-  key_expired: boolean
+  expired: boolean
 }
 
-interface LockedRow {
+interface StoredKeyRow extends StoredKey {
+  tenant_id: string
+  key_hash: Buffer
+}
+
+interface AccountRow {
   tenant_id: string
   balance: string
   reserved: string
@@ -346,10 +572,168 @@ interface LockedRow {
   chain_seq: string
   chain_head: Buffer | null
   ts: Date
-  res_expires_at?: Date | null
-  res_amount?: string
-  res_status?: string
-  res_expired?: boolean
+}
+
+interface ReservationRow {
+  id: string
+  tenant_id: string
+  amount: string
+  status: string
+  expired: boolean
+}
+
+/** A locked account as the set has changed it so far. */
+interface Account {
+  tenant: string
+  balance: number
+  reserved: number
+  version: number
+  seqBefore: number
+  seq: number
+  head: Buffer
+  ts: Date
+  written: boolean
+}
+
+/** A locked (or newly made) reservation as the set has changed it so far. */
+interface Reservation {
+  id: string
+  tenant: string
+  amount: number
+  status: string
+  expired: boolean
+  isNew: boolean
+  changed: boolean
+  expiresAt: Date | null
+  committed: number | null
+}
+
+interface OpRow {
+  id: string
+  tenant: string
+  kind: string
+  amount: number
+  balanceAfter: number
+  reservedAfter: number
+  reservationId: string | null
+  keyHash: Buffer
+  description: string | null
+  paymentMasked: string | null
+  paymentEncrypted: Buffer | null
+  seq: number
+  keyId: string
+  prevHash: Buffer
+  hash: Buffer
+  requestHash: Buffer
+  response: StoredResponse
+  replacesKey: boolean
+}
+
+/** The rows of a set's changes, as the arguments of the one write statement. */
+class SetWrites {
+  private readonly ops: OpRow[] = []
+
+  op(row: OpRow): void {
+    this.ops.push(row)
+  }
+
+  get size(): number {
+    return this.ops.length
+  }
+
+  /** One operation on one account, in the scalar statement. */
+  statementOne(a: Account, ts: Date): { prepared: sql.Statement; text: string } {
+    const r = this.ops[0]!
+    const prepared = sql.writeOneStatement(r.replacesKey)
+    return {
+      prepared,
+      text: sql.execute(prepared, [
+        sql.textLiteral(a.tenant),
+        sql.int(a.balance),
+        sql.int(a.reserved),
+        sql.int(a.version),
+        sql.int(a.seqBefore),
+        sql.int(a.seq),
+        sql.bytesLiteral(a.head),
+        sql.textLiteral(r.id),
+        sql.textLiteral(r.kind),
+        sql.int(r.amount),
+        sql.bytesLiteral(r.keyHash),
+        sql.textLiteral(r.description),
+        sql.textLiteral(r.paymentMasked),
+        sql.bytesLiteral(r.paymentEncrypted),
+        sql.textLiteral(r.keyId),
+        sql.bytesLiteral(r.prevHash),
+        sql.bytesLiteral(r.hash),
+        sql.timestamp(ts),
+        sql.bytesLiteral(r.requestHash),
+        sql.jsonLiteral(r.response),
+      ]),
+    }
+  }
+
+  /** The write statement for the set and its EXECUTE text (the rows as one JSON document). */
+  statement(
+    accounts: Account[],
+    reservations: Reservation[],
+    ts: Date,
+  ): { prepared: sql.Statement; text: string } {
+    const hex = (b: Buffer | null) => (b === null ? null : b.toString('hex'))
+    let replacesKeys = false
+    const doc = {
+      a: accounts.map((a) => ({
+        tenant_id: a.tenant,
+        balance: a.balance,
+        reserved: a.reserved,
+        version: a.version,
+        seq_before: a.seqBefore,
+        seq_after: a.seq,
+        head: hex(a.head),
+      })),
+      o: this.ops.map((r) => {
+        replacesKeys ||= r.replacesKey
+        return {
+          id: r.id,
+          tenant_id: r.tenant,
+          kind: r.kind,
+          amount: r.amount,
+          balance_after: r.balanceAfter,
+          reserved_after: r.reservedAfter,
+          reservation_id: r.reservationId,
+          key_hash: hex(r.keyHash),
+          description: r.description,
+          payment_masked: r.paymentMasked,
+          payment_encrypted: hex(r.paymentEncrypted),
+          seq: r.seq,
+          key_id: r.keyId,
+          prev_hash: hex(r.prevHash),
+          hash: hex(r.hash),
+          request_hash: hex(r.requestHash),
+          response: r.response,
+          replaces_key: r.replacesKey,
+        }
+      }),
+      r: reservations.map((r) => ({
+        id: r.id,
+        tenant_id: r.tenant,
+        amount: r.amount,
+        status: r.status,
+        expires_at: r.expiresAt?.toISOString() ?? null,
+        committed_amount: r.committed,
+        is_new: r.isNew,
+      })),
+    }
+    const prepared = sql.writeStatement({ replacesKeys, reservations: reservations.length > 0 })
+    return {
+      prepared,
+      text: sql.execute(prepared, [
+        sql.jsonLiteral(doc.a),
+        sql.jsonLiteral(doc.o),
+        sql.timestamp(ts),
+        reservations.length > 0 ? sql.jsonLiteral(doc.r) : 'null',
+      ]),
+    }
+  }
 }
 
 interface Change {
@@ -359,9 +743,13 @@ interface Change {
 }
 
 /** What the operation does to the locked row, or why it cannot: the figures are in the sentence. */
-function planChange(req: LedgerRequest, row: LockedRow): Change | Error {
-  const balance = Number(row.balance)
-  const reserved = Number(row.reserved)
+function planChange(
+  req: LedgerRequest,
+  account: Account,
+  res: Reservation | undefined,
+): Change | ShieldxError {
+  const balance = account.balance
+  const reserved = account.reserved
   const available = balance - reserved
   switch (req.kind) {
     case 'topup':
@@ -383,18 +771,18 @@ function planChange(req: LedgerRequest, row: LockedRow): Change | Error {
     case 'commit':
     case 'cancel':
     case 'expire': {
-      const held = Number(row.res_amount)
-      if (row.res_status !== 'held') {
+      const held = res!.amount
+      if (res!.status !== 'held') {
         return new OperationError(
-          `Reservation ${req.reservationId} is already ${row.res_status}; nothing was changed.`,
+          `Reservation ${req.reservationId} is already ${res!.status}; nothing was changed.`,
           {
             code: 'RESERVATION_NOT_HELD',
-            data: { status: row.res_status },
+            data: { status: res!.status },
           },
         )
       }
       if (req.kind === 'commit') {
-        if (row.res_expired) {
+        if (res!.expired) {
           return new OperationError(
             `Reservation ${req.reservationId} expired before it was committed; its credits are released by 'credits gc'.`,
             { code: 'RESERVATION_EXPIRED' },
@@ -412,7 +800,7 @@ function planChange(req: LedgerRequest, row: LockedRow): Change | Error {
         }
         return { amount: spend, balanceDelta: -spend, reservedDelta: -held }
       }
-      if (req.kind === 'expire' && !row.res_expired) {
+      if (req.kind === 'expire' && !res!.expired) {
         return new OperationError(`Reservation ${req.reservationId} has not expired yet.`, {
           code: 'RESERVATION_NOT_HELD',
         })
@@ -422,8 +810,8 @@ function planChange(req: LedgerRequest, row: LockedRow): Change | Error {
   }
 }
 
-function missing(req: LedgerRequest): Error {
-  if (req.kind === 'commit' || req.kind === 'cancel' || req.kind === 'expire') {
+function missing(req: LedgerRequest): ShieldxError {
+  if (isReservationOp(req)) {
     return new OperationError(`Reservation ${req.reservationId} does not exist.`, {
       code: 'RESERVATION_NOT_FOUND',
     })
