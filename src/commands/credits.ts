@@ -224,9 +224,9 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
     lanes: l.db.kind === 'embedded' ? 1 : 4,
     signal: ctx.signal,
     // One JSON line per operation on stdout, in input order, whatever the output mode.
-    onResult: (r) => {
-      if (r.result) touched.add(r.result.tenant_id)
-      ctx.out.jsonLine(r)
+    onResults: (rs) => {
+      for (const r of rs) if (r.result) touched.add(r.result.tenant_id)
+      ctx.out.jsonLines(rs)
     },
   })
   // Every write invalidates its tenant's cached balance; here once per tenant at the end.

@@ -74,6 +74,14 @@ export class Output {
     this.io.stdout.write(JSON.stringify(doc, jsonReplacer) + '\n')
   }
 
+  /** Several JSON lines in one write (a stream's results as they become ready). */
+  jsonLines(docs: unknown[]): void {
+    if (this.silenced() || docs.length === 0) return
+    let text = ''
+    for (const doc of docs) text += JSON.stringify(doc, jsonReplacer) + '\n'
+    this.io.stdout.write(text)
+  }
+
   info(message: string): void {
     this.io.stderr.write(message + '\n')
   }
