@@ -244,6 +244,11 @@ export interface SetOptions {
    * caller to COMMIT (credits apply). On an error both roll back before throwing.
    */
   transaction: 'own' | 'open'
+  /**
+   * For one topup or consume in its own transaction: check the key inside the write instead of
+   * reading it first (one statement less). Off when the key turned out to have expired.
+   */
+  checkKeyInWrite?: boolean
 }
 
 /**
@@ -307,11 +312,12 @@ export async function applySet(
     batch1.push(sql.execute(s, args))
     used1.push(s)
   }
+  const checkKeyInWrite = one && options.transaction === 'own' && options.checkKeyInWrite !== false
   if (one) {
     const tenant = sql.textLiteral(ops[0]!.tenantId)
     if (created.length > 0) exec(sql.ENSURE_ACCOUNT, [tenant])
     exec(sql.LOCK_ACCOUNT, [tenant])
-    exec(sql.READ_KEY, [tenant, sql.bytesLiteral(ops[0]!.keyHash)])
+    if (!checkKeyInWrite) exec(sql.READ_KEY, [tenant, sql.bytesLiteral(ops[0]!.keyHash)])
   } else {
     // The plans made once, not a custom plan per call: with arrays of a few elements the planner
     // finds custom plans cheaper and would plan every call (only for this transaction).
@@ -329,6 +335,7 @@ export async function applySet(
     ])
   }
   const read = await run(batch1.join(';\n'), used1)
+  if (checkKeyInWrite) read.push({ rows: [] } as unknown as pg.QueryResult)
   const keyRows = read.at(-1)!.rows as StoredKeyRow[]
   const accountRows = read.at(-2)!.rows as AccountRow[]
   const reservationRows = reservationIds.length > 0 ? (read.at(-3)!.rows as ReservationRow[]) : []
@@ -489,11 +496,30 @@ export async function applySet(
   // ---- round trip 2: every write in one statement; commit ---------------------------------------
   if (ts === null) {
     // Nothing to write: replays and refusals only.
+    if (checkKeyInWrite) {
+      // A refusal, decided without the key: a stored key (a replay, or a conflict) comes first.
+      const o = ops[0]!
+      const [found] = await run(
+        `${sql.execute(sql.READ_KEY, [sql.textLiteral(o.tenantId), sql.bytesLiteral(o.keyHash)])};\nrollback`,
+        [sql.READ_KEY],
+      )
+      const k = found!.rows[0] as StoredKeyRow | undefined
+      if (k && !k.expired) outcomes[o.i] = replay(o, k)
+      return outcomes
+    }
     if (options.transaction === 'own') await run('rollback')
     return outcomes
   }
   const changedAccounts = [...accounts.values()].filter((a) => a.written)
   const changedReservations = [...reservations.values()].filter((r) => r.changed)
+  if (checkKeyInWrite) {
+    const write = w.statementOne(changedAccounts[0]!, ts, sql.WRITE_ONE_CHECKED)
+    const [out] = await run(`${write.text};\ncommit`, [write.prepared])
+    if ((out!.rows[0] as { applied: number }).applied === 1) return outcomes
+    // Nothing was written (the COMMIT committed nothing): the key exists, or (it cannot while we
+    // hold the lock) the account changed. The long way reads the key under the lock and decides.
+    return applySet(client, items, keys, { ...options, checkKeyInWrite: false })
+  }
   const write =
     changedAccounts.length === 1 && changedReservations.length === 0 && w.size === 1
       ? w.statementOne(changedAccounts[0]!, ts)
@@ -642,9 +668,9 @@ class SetWrites {
   }
 
   /** One operation on one account, in the scalar statement. */
-  statementOne(a: Account, ts: Date): { prepared: sql.Statement; text: string } {
+  statementOne(a: Account, ts: Date, statement?: sql.Statement): { prepared: sql.Statement; text: string } {
     const r = this.ops[0]!
-    const prepared = sql.writeOneStatement(r.replacesKey)
+    const prepared = statement ?? sql.writeOneStatement(r.replacesKey)
     return {
       prepared,
       text: sql.execute(prepared, [

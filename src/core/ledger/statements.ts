@@ -152,6 +152,41 @@ export function writeOneStatement(replacesKey: boolean): Statement {
   return s
 }
 
+/**
+ * writeOneStatement(false) with the key check folded in, for a set of one topup or consume whose
+ * key was not read before: the update (and so every write) happens only if no key row exists for
+ * (tenant, key hash). Its snapshot is taken after the account lock was granted (round trip 1), so
+ * it sees every operation that held the lock before, as the separate key read does. When it
+ * writes nothing, the caller runs the operation again the long way (reading the key under the
+ * lock: a replay, a conflict, or an expired key to replace).
+ */
+export const WRITE_ONE_CHECKED = statement(
+  'write1c',
+  [
+    ...['text', 'int8', 'int8', 'int8', 'int8', 'int8', 'bytea', 'uuid', 'text', 'int8', 'bytea'],
+    ...['text', 'text', 'bytea', 'text', 'bytea', 'bytea', 'timestamptz', 'bytea', 'jsonb'],
+  ],
+  `with
+   u as (
+     update credits.credit_accounts
+        set balance = $2, reserved = $3, version = $4, chain_seq = $6, chain_head = $7, updated_at = now()
+      where tenant_id = $1 and chain_seq = $5
+        and not exists (select 1 from credits.idempotency_keys where tenant_id = $1 and key_hash = $11)
+      returning tenant_id),
+   t as (
+     insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id,
+                 idempotency_key_hash, description, payment_masked, payment_encrypted, created_at)
+     select $8, $1, $9, $10, $2, null, $11, $12, $13, $14, $18 from u),
+   l as (
+     insert into credits.audit_logs (tenant_id, seq, transaction_id, action, amount, balance_after,
+                 reserved_after, key_id, prev_hash, hash, created_at)
+     select $1, $6, $8, $9, $10, $2, $3, $15, $16, $17, $18 from u),
+   k as (
+     insert into credits.idempotency_keys (tenant_id, key_hash, request_hash, response, created_at, expires_at)
+     select $1, $11, $19, $20, $18, $18 + interval '24 hours' from u)
+   select count(*)::int as applied from u`,
+)
+
 /** Which optional parts a write statement has: each shape is a statement of its own. */
 export interface WriteShape {
   /** Some operation reuses a key whose TTL ran out: that key row is replaced. */
