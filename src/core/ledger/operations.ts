@@ -704,39 +704,40 @@ class SetWrites {
     reservations: Reservation[],
     ts: Date,
   ): { prepared: sql.Statement; text: string } {
-    const hex = (b: Buffer | null) => (b === null ? null : b.toString('hex'))
+    const b64 = (b: Buffer) => b.toString('base64')
     let replacesKeys = false
+    // Field names as in writeStatement(); undefined (a null) is left out of the JSON.
     const doc = {
       a: accounts.map((a) => ({
-        tenant_id: a.tenant,
-        balance: a.balance,
-        reserved: a.reserved,
-        version: a.version,
-        seq_before: a.seqBefore,
-        seq_after: a.seq,
-        head: hex(a.head),
+        t: a.tenant,
+        b: a.balance,
+        r: a.reserved,
+        v: a.version,
+        s0: a.seqBefore,
+        s: a.seq,
+        h: b64(a.head),
       })),
       o: this.ops.map((r) => {
         replacesKeys ||= r.replacesKey
         return {
-          id: r.id,
-          tenant_id: r.tenant,
-          kind: r.kind,
-          amount: r.amount,
-          balance_after: r.balanceAfter,
-          reserved_after: r.reservedAfter,
-          reservation_id: r.reservationId,
-          key_hash: hex(r.keyHash),
-          description: r.description,
-          payment_masked: r.paymentMasked,
-          payment_encrypted: hex(r.paymentEncrypted),
-          seq: r.seq,
-          key_id: r.keyId,
-          prev_hash: hex(r.prevHash),
-          hash: hex(r.hash),
-          request_hash: hex(r.requestHash),
-          response: r.response,
-          replaces_key: r.replacesKey,
+          i: r.id,
+          t: r.tenant,
+          k: r.kind,
+          a: r.amount,
+          b: r.balanceAfter,
+          r: r.reservedAfter,
+          rid: r.reservationId ?? undefined,
+          kh: b64(r.keyHash),
+          d: r.description ?? undefined,
+          pm: r.paymentMasked ?? undefined,
+          pe: r.paymentEncrypted ? b64(r.paymentEncrypted) : undefined,
+          s: r.seq,
+          ki: r.keyId,
+          p: b64(r.prevHash),
+          h: b64(r.hash),
+          rh: b64(r.requestHash),
+          o: r.response,
+          x: r.replacesKey || undefined,
         }
       }),
       r: reservations.map((r) => ({
