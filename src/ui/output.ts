@@ -78,7 +78,16 @@ export class Output {
   jsonLines(docs: unknown[]): void {
     if (this.silenced() || docs.length === 0) return
     let text = ''
-    for (const doc of docs) text += JSON.stringify(doc, jsonReplacer) + '\n'
+    for (const doc of docs) {
+      let line: string
+      try {
+        // Without the replacer (a function call per value) unless there is a bigint to convert.
+        line = JSON.stringify(doc)
+      } catch {
+        line = JSON.stringify(doc, jsonReplacer)
+      }
+      text += line + '\n'
+    }
     this.io.stdout.write(text)
   }
 

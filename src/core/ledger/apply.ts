@@ -4,8 +4,9 @@
  * and its keys read in one round trip, every operation is decided in order against the locked
  * rows here (a refused one writes nothing and fails alone), and all the chunk's rows are written
  * by one statement, so the round trips, the commit and its fsync are paid once per chunk.
- * Chunks run on several connections at once ("lanes"); a tenant always goes to the same lane, so
- * its operations apply in file order. Results are put back in input order before they are printed.
+ * Chunks run on several connections at once ("lanes"); a tenant always goes to the same lane (a
+ * commit or cancel to its reservation's tenant's), so its operations apply in file order. Results
+ * are put back in input order before they are printed.
  *
  * A line without an idempotency key gets one derived from its line number and content: running
  * the same file again after a crash replays what was applied instead of applying it twice.
@@ -162,12 +163,31 @@ export async function applyLines(
       }
     })
   }
-  const submitAll = () => {
+  /** The lines read since the last hand-out, in file order. */
+  let readAhead: ParsedLine[] = []
+  /**
+   * Every lane gets its lines read ahead, in file order. A commit or cancel names a
+   * reservation, not a tenant: its tenant is looked up first, so that it goes to its tenant's lane
+   * and keeps its place among that tenant's operations.
+   */
+  const handOut = async () => {
+    const reservationIds = readAhead.flatMap((p) =>
+      p.request && !('tenantId' in p.request) ? [p.request.reservationId] : [],
+    )
+    const tenantOf = reservationIds.length > 0 ? await reservationTenants(pool, reservationIds) : null
+    for (const p of readAhead) {
+      if (!p.request) continue
+      const tenant =
+        'tenantId' in p.request
+          ? p.request.tenantId
+          : (tenantOf?.get(p.request.reservationId) ?? p.request.reservationId)
+      lanes[laneOf(tenant, laneCount)]!.buffer.push(p)
+    }
+    readAhead = []
     for (const lane of lanes) if (lane.buffer.length > 0) submit(lane)
   }
 
   let n = 0
-  let sinceSubmit = 0
   for await (const text of lines) {
     n++
     if (text.trim() === '') continue
@@ -175,32 +195,36 @@ export async function applyLines(
     const p = parseOperation(text, n)
     order.push(n)
     if (!p.request) done.set(n, { line: n, ok: false, error: p.error! })
-    else lanes[laneOf(p, laneCount)]!.buffer.push(p)
-    // Every chunkSize x lanes lines, every lane's lines so far go (as the flush did): no line waits
-    // long behind a lane that fills slowly.
-    if (++sinceSubmit >= chunkSize * laneCount) {
-      sinceSubmit = 0
-      submitAll()
-    }
+    else readAhead.push(p)
+    // Every chunkSize x lanes lines, the lanes get theirs (as the flush did, without waiting).
+    if (readAhead.length >= chunkSize * laneCount) await handOut()
     emitReady()
     while (order.length - next > maxPending && !state.failure) {
       await new Promise<void>((resolve) => (wake = resolve))
       wake = null
     }
   }
-  submitAll()
+  if (!state.failure) await handOut()
   await Promise.all(lanes.map((l) => l.tail))
   if (state.failure) throw state.failure.error
   emitReady()
   return summary
 }
 
-/** The lane of a line: by tenant, so one tenant's operations stay in order on one connection. */
-function laneOf(p: ParsedLine, lanes: number): number {
-  if (lanes === 1 || !p.request) return 0
-  const key = 'tenantId' in p.request ? p.request.tenantId : p.request.reservationId
+/** The tenants of existing reservations (a plain read: a reservation never changes tenant). */
+async function reservationTenants(pool: pg.Pool, ids: string[]): Promise<Map<string, string>> {
+  const { rows } = await pool.query<{ id: string; tenant_id: string }>(
+    'select id::text as id, tenant_id from credits.reservations where id = any($1::uuid[])',
+    [ids],
+  )
+  return new Map(rows.map((r) => [r.id, r.tenant_id]))
+}
+
+/** The lane of a tenant: one tenant's operations stay in order on one connection. */
+function laneOf(tenant: string, lanes: number): number {
+  if (lanes === 1) return 0
   let h = 0
-  for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) | 0
+  for (let i = 0; i < tenant.length; i++) h = (h * 31 + tenant.charCodeAt(i)) | 0
   return Math.abs(h) % lanes
 }
 

@@ -26,7 +26,7 @@
  * operation; each operation still has its own key, chain row and result. Unrelated tenants never
  * share a transaction.
  */
-import { createHash, randomUUID } from 'node:crypto'
+import crypto, { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import type { Keyring } from '../config/secrets.js'
 import { isConnectionError, isTimeout, toTimeoutError } from '../db/pg-errors.js'
@@ -548,7 +548,11 @@ function isReservationOp(
   return req.kind === 'commit' || req.kind === 'cancel' || req.kind === 'expire'
 }
 
-const sha256 = (s: string | Buffer) => createHash('sha256').update(s).digest()
+/** SHA-256; crypto.hash (Node >= 20.12) skips the Hash object, a third of the cost for short input. */
+const sha256: (s: string | Buffer) => Buffer =
+  typeof crypto.hash === 'function'
+    ? (s) => crypto.hash('sha256', s, 'buffer') as unknown as Buffer
+    : (s) => crypto.createHash('sha256').update(s).digest()
 
 function replay(o: Op, prior: StoredKey): SetOutcome {
   if (!prior.request_hash.equals(o.fingerprint)) {
