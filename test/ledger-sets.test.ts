@@ -101,6 +101,14 @@ describe('group commit: many callers on one tenant in one process', () => {
     // Callers that asked first were served first: the refusals are the last ones asked.
     expect(out.slice(0, 25).every((o) => o.ok)).toBe(true)
     expect(await account(tenant)).toEqual({ balance: 0, reserved: 0, seq: 26 })
+    // A replay answers with what the group answered (its stored response).
+    const replayed = await applyOperation(
+      ledger.pool,
+      { kind: 'consume', tenantId: tenant, amount: 1 },
+      'hot-1-c7',
+      keys,
+    )
+    expect(replayed).toEqual({ ...(out[7] as { value: LedgerResult }).value, replayed: true })
     // The test proves what it claims: the 40 went in a few transactions, not 40.
     expect(await transactionsOf(tenant)).toBeLessThan(10)
     await expectChainIntact()
@@ -253,6 +261,9 @@ describe('credits apply: sets with reservations and keys', () => {
       { op: 'consume', tenant: t, amount: 25, idempotency_key: 'a-c2' },
     ])
     expect(again.out.map((o) => o.result?.replayed)).toEqual([true, true])
+    // The stored responses (one sent, one built by the statement) are the results first printed.
+    expect(again.out[0].result).toEqual({ ...second.out[0].result, replayed: true })
+    expect(again.out[1].result).toEqual({ ...second.out[2].result, replayed: true })
     expect(await account(t)).toEqual({ balance: 0, reserved: 0, seq: 6 })
     await expectChainIntact()
   })

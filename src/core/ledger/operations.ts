@@ -740,7 +740,9 @@ class SetWrites {
           p: b64(r.prevHash),
           h: b64(r.hash),
           rh: b64(r.requestHash),
-          o: r.response,
+          // A topup's or consume's response is built by the statement from the row (see there).
+          o: r.kind === 'topup' || r.kind === 'consume' ? undefined : r.response,
+          v: r.response.version,
           x: r.replacesKey || undefined,
         }
       }),

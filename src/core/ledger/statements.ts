@@ -201,7 +201,9 @@ export interface WriteShape {
  * only for accounts that update matched. Returns how many accounts it updated.
  *
  * The rows come as JSON arrays of objects, with short field names (spelt out in the statement)
- * and bytes in base64, a field left out for null: $1 the accounts, $2 the operations, $4 the
+ * and bytes in base64, a field left out for null. The stored response of a topup or consume is
+ * built here from the row (the same fields and values the client returns: transaction_id,
+ * tenant_id, kind, amount, balance, reserved, available, version); other kinds send theirs. $1 the accounts, $2 the operations, $4 the
  * reservations (null without), and $3 is the transaction's time (created_at of everything
  * written). A JSON literal costs the client one JSON.stringify and the server one
  * parse, where arrays of literals cost an escape per element on one side and an array parse per
@@ -231,10 +233,13 @@ export function writeStatement(shape: WriteShape): Statement {
               o.r as reserved_after, o.rid as reservation_id, decode(o.kh, 'base64') as key_hash,
               o.d as description, o.pm as payment_masked, decode(o.pe, 'base64') as payment_encrypted,
               o.s as seq, o.ki as key_id, decode(o.p, 'base64') as prev_hash, decode(o.h, 'base64') as hash,
-              decode(o.rh, 'base64') as request_hash, o.o as response, coalesce(o.x, false) as replaces_key
+              decode(o.rh, 'base64') as request_hash,
+              coalesce(o.o, jsonb_build_object('transaction_id', o.i, 'tenant_id', o.t, 'kind', o.k,
+                'amount', o.a, 'balance', o.b, 'reserved', o.r, 'available', o.b - o.r, 'version', o.v)) as response,
+              coalesce(o.x, false) as replaces_key
          from json_to_recordset($2)
               o(i uuid, t text, k text, a int8, b int8, r int8, rid uuid, kh text, d text, pm text, pe text,
-                s int8, ki text, p text, h text, rh text, o jsonb, x bool)
+                s int8, ki text, p text, h text, rh text, o jsonb, v int8, x bool)
         where o.t in (select tenant_id from u))`,
     `t as (
        insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id,
