@@ -54,7 +54,10 @@ export const about =
   `scratch database; ${ROUNDS} rounds, subject and baseline alternating which goes first, each figure the median ` +
   `of the rounds' ops/s (pgbench: tps without connection time; the ledger opens its connections before the ` +
   `clock starts too). Hot tenant: the same at ${HOT_CLIENTS} clients on one tenant against pgbench -f running ` +
-  `one CTE statement (conditional UPDATE of one row + INSERT of the debit) on tables of its own. Apply: ` +
+  `one CTE statement (conditional UPDATE of one row + INSERT of the debit) on tables of its own; the ledger's ` +
+  `callers share one process and pool, so operations for the tenant that arrive while one of its transactions ` +
+  `is in flight go together in the next one (group commit, each with its own key, chain row and result), where ` +
+  `pgbench's clients each commit their own. Apply: ` +
   `\`shieldx credits apply --file\` with ${APPLY_OPS.toLocaleString('en-US')} consume lines over ${TENANTS.toLocaleString('en-US')} ` +
   `tenants (a new file with new keys each run, no Redis), ops / wall time from spawn to exit, ${APPLY_RUNS} runs, ` +
   `against the 1-client consume rate above. Balance reads: ${READS.toLocaleString('en-US')} each, alternating, ` +
