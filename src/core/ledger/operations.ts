@@ -184,6 +184,8 @@ async function drain(pool: pg.Pool, byTenant: Map<string, Waiting[]>, tenant: st
         else i++
       }
       await runGroup(pool, group)
+      // A lone operation with nothing behind it: done (its caller's next one starts afresh).
+      if (group.length === 1 && queue.length === 0) break
       // Let the callers just answered send their next operation before deciding the queue is empty.
       await new Promise((resolve) => setImmediate(resolve))
     }
@@ -286,7 +288,10 @@ export async function applySet(
   if (ops.length === 0) return outcomes
 
   const run = async (text: string, statements: sql.Statement[] = []): Promise<pg.QueryResult[]> => {
-    const prepare = statements.length > 0 ? await sql.toPrepare(client, statements) : ''
+    const prepare =
+      statements.length === 0
+        ? ''
+        : (sql.knownToPrepare(client, statements) ?? (await sql.toPrepare(client, statements)))
     try {
       const r = (await client.query(prepare + text)) as unknown as pg.QueryResult | pg.QueryResult[]
       if (prepare) sql.prepared(client, statements)

@@ -296,6 +296,19 @@ const preparedOn = new WeakMap<pg.ClientBase, Set<string>>()
  * forgetPrepared() if it failed (some PREPAREs may or may not have run).
  */
 export async function toPrepare(client: pg.ClientBase, statements: Statement[]): Promise<string> {
+  return knownToPrepare(client, statements) ?? (await askAndPrepare(client, statements))
+}
+
+/** toPrepare() without a round trip, when this connection's statements are known; else undefined. */
+export function knownToPrepare(client: pg.ClientBase, statements: Statement[]): string | undefined {
+  const have = preparedOn.get(client)
+  if (!have) return undefined
+  let text = ''
+  for (const s of statements) if (!have.has(s.name)) text += `prepare ${s.name} ${s.sql};\n`
+  return text
+}
+
+async function askAndPrepare(client: pg.ClientBase, statements: Statement[]): Promise<string> {
   let have = preparedOn.get(client)
   if (!have) {
     const { rows } = await client.query<{ name: string }>(
