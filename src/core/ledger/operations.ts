@@ -118,19 +118,44 @@ export interface SetItem {
 export type SetOutcome = { ok: true; result: LedgerResult } | { ok: false; error: ShieldxError }
 
 /** Apply one operation, retrying on serialization failures, deadlocks and lost connections. */
-export function applyOperation(
+export async function applyOperation(
   pool: pg.Pool,
   req: LedgerRequest,
   idempotencyKey: string,
   keys: LedgerKeys,
   options: ApplyOptions = {},
 ): Promise<LedgerResult> {
-  return new Promise((resolve, reject) => {
-    const waiting: Waiting = { item: { req, key: idempotencyKey }, keys, options, resolve, reject }
-    // A reservation names its tenant only once it is read: those run on their own.
-    if (!('tenantId' in req)) void runGroup(pool, [waiting])
-    else enqueue(pool, req.tenantId, waiting)
-  })
+  const item = { req, key: idempotencyKey }
+  // A reservation names its tenant only once it is read: those run on their own.
+  if (!('tenantId' in req)) return applyAlone(pool, item, keys, options)
+  let byTenant = queues.get(pool)
+  if (!byTenant) queues.set(pool, (byTenant = new Map()))
+  const queue = byTenant.get(req.tenantId)
+  if (queue) {
+    // A transaction for this tenant is in flight: wait for the next group.
+    return new Promise((resolve, reject) => queue.push({ item, keys, options, resolve, reject }))
+  }
+  // Nothing in flight for this tenant: go now; whatever queues meanwhile goes next, together.
+  const behind: Waiting[] = []
+  byTenant.set(req.tenantId, behind)
+  try {
+    return await applyAlone(pool, item, keys, options)
+  } finally {
+    if (behind.length === 0) byTenant.delete(req.tenantId)
+    else void drain(pool, byTenant, req.tenantId, behind)
+  }
+}
+
+/** One operation in a transaction of its own: its result, or its error. */
+async function applyAlone(pool: pg.Pool, item: SetItem, keys: LedgerKeys, options: ApplyOptions) {
+  let outcome: SetOutcome
+  try {
+    outcome = (await applySetWithRetry(pool, [item], keys))[0]!
+  } catch (err) {
+    throw isTimeout(err) ? toTimeoutError(err, `credits ${item.req.kind}`, options.timeoutMs ?? 0) : err
+  }
+  if (!outcome.ok) throw outcome.error
+  return outcome.result
 }
 
 /** Two requests with the same new key raced; the loser retries and then replays. */
@@ -160,20 +185,10 @@ const MAX_GROUP = 64
 /** Per pool, per tenant: the operations waiting while one transaction for the tenant is in flight. */
 const queues = new WeakMap<pg.Pool, Map<string, Waiting[]>>()
 
-function enqueue(pool: pg.Pool, tenant: string, waiting: Waiting): void {
-  let byTenant = queues.get(pool)
-  if (!byTenant) queues.set(pool, (byTenant = new Map()))
-  const queue = byTenant.get(tenant)
-  if (queue) {
-    queue.push(waiting)
-    return
-  }
-  const fresh = [waiting]
-  byTenant.set(tenant, fresh)
-  void drain(pool, byTenant, tenant, fresh)
-}
-
-/** One transaction at a time for this tenant, each taking every operation waiting when it starts. */
+/**
+ * The operations that queued behind a tenant's transaction: one transaction at a time, each
+ * taking every operation waiting when it starts.
+ */
 async function drain(pool: pg.Pool, byTenant: Map<string, Waiting[]>, tenant: string, queue: Waiting[]) {
   try {
     while (queue.length > 0) {
@@ -184,8 +199,6 @@ async function drain(pool: pg.Pool, byTenant: Map<string, Waiting[]>, tenant: st
         else i++
       }
       await runGroup(pool, group)
-      // A lone operation with nothing behind it: done (its caller's next one starts afresh).
-      if (group.length === 1 && queue.length === 0) break
       // Let the callers just answered send their next operation before deciding the queue is empty.
       await new Promise((resolve) => setImmediate(resolve))
     }
@@ -393,7 +406,8 @@ export async function applySet(
   for (const o of ops) {
     const res = o.reservationId === null ? undefined : reservations.get(o.reservationId)
     const tenant = o.tenantId ?? res?.tenant ?? null
-    const id = tenant === null ? null : keyId(tenant, o.keyHash)
+    // (A set of one with no stored key needs no lookup: the common case skips the hex.)
+    const id = tenant === null || (ops.length === 1 && stored.size === 0) ? null : keyId(tenant, o.keyHash)
     const prior = id === null ? undefined : (written.get(id) ?? stored.get(id))
     if (prior && !prior.expired) {
       outcomes[o.i] = replay(o, prior)
@@ -494,7 +508,7 @@ export async function applySet(
       replacesKey: prior?.expired === true,
     })
     Object.assign(account, { balance, reserved, seq, version, head: hash, written: true })
-    written.set(id!, { request_hash: o.fingerprint, response, expired: false })
+    if (id !== null) written.set(id, { request_hash: o.fingerprint, response, expired: false })
     outcomes[o.i] = { ok: true, result: { ...response, replayed: false, idempotency_key: o.key } }
   }
 
@@ -702,7 +716,6 @@ class SetWrites {
         sql.bytesLiteral(r.hash),
         sql.timestamp(ts),
         sql.bytesLiteral(r.requestHash),
-        sql.jsonLiteral(r.response),
       ]),
     }
   }

@@ -110,7 +110,9 @@ export const READ_KEY = statement(
  * The write of one topup or consume: $1-$7 the account (tenant, balance, reserved, version,
  * chain_seq before and after, head), $8 transaction id, $9 kind, $10 amount, $11 key hash,
  * $12-$14 description, payment masked and encrypted, $15 key id, $16 prev hash, $17 hash, $18
- * time, $19 request fingerprint, $20 stored response. Keys as in writeStatement().
+ * time, $19 request fingerprint. The stored response is built here from the same values the
+ * client returns (transaction_id, tenant_id, kind, amount, balance, reserved, available, version).
+ * Keys as in writeStatement().
  */
 export function writeOneStatement(replacesKey: boolean): Statement {
   const name = `write1${replacesKey ? '_kx' : ''}`
@@ -120,7 +122,7 @@ export function writeOneStatement(replacesKey: boolean): Statement {
     name,
     [
       ...['text', 'int8', 'int8', 'int8', 'int8', 'int8', 'bytea', 'uuid', 'text', 'int8', 'bytea'],
-      ...['text', 'text', 'bytea', 'text', 'bytea', 'bytea', 'timestamptz', 'bytea', 'jsonb'],
+      ...['text', 'text', 'bytea', 'text', 'bytea', 'bytea', 'timestamptz', 'bytea'],
     ],
     `with
      u as (
@@ -138,7 +140,8 @@ export function writeOneStatement(replacesKey: boolean): Statement {
        select $1, $6, $8, $9, $10, $2, $3, $15, $16, $17, $18 from u),
      k as (
        insert into credits.idempotency_keys (tenant_id, key_hash, request_hash, response, created_at, expires_at)
-       select $1, $11, $19, $20, $18, $18 + interval '24 hours' from u
+       select $1, $11, $19, jsonb_build_object('transaction_id', $8, 'tenant_id', $1, 'kind', $9, 'amount', $10,
+              'balance', $2, 'reserved', $3, 'available', $2 - $3, 'version', $4), $18, $18 + interval '24 hours' from u
        ${
          replacesKey
            ? `on conflict (tenant_id, key_hash) do update
@@ -164,7 +167,7 @@ export const WRITE_ONE_CHECKED = statement(
   'write1c',
   [
     ...['text', 'int8', 'int8', 'int8', 'int8', 'int8', 'bytea', 'uuid', 'text', 'int8', 'bytea'],
-    ...['text', 'text', 'bytea', 'text', 'bytea', 'bytea', 'timestamptz', 'bytea', 'jsonb'],
+    ...['text', 'text', 'bytea', 'text', 'bytea', 'bytea', 'timestamptz', 'bytea'],
   ],
   `with
    u as (
@@ -183,7 +186,8 @@ export const WRITE_ONE_CHECKED = statement(
      select $1, $6, $8, $9, $10, $2, $3, $15, $16, $17, $18 from u),
    k as (
      insert into credits.idempotency_keys (tenant_id, key_hash, request_hash, response, created_at, expires_at)
-     select $1, $11, $19, $20, $18, $18 + interval '24 hours' from u)
+     select $1, $11, $19, jsonb_build_object('transaction_id', $8, 'tenant_id', $1, 'kind', $9, 'amount', $10,
+              'balance', $2, 'reserved', $3, 'available', $2 - $3, 'version', $4), $18, $18 + interval '24 hours' from u)
    select count(*)::int as applied from u`,
 )
 
