@@ -38,9 +38,21 @@ export function canonical(row: AuditRow): string {
     row.balance_after,
     row.reserved_after,
     row.key_id,
-    row.created_at.toISOString(),
+    isoString(row.created_at),
   ])
 }
+
+/** toISOString, remembered for the last time seen: the rows a transaction writes share one. */
+function isoString(d: Date): string {
+  const t = d.getTime()
+  if (t !== lastIsoTime) {
+    lastIso = d.toISOString()
+    lastIsoTime = t
+  }
+  return lastIso
+}
+let lastIsoTime = Number.NaN
+let lastIso = ''
 
 export function chainHash(key: Key, row: AuditRow, prevHash: Buffer): Buffer {
   return createHmac('sha256', key.bytes).update(canonical(row)).update(prevHash).digest()
