@@ -43,7 +43,7 @@ export function canonical(row: AuditRow): string {
 }
 
 /** toISOString, remembered for the last time seen: the rows a transaction writes share one. */
-function isoString(d: Date): string {
+export function isoString(d: Date): string {
   const t = d.getTime()
   if (t !== lastIsoTime) {
     lastIso = d.toISOString()

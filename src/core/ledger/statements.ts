@@ -17,6 +17,7 @@
  * ALL), EXECUTE fails with 26000: isStalePrepared() says so, and the retry prepares afresh.
  */
 import { createHash } from 'node:crypto'
+import { isoString } from '../audit/chain.js'
 import type pg from 'pg'
 
 export interface Statement {
@@ -56,7 +57,7 @@ export const LOCK_ACCOUNTS = statement(
   'lock_acct',
   ['text[]', 'uuid[]'],
   `select a.tenant_id, a.balance, a.reserved, a.version, a.chain_seq, a.chain_head,
-          date_trunc('milliseconds', now()) as ts
+          (extract(epoch from date_trunc('milliseconds', now())) * 1000)::int8 as ts_ms
      from credits.credit_accounts a
     where a.tenant_id = any($1 || array(select r.tenant_id from credits.reservations r where r.id = any($2)))
     order by a.tenant_id
@@ -92,7 +93,7 @@ export const LOCK_ACCOUNT = statement(
   'lock_acct1',
   ['text'],
   `select a.tenant_id, a.balance, a.reserved, a.version, a.chain_seq, a.chain_head,
-          date_trunc('milliseconds', now()) as ts
+          (extract(epoch from date_trunc('milliseconds', now())) * 1000)::int8 as ts_ms
      from credits.credit_accounts a
     where a.tenant_id = $1
       for update`,
@@ -364,8 +365,9 @@ export function int(n: number): string {
   return String(n)
 }
 
+/** A timestamptz literal, ISO 8601 in UTC with milliseconds. */
 export function timestamp(d: Date): string {
-  return `'${d.toISOString()}'`
+  return `'${isoString(d)}'`
 }
 
 export const textLiteral = (s: string | null | undefined) =>
