@@ -9,7 +9,8 @@
  * balance after the change, which only exists once the account row is locked, and the HMAC key
  * must not travel to the server, so:
  *   1. one message: BEGIN; lock the reservations, then the accounts (each in id order); read the
- *      stored idempotency keys (a statement of its own, after the locks);
+ *      stored idempotency keys (a statement of its own, after the locks; one topup or consume
+ *      checks its key inside the write instead, see WRITE_ONE_CHECKED);
  *   2. here: each operation in order against the locked rows, as if applied one by one: a
  *      replay, a refusal (its own error, nothing written for it) or a change, with its chain
  *      link hashed here;
@@ -20,8 +21,9 @@
  * nothing, and a failure of the whole set (a lost connection, a race on a key) commits nothing,
  * so the retry replays or applies each operation exactly once.
  *
- * applyOperation() adds per-tenant group commit: operations for one tenant that arrive on one
- * pool while a transaction for that tenant is in flight wait, and go together in the next one.
+ * applyOperation() adds per-tenant group commit: an operation goes at once when nothing is in
+ * flight for its tenant on its pool; operations that arrive while a transaction for that tenant
+ * is in flight wait, and go together in the next one.
  * A hot tenant then pays one lock, two round trips and one commit per group instead of per
  * operation; each operation still has its own key, chain row and result. Unrelated tenants never
  * share a transaction.
@@ -261,7 +263,8 @@ export interface SetOptions {
   transaction: 'own' | 'open'
   /**
    * For one topup or consume in its own transaction: check the key inside the write instead of
-   * reading it first (one statement less). Off when the key turned out to have expired.
+   * reading it first (one statement less). Off for the second, long way (when the write found a
+   * key: a replay, a conflict or an expired key).
    */
   checkKeyInWrite?: boolean
 }
