@@ -322,6 +322,37 @@ describe('replay', () => {
     )
   })
 
+  it('keeps counting right when thousands of keys go quiet, are swept, and come back', async () => {
+    // 5,000 keys, each seen twice in a row (the second of a pair is blocked: 2 > 1 in 1 s), then
+    // quiet for 100 s (its list is swept), then back: every parser must find a live list again.
+    const t0 = Date.UTC(2026, 0, 1)
+    const events: Ev[] = Array.from({ length: 30_000 }, (_, i) => ({
+      ts: t0 + i * 10,
+      ip: `k${Math.floor(i / 2) % 5000}`,
+      path: '/',
+      status: 200,
+      label: i % 2 === 1 ? 'attack' : 'benign',
+    }))
+    const file = writeTraffic('sweep.jsonl', events)
+    for (const workers of [1, 2]) {
+      const r = await replay({
+        file,
+        control: STATUS,
+        candidate: { type: 'rate_limit', key: 'ip', window_s: 1, threshold: 1 },
+        workers,
+        skipInvalid: false,
+        maxDisorderMs: 0,
+        blockBytes: 20_000,
+      })
+      expect(confusion(r.tally.candidate), `workers ${workers}`).toEqual({
+        tp: 15_000,
+        fp: 0,
+        tn: 15_000,
+        fn: 0,
+      })
+    }
+  })
+
   it('decodes UTF-8 split across blocks: a match on non-ASCII text counts every line', async () => {
     const events = synthetic(3000, 41).map((e, i) => ({
       ...e,

@@ -41,10 +41,15 @@ export interface BlockColumns {
   line: Uint32Array
   /** n × stateless-leaf scores, row-major */
   vals: Float64Array
-  /** n × keys, the block-local id of each event's key (-1: the event has no such field) */
+  /** n × keys, the id of each event's key in this parser's dictionary (-1: no such field) */
   keyIds: Int32Array
-  /** per key, the block-local dictionary */
+  /**
+   * Per key, the strings this block added to the parser's dictionary (their ids follow on from
+   * the ones before). A parser keeps its dictionary across blocks, so the main thread resolves
+   * each key once, not once per event; it starts over (`dictReset`) past DICT_LIMIT keys.
+   */
   dicts: string[][]
+  dictReset: boolean
 }
 
 export type BlockMessage =
@@ -65,6 +70,15 @@ export type BlockMessage =
 
 export type BlockParser = (task: BlockTask) => BlockMessage & { type: 'block' }
 
+/** Keys a parser remembers before it starts its dictionary over: keeps memory flat in file size. */
+const DICT_LIMIT = 100_000
+
+/** A parser's key dictionary, kept across its blocks. */
+interface Dictionary {
+  maps: Array<Map<string, number>>
+  size: number
+}
+
 export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
   const decoder = new TextDecoder('utf-8', { fatal: false })
@@ -78,7 +92,8 @@ export function blockParser(input: BlockParserInput): BlockParser {
       ? decoder.decode(task.head, { stream: true }) + decoder.decode(task.bytes)
       : decoder.decode(task.bytes)
   }
-  return (task) => parseBlock(pair, input.mode, decode(task), task.seq)
+  const dictionary: Dictionary = { maps: pair.keys.map(() => new Map()), size: 0 }
+  return (task) => parseBlock(pair, input.mode, decode(task), task.seq, dictionary)
 }
 
 function parseBlock(
@@ -86,6 +101,7 @@ function parseBlock(
   mode: BlockParserInput['mode'],
   text: string,
   seq: number,
+  dictionary: Dictionary,
 ): BlockMessage & { type: 'block' } {
   const S = pair.stateless.length
   const K = pair.keys.length
@@ -106,7 +122,12 @@ function parseBlock(
   let lineNo = new Uint32Array(cap)
   let cvals = new Float64Array(cap * S)
   let keyIds = new Int32Array(cap * K)
-  const dictMaps = pair.keys.map(() => new Map<string, number>())
+  const dictReset = dictionary.size > DICT_LIMIT
+  if (dictReset) {
+    dictionary.maps = pair.keys.map(() => new Map())
+    dictionary.size = 0
+  }
+  const dictMaps = dictionary.maps
   const dicts: string[][] = pair.keys.map(() => [])
   let n = 0
 
@@ -164,9 +185,10 @@ function parseBlock(
       const m = dictMaps[k]!
       let id = m.get(v)
       if (id === undefined) {
-        id = dicts[k]!.length
+        id = m.size
         m.set(v, id)
         dicts[k]!.push(v)
+        dictionary.size++
       }
       keyIds[n * K + k] = id
     }
@@ -185,6 +207,7 @@ function parseBlock(
       vals: cvals.slice(0, n * S),
       keyIds: keyIds.slice(0, n * K),
       dicts,
+      dictReset,
     },
   }
 }

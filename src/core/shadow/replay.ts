@@ -113,7 +113,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
         })
   const inline = threads === 1 ? blockParser(parserInput) : null
   const load = new Map<Worker, number>(workers.map((w) => [w, 0]))
-  const done = new Map<number, BlockMessage & { type: 'block' }>()
+  const done = new Map<number, { msg: BlockMessage & { type: 'block' }; source: number }>()
   let nextSeq = 0
   let dispatched = 0
   let wake: (() => void) | null = null
@@ -123,7 +123,8 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     w?.()
   }
 
-  const take = (msg: BlockMessage & { type: 'block' }) => {
+  /** `source`: which parser made the block (its key dictionary is its own). */
+  const take = (msg: BlockMessage & { type: 'block' }, source: number) => {
     const base = lineBase + 1 // 1-based, as editors count
     lineBase += msg.rawLines
     lines += msg.lines
@@ -146,7 +147,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       mergeTally(tally, msg.tally)
     } else if (msg.columns && sequencer) {
       try {
-        sequencer.add(msg.columns, base)
+        sequencer.add(msg.columns, base, source)
       } catch (err) {
         // Report whichever problem comes first in the file.
         const line = (err as { data?: { line?: number } }).data?.line ?? Infinity
@@ -158,17 +159,17 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     options.onProgress?.(tally.events, input.bytes())
   }
 
-  for (const w of workers) {
+  workers.forEach((w, source) => {
     w.on('message', (msg: BlockMessage) => {
       load.set(w, (load.get(w) ?? 1) - 1)
       try {
         if (msg.type === 'error') throw new OperationError(`Replay failed in a worker: ${msg.message}`)
-        done.set(msg.seq, msg)
+        done.set(msg.seq, { msg, source })
         while (!failure && done.has(nextSeq)) {
           const m = done.get(nextSeq)!
           done.delete(nextSeq)
           nextSeq++
-          take(m)
+          take(m.msg, m.source)
         }
       } catch (err) {
         failure ??= err as Error
@@ -185,7 +186,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       )
       notify()
     })
-  }
+  })
 
   options.signal?.addEventListener('abort', notify, { once: true })
   const waitUntil = async (ready: () => boolean) => {
@@ -202,7 +203,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       if (failure || options.signal?.aborted) break
       const task: BlockTask = { seq: dispatched++, head: block.head, bytes: block.body }
       if (inline) {
-        take(inline(task))
+        take(inline(task), 0)
         nextSeq++
         continue
       }
@@ -414,6 +415,8 @@ async function* blocks(stream: Readable, blockBytes: number): AsyncGenerator<Raw
 class TsList {
   a: number[] = []
   head = 0
+  /** swept out of the key map: a parser's cached id must be resolved again */
+  dead = false
 
   insert(ts: number): void {
     const a = this.a
@@ -490,6 +493,8 @@ class Sequencer {
   private fifoHead = 0
   private heap: Late[] = []
   private readonly vals: Float64Array
+  /** per parser: its key ids -> the lists (and the key names, to resolve a swept list again) */
+  private readonly caches: Array<{ lists: TsList[][]; names: string[][] }> = []
 
   constructor(
     private readonly pair: CompiledPair,
@@ -510,20 +515,34 @@ class Sequencer {
     this.vals = new Float64Array(pair.leaves.length)
   }
 
-  /** `lineBase`: the file line number of the block's first line, for messages. */
-  add(c: BlockColumns, lineBase: number): void {
+  private resolve(k: number, key: string): TsList {
+    const m = this.maps[k]!
+    let l = m.get(key)
+    if (!l) {
+      l = new TsList()
+      m.set(key, l)
+    }
+    return l
+  }
+
+  /**
+   * `lineBase`: the file line number of the block's first line, for messages. `source`: the
+   * parser that made it, whose key dictionary (ids -> lists) is cached here.
+   */
+  add(c: BlockColumns, lineBase: number, source: number): void {
     const K = this.pair.keys.length
-    const lists = c.dicts.map((dict, k) =>
-      dict.map((key) => {
-        const m = this.maps[k]!
-        let l = m.get(key)
-        if (!l) {
-          l = new TsList()
-          m.set(key, l)
-        }
-        return l
-      }),
-    )
+    let cache = this.caches[source]
+    if (!cache || c.dictReset) {
+      cache = { lists: this.pair.keys.map(() => []), names: this.pair.keys.map(() => []) }
+      this.caches[source] = cache
+    }
+    c.dicts.forEach((added, k) => {
+      for (const key of added) {
+        cache.names[k]!.push(key)
+        cache.lists[k]!.push(this.resolve(k, key))
+      }
+    })
+    const lists = cache.lists
     const b: Block = { ...c, lists, firstSeq: this.arrived }
     this.arrived += c.n
     const D = this.options.maxDisorderMs
@@ -553,7 +572,12 @@ class Sequencer {
       for (let k = 0; k < K; k++) {
         const id = c.keyIds[i * K + k]!
         if (id >= 0) {
-          const l = lists[k]![id]!
+          let l = lists[k]![id]!
+          if (l.dead) {
+            // the key went quiet and was swept; it is back: a live list again
+            l = this.resolve(k, cache.names[k]![id]!)
+            lists[k]![id] = l
+          }
           l.evict(this.evictBefore - this.maxWindow[k]!)
           l.insert(ts)
         }
@@ -631,7 +655,10 @@ class Sequencer {
     this.maps.forEach((m, k) => {
       for (const [key, l] of m) {
         l.evict(this.evictBefore - this.maxWindow[k]!)
-        if (l.empty) m.delete(key)
+        if (l.empty) {
+          m.delete(key)
+          l.dead = true
+        }
       }
     })
     size = 0
