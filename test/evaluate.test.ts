@@ -698,6 +698,17 @@ describe('evaluate', () => {
     expect(r.code, r.stderr).toBe(0)
     expect(r.doc.control).toMatchObject({ id: 'ip-burst', version: 1 })
     expect(r.doc.candidate).toMatchObject({ id: 'ip-burst', version: 2 })
+    // ip-burst@2 goes to canary, and no stored evaluation approved it (the one above was --no-store):
+    // status counts it among the unguarded deployments and fails (exit 4).
+    await db.query(
+      `update shadow.rule_deployments set canary_version = 2, canary_percent = 5 where rule_id = 'ip-burst'`,
+    )
+    const status = await json(['status'])
+    expect(status.code).toBe(4)
+    const check = status.doc.checks.find((c: { name: string }) => c.name === 'unguarded_deployments')
+    expect(check.ok).toBe(false)
+    expect(check.value).toBeGreaterThanOrEqual(1)
+    expect(check.note).toContain('ip-burst@2 (canary)')
   })
 
   it('bad flags are exit 2 before anything runs', async () => {

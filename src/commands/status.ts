@@ -2,6 +2,7 @@ import type { Context } from '../context.js'
 import { EXIT } from '../core/errors.js'
 import { assertSchemaCurrent } from '../core/migrations/current.js'
 import { ledgerHealth } from '../core/ledger/queries.js'
+import { unguardedDeployments } from '../core/shadow/health.js'
 import { renderTable } from '../ui/table.js'
 
 /** The P0 invariants: each must be 0. Exit 4 when one is not, so a CronJob or CI step can alert. */
@@ -22,6 +23,20 @@ export async function status(ctx: Context) {
         : "never verified: run 'shieldx verify-chain'",
     },
   ]
+  try {
+    await assertSchemaCurrent(dbs.shadow.pool, settings.migrationsDir.value, 'shadow')
+    const unguarded = await unguardedDeployments(dbs.shadow.pool)
+    checks.push({
+      name: 'unguarded_deployments',
+      value: unguarded.length,
+      ok: unguarded.length === 0,
+      note: unguarded.length
+        ? `no approving evaluation: ${unguarded.map((u) => `${u.rule_id}@${u.version} (${u.role})`).join(', ')}`
+        : '',
+    })
+  } catch (err) {
+    checks.push({ name: 'unguarded_deployments', value: null, ok: false, note: (err as Error).message })
+  }
   // Not a P0 invariant: housekeeping that `credits gc` does. Shown, never fails the run.
   const overdue = {
     name: 'overdue_reservations',
