@@ -1,10 +1,11 @@
 /**
  * Replay a traffic file through the control and the candidate rule.
  *
- * The main thread reads the file (hashing the bytes as stored, gunzipping .gz), cuts it into
- * blocks of whole lines and hands them to worker threads, which parse them — the costly part —
- * in parallel (with --workers 1, it parses them itself: one thread, no hand-off). Results are
- * taken back in file order, so everything below is the same for any number of workers:
+ * The main thread reads the file (gunzipping .gz), cuts it into blocks of whole lines and hands
+ * them to worker threads, which parse them — the costly part — in parallel; a thread of its own
+ * hashes the file as stored (with --workers 1, the main thread does all of it: one thread, no
+ * hand-off). Results are taken back in file order, so everything below is the same for any
+ * number of workers:
  *
  * - Without rate limits, a worker decides and counts each event by itself; the main thread
  *   merges the tallies.
@@ -14,7 +15,8 @@
  *   that past it, so every event that could fall in its window has arrived. A line later than
  *   that is an error (or skipped and counted with --skip-invalid). The events waiting for their
  *   windows are the only ones held in memory: memory follows the disorder window and the number
- *   of distinct keys in a rate-limit window, never the size of the file.
+ *   of distinct keys in a rate-limit window, never the size of the file. Each parser numbers
+ *   the keys it sees and sends each new one once, so a key is looked up once, not per event.
  */
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
