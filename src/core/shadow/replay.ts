@@ -35,12 +35,10 @@ import {
   type BlockTask,
   type InvalidLine,
 } from './parse-block.js'
-import type { HashResult } from './hash-worker.js'
 import type { RulePart } from './rules.js'
 import { addEvent, mergeTally, newTally, type Tally } from './tally.js'
 
 const WORKER_FILE = path.join(PACKAGE_ROOT, 'dist/core/shadow/replay-worker.js')
-const HASH_WORKER_FILE = path.join(PACKAGE_ROOT, 'dist/core/shadow/hash-worker.js')
 const BLOCK_BYTES = 1 << 20
 /**
  * A small young generation: parsing makes short-lived objects at a great rate, and with V8's
@@ -86,10 +84,7 @@ export interface ReplayResult {
 }
 
 export async function replay(options: ReplayOptions): Promise<ReplayResult> {
-  const threads = Math.max(1, options.workers)
-  // With parse workers, a thread of its own hashes the file (a pipe is hashed as it is read).
-  const hasher = threads > 1 && options.file !== '-' ? hashElsewhere(options.file) : null
-  const input = await openTraffic(options.file, options.stdin, hasher === null)
+  const input = await openTraffic(options.file, options.stdin)
   const pair = compilePair(options.control, options.candidate)
   const windowed = pair.rate.length > 0 || options.sampleSize !== undefined
   const parserInput: BlockParserInput = {
@@ -105,6 +100,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   let lineBase = 0
   let failure: Error | null = null
 
+  const threads = Math.max(1, options.workers)
   const workers =
     threads === 1
       ? []
@@ -222,30 +218,17 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     if (sequencer) skipped.out_of_order = sequencer.late
   } catch (err) {
     input.close()
-    void hasher?.stop()
     throw input.error() ?? err
   } finally {
     options.signal?.removeEventListener('abort', notify)
     await Promise.all(workers.map((w) => w.terminate()))
   }
   if (input.error()) throw input.error()
-  let sha256 = input.digest()
-  if (hasher) {
-    const h = await hasher.result
-    if ('error' in h) throw new UsageError(`--traffic: cannot read ${options.file}: ${h.error}.`)
-    if (h.bytes !== input.bytes()) {
-      throw new OperationError(
-        `${options.file} changed while it was read (${h.bytes} bytes hashed, ${input.bytes()} replayed): evaluate a file that is no longer being written.`,
-        { code: 'TRAFFIC_CHANGED' },
-      )
-    }
-    sha256 = h.sha256
-  }
   return {
     tally,
     lines,
     skipped,
-    traffic_sha256: sha256,
+    traffic_sha256: input.digest(),
     bytes: input.bytes(),
     compressed: input.compressed,
     workers: threads,
@@ -267,23 +250,7 @@ interface TrafficInput {
  * The file's bytes, hashed as stored, gunzipped when its first bytes are the gzip magic. Read as
  * a stream from the start, so a pipe or /dev/stdin works as well as a file.
  */
-function hashElsewhere(file: string): { result: Promise<HashResult>; stop(): Promise<number> } {
-  const w = new Worker(HASH_WORKER_FILE, { workerData: { file } })
-  w.unref()
-  const result = new Promise<HashResult>((resolve) => {
-    w.once('message', (m: HashResult) => resolve(m))
-    w.once('error', (err) => resolve({ error: err.message }))
-  })
-  void result.then(() => w.terminate())
-  return { result, stop: () => w.terminate() }
-}
-
-/** `hashHere`: false when a hash worker reads the file (see hashElsewhere); bytes are still counted. */
-async function openTraffic(
-  file: string,
-  stdin: Readable | undefined,
-  hashHere: boolean,
-): Promise<TrafficInput> {
+async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput> {
   if (file !== '-') {
     let stat: fs.Stats
     try {
@@ -306,7 +273,7 @@ async function openTraffic(
   const raw = file === '-' ? stdin! : fs.createReadStream(file, { highWaterMark: BLOCK_BYTES })
   const hasher = new Transform({
     transform(chunk: Buffer, _enc, cb) {
-      if (hashHere) hash.update(chunk)
+      hash.update(chunk)
       bytes += chunk.length
       cb(null, chunk)
     },
