@@ -1,11 +1,11 @@
 /**
  * Replay a traffic file through the control and the candidate rule.
  *
- * The main thread reads the file (gunzipping .gz), cuts it into blocks of whole lines and hands
- * them to worker threads, which parse them — the costly part — in parallel; a thread of its own
- * hashes the file as stored (with --workers 1, the main thread does all of it: one thread, no
- * hand-off). Results are taken back in file order, so everything below is the same for any
- * number of workers:
+ * The main thread reads the file (hashing the bytes as stored, gunzipping .gz), cuts it into
+ * blocks of whole lines and hands them to worker threads, which parse them — the costly part —
+ * in parallel (with --workers 1, it parses them itself: one thread, no hand-off). Hashing on a
+ * thread of its own was tried: its second read of the file cost more than it saved. Results are
+ * taken back in file order, so everything below is the same for any number of workers:
  *
  * - Without rate limits, a worker decides and counts each event by itself; the main thread
  *   merges the tallies.
