@@ -107,16 +107,19 @@ export const READ_KEY = statement(
     where k.tenant_id = $1 and k.key_hash = $2`,
 )
 
+/** Write statements by shape, built on first use (declared before WRITE_ONE_CHECKED builds one). */
+const writes = new Map<string, Statement>()
+
 /**
  * The write of one topup or consume: $1-$7 the account (tenant, balance, reserved, version,
  * chain_seq before and after, head), $8 transaction id, $9 kind, $10 amount, $11 key hash,
  * $12-$14 description, payment masked and encrypted, $15 key id, $16 prev hash, $17 hash, $18
  * time, $19 request fingerprint. The stored response is built here from the same values the
  * client returns (transaction_id, tenant_id, kind, amount, balance, reserved, available, version).
- * Keys as in writeStatement().
+ * Keys as in writeStatement(). `checked`: see WRITE_ONE_CHECKED.
  */
-export function writeOneStatement(replacesKey: boolean): Statement {
-  const name = `write1${replacesKey ? '_kx' : ''}`
+export function writeOneStatement(replacesKey: boolean, checked = false): Statement {
+  const name = checked ? 'write1c' : `write1${replacesKey ? '_kx' : ''}`
   const cached = writes.get(name)
   if (cached) return cached
   const s = statement(
@@ -130,6 +133,7 @@ export function writeOneStatement(replacesKey: boolean): Statement {
        update credits.credit_accounts
           set balance = $2, reserved = $3, version = $4, chain_seq = $6, chain_head = $7, updated_at = now()
         where tenant_id = $1 and chain_seq = $5
+        ${checked ? 'and not exists (select 1 from credits.idempotency_keys where tenant_id = $1 and key_hash = $11)' : ''}
         returning tenant_id),
      t as (
        insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id,
@@ -164,33 +168,7 @@ export function writeOneStatement(replacesKey: boolean): Statement {
  * writes nothing, the caller runs the operation again the long way (reading the key under the
  * lock: a replay, a conflict, or an expired key to replace).
  */
-export const WRITE_ONE_CHECKED = statement(
-  'write1c',
-  [
-    ...['text', 'int8', 'int8', 'int8', 'int8', 'int8', 'bytea', 'uuid', 'text', 'int8', 'bytea'],
-    ...['text', 'text', 'bytea', 'text', 'bytea', 'bytea', 'timestamptz', 'bytea'],
-  ],
-  `with
-   u as (
-     update credits.credit_accounts
-        set balance = $2, reserved = $3, version = $4, chain_seq = $6, chain_head = $7, updated_at = now()
-      where tenant_id = $1 and chain_seq = $5
-        and not exists (select 1 from credits.idempotency_keys where tenant_id = $1 and key_hash = $11)
-      returning tenant_id),
-   t as (
-     insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id,
-                 idempotency_key_hash, description, payment_masked, payment_encrypted, created_at)
-     select $8, $1, $9, $10, $2, null, $11, $12, $13, $14, $18 from u),
-   l as (
-     insert into credits.audit_logs (tenant_id, seq, transaction_id, action, amount, balance_after,
-                 reserved_after, key_id, prev_hash, hash, created_at)
-     select $1, $6, $8, $9, $10, $2, $3, $15, $16, $17, $18 from u),
-   k as (
-     insert into credits.idempotency_keys (tenant_id, key_hash, request_hash, response, created_at, expires_at)
-     select $1, $11, $19, jsonb_build_object('transaction_id', $8, 'tenant_id', $1, 'kind', $9, 'amount', $10,
-              'balance', $2, 'reserved', $3, 'available', $2 - $3, 'version', $4), $18, $18 + interval '24 hours' from u)
-   select count(*)::int as applied from u`,
-)
+export const WRITE_ONE_CHECKED = writeOneStatement(false, true)
 
 /** Which optional parts a write statement has: each shape is a statement of its own. */
 export interface WriteShape {
@@ -289,7 +267,6 @@ export function writeStatement(shape: WriteShape): Statement {
   writes.set(name, s)
   return s
 }
-const writes = new Map<string, Statement>()
 
 /** What each connection (client object) has prepared; a new connection is a new object. */
 const preparedOn = new WeakMap<pg.ClientBase, Set<string>>()
