@@ -5,7 +5,7 @@
  */
 import { urlUserinfo } from './core/config/redact.js'
 import { type CommandFlags, resolveSettings, type Settings } from './core/config/settings.js'
-import type { Databases } from './core/db/pool.js'
+import type { Database, Databases } from './core/db/pool.js'
 import type { Io } from './ui/io.js'
 import { Output } from './ui/output.js'
 
@@ -85,6 +85,14 @@ export class Context {
     this.onCleanup(() => dbs.close())
     this.signal.addEventListener('abort', () => void dbs.cancelActive().catch(() => {}), { once: true })
     return dbs
+  }
+
+  /** The shadow database (rules, evaluations, A/B tests), checked to be at the shipped schema version. */
+  async shadowDatabase(): Promise<Database> {
+    const settings = this.settings()
+    const dbs = await this.databases(settings)
+    const { openShadow } = await import('./core/shadow/store.js')
+    return openShadow(settings, dbs.shadow)
   }
 
   /** Passwords in the resolved database and Redis URLs (a profile's too): scrubbed from errors. */

@@ -1,13 +1,11 @@
 import type { Context } from '../context.js'
 import { UsageError } from '../core/errors.js'
 import * as ab from '../core/shadow/ab.js'
-import { openShadow } from '../core/shadow/store.js'
+import { evaluationId } from '../core/shadow/evaluations.js'
 import { renderTable } from '../ui/table.js'
 
 async function shadow(ctx: Context) {
-  const settings = ctx.settings()
-  const dbs = await ctx.databases(settings)
-  const db = await openShadow(settings, dbs.shadow)
+  const db = await ctx.shadowDatabase()
   return { pool: db.pool, options: { timeoutMs: db.timeoutMs } }
 }
 
@@ -48,7 +46,7 @@ export async function record(
   }
   let run: (pool: import('pg').Pool, options: ab.StoreOptions) => Promise<ab.RecordResult>
   if (opts.fromEvaluation !== undefined) {
-    const evaluation = ab.evaluationId(opts.fromEvaluation)
+    const evaluation = evaluationId(opts.fromEvaluation, '--from-evaluation')
     run = (pool, options) => ab.recordEvaluation(pool, test, evaluation, options)
   } else {
     const variant = ab.variant(opts.variant)

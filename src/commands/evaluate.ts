@@ -8,7 +8,6 @@ import { getEvaluation, listEvaluations, storeEvaluation } from '../core/shadow/
 import { DEFAULT_THRESHOLDS, type Thresholds } from '../core/shadow/recommend.js'
 import { activeVersion, getRule } from '../core/shadow/rule-store.js'
 import { formatRef, parseRuleRef } from '../core/shadow/rules.js'
-import { openShadow } from '../core/shadow/store.js'
 import { progressBar } from '../ui/progress.js'
 import { renderTable } from '../ui/table.js'
 
@@ -51,11 +50,7 @@ function cost(v: string | undefined, flag: string): number | undefined {
   return n
 }
 
-async function shadowDb(ctx: Context) {
-  const settings = ctx.settings()
-  const dbs = await ctx.databases(settings)
-  return (await openShadow(settings, dbs.shadow)).pool
-}
+const shadowDb = async (ctx: Context) => (await ctx.shadowDatabase()).pool
 
 export async function run(ctx: Context, f: EvaluateFlags) {
   // Every flag is checked before the database or the file is touched.

@@ -4,14 +4,9 @@ import { transaction } from '../core/db/tx.js'
 import { UsageError } from '../core/errors.js'
 import { addRule, getRule, listRules } from '../core/shadow/rule-store.js'
 import { formatRef, parseRule, parseRuleRef } from '../core/shadow/rules.js'
-import { openShadow } from '../core/shadow/store.js'
 import { renderTable } from '../ui/table.js'
 
-async function shadowDb(ctx: Context) {
-  const settings = ctx.settings()
-  const dbs = await ctx.databases(settings)
-  return (await openShadow(settings, dbs.shadow)).pool
-}
+const shadowDb = async (ctx: Context) => (await ctx.shadowDatabase()).pool
 
 /** Read and validate a rule file before touching the database: bad input writes nothing. */
 function readRuleFile(file: string) {

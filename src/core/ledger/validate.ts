@@ -2,10 +2,10 @@
  * Input checks for the ledger: one sentence naming the field, exit 2, before anything is written.
  */
 import { parseDuration } from '../config/duration.js'
+import { UUID } from '../uuid.js'
 import { UsageError } from '../errors.js'
 
 const TENANT = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 export function tenantId(value: unknown, field = 'TENANT'): string {
   if (typeof value !== 'string' || !TENANT.test(value)) {

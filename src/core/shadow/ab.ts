@@ -6,6 +6,8 @@
  * at least the confidence level; that verdict is then stored on the test (once).
  */
 import { randomInt, randomUUID } from 'node:crypto'
+import { UUID } from '../uuid.js'
+import { evaluationId } from './evaluations.js'
 import type pg from 'pg'
 import { isTimeout, type PgErrorLike, toTimeoutError } from '../db/pg-errors.js'
 import { transaction } from '../db/tx.js'
@@ -60,7 +62,6 @@ export type Counts = Record<Variant, ArmCounts>
 // --- input checks: one sentence naming the flag, exit 2, before anything is written -------------
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 function required(value: unknown, field: string, what: string): void {
   if (value === undefined || value === null) throw new UsageError(`${field} is required: ${what}.`)
@@ -142,15 +143,6 @@ export function counts(successes: unknown, trials: unknown): ArmCounts {
   const s = wholeNumber(successes, '--successes', 0)
   if (s > t) throw new UsageError(`--successes (${s}) cannot be more than --trials (${t}).`)
   return { successes: s, trials: t }
-}
-
-export function evaluationId(value: unknown, field = '--from-evaluation'): string {
-  if (typeof value !== 'string' || !UUID.test(value)) {
-    throw new UsageError(
-      `${field} must be an evaluation id (a UUID, as printed by 'evaluate'); got ${JSON.stringify(value ?? null)}.`,
-    )
-  }
-  return value.toLowerCase()
 }
 
 // --- storage -------------------------------------------------------------------------------------
@@ -384,7 +376,7 @@ export async function recordEvaluation(
   evaluation: string,
   options: StoreOptions,
 ): Promise<RecordResult> {
-  const id = evaluationId(evaluation)
+  const id = evaluationId(evaluation, '--from-evaluation')
   return transaction(
     pool,
     async (client) => {

@@ -4,6 +4,7 @@
  */
 import type pg from 'pg'
 import { OperationError, UsageError } from '../errors.js'
+import { UUID } from '../uuid.js'
 import type { EvaluationDoc } from './evaluate.js'
 
 type Queryable = Pick<pg.Pool, 'query'>
@@ -78,11 +79,18 @@ export async function listEvaluations(
   }))
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+/** An evaluation id as a user typed it: a UUID, lowercased; anything else is exit 2. */
+export function evaluationId(value: unknown, field = 'ID'): string {
+  if (typeof value !== 'string' || !UUID.test(value)) {
+    throw new UsageError(
+      `${field} must be an evaluation id (a UUID, as printed by 'evaluate'); got ${JSON.stringify(value ?? null)}.`,
+    )
+  }
+  return value.toLowerCase()
+}
 
-export async function getEvaluation(db: Queryable, id: string): Promise<EvaluationDoc> {
-  if (!UUID.test(id))
-    throw new UsageError(`An evaluation id is a UUID, as printed by 'shieldx evaluate'; got "${id}".`)
+export async function getEvaluation(db: Queryable, text: string): Promise<EvaluationDoc> {
+  const id = evaluationId(text)
   const { rows } = await db.query<{ metrics: EvaluationDoc; created_at: Date }>(
     'select metrics, created_at from shadow.evaluations where id = $1',
     [id],

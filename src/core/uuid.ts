@@ -1,0 +1,2 @@
+/** A UUID as Postgres prints it (any case): ids of transactions, reservations, evaluations, tests. */
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
