@@ -84,8 +84,10 @@ export async function run(ctx: Context, f: EvaluateFlags) {
         : parseDuration(f.maxDisorder, '--max-disorder')
   if (f.draws !== undefined && f.draws < 100_000) throw new UsageError('--draws must be at least 100000.')
   const fromStdin = f.traffic === '-'
-  if (!fromStdin && !fs.existsSync(f.traffic))
-    throw new UsageError(`--traffic: there is no file ${f.traffic}.`)
+  // Stat once, before the database: a missing file is exit 2 at once, and a pipe or /dev/stdin
+  // has no size (the bar then shows the count only).
+  const stat = fromStdin ? null : fs.statSync(f.traffic, { throwIfNoEntry: false })
+  if (!fromStdin && !stat) throw new UsageError(`--traffic: there is no file ${f.traffic}.`)
 
   const db = await shadowDb(ctx)
   const candidate = await getRule(db, candidateRef)
@@ -109,8 +111,6 @@ export async function run(ctx: Context, f: EvaluateFlags) {
       `The candidate and the control are both ${formatRef(candidate)}: compare two different rules or versions.`,
     )
 
-  // A pipe or /dev/stdin has no size: the bar then shows the count only.
-  const stat = fromStdin ? null : fs.statSync(f.traffic)
   const bar = progressBar(ctx.out, 'replaying', stat?.isFile() ? stat.size : 0, 'events')
   let doc: EvaluationDoc
   try {

@@ -125,6 +125,7 @@ export function compilePair(control: RulePart, candidate: RulePart): CompiledPai
       const parts = part.rules.map(build)
       const scores = parts.map((p) => p.score)
       const decisions = parts.map((p) => p.blocks)
+      // Plain loops, not every/some: no closure made per event on the replay's hot path.
       if (part.type === 'all') {
         return {
           score: (vals) => {
@@ -132,7 +133,10 @@ export function compilePair(control: RulePart, candidate: RulePart): CompiledPai
             for (const f of scores) s = Math.min(s, f(vals))
             return s
           },
-          blocks: (vals) => decisions.every((f) => f(vals)),
+          blocks: (vals) => {
+            for (const f of decisions) if (!f(vals)) return false
+            return true
+          },
         }
       }
       return {
@@ -141,7 +145,10 @@ export function compilePair(control: RulePart, candidate: RulePart): CompiledPai
           for (const f of scores) s = Math.max(s, f(vals))
           return s
         },
-        blocks: (vals) => decisions.some((f) => f(vals)),
+        blocks: (vals) => {
+          for (const f of decisions) if (f(vals)) return true
+          return false
+        },
       }
     }
     const i = leaves.length
