@@ -21,7 +21,7 @@ import { storeEvaluation } from '../core/shadow/evaluations.js'
 import { writeTraffic } from '../core/shadow/generate.js'
 import { DEFAULT_THRESHOLDS } from '../core/shadow/recommend.js'
 import { addRule, getRule } from '../core/shadow/rule-store.js'
-import { parseRule } from '../core/shadow/rules.js'
+import { readRuleFile } from '../core/shadow/rules.js'
 
 /** Settings the demo may not take from the environment: it never touches a real database or cache. */
 const IGNORED_ENV = [
@@ -240,8 +240,7 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
         const dir = path.join(PACKAGE_ROOT, 'fixtures', 'rules')
         const files = fs.readdirSync(dir).filter((f) => f.endsWith('.json'))
         for (const f of files) {
-          const def = parseRule(JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')), f)
-          await addRule(s.dbs!.shadow.pool, def)
+          await addRule(s.dbs!.shadow.pool, readRuleFile(path.join(dir, f)))
         }
         s.rulesStored = files.length
         return `${files.length} rules`

@@ -1,31 +1,10 @@
-import fs from 'node:fs'
 import type { Context } from '../context.js'
 import { transaction } from '../core/db/tx.js'
-import { UsageError } from '../core/errors.js'
 import { addRule, getRule, listRules } from '../core/shadow/rule-store.js'
-import { formatRef, parseRule, parseRuleRef } from '../core/shadow/rules.js'
+import { formatRef, parseRuleRef, readRuleFile } from '../core/shadow/rules.js'
 import { renderTable } from '../ui/table.js'
 
 const shadowDb = async (ctx: Context) => (await ctx.shadowDatabase()).pool
-
-/** Read and validate a rule file before touching the database: bad input writes nothing. */
-function readRuleFile(file: string) {
-  let text: string
-  try {
-    text = fs.readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new UsageError(`Cannot read the rule file ${file} (${(err as NodeJS.ErrnoException).code}).`)
-  }
-  let doc: unknown
-  try {
-    doc = JSON.parse(text)
-  } catch (err) {
-    throw new UsageError(`The rule file ${file} is not valid JSON (${(err as Error).message}).`, {
-      data: { path: '$' },
-    })
-  }
-  return parseRule(doc, file)
-}
 
 export async function add(ctx: Context, files: string[]) {
   const defs = files.map(readRuleFile)

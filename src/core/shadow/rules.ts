@@ -2,6 +2,7 @@
  * Security rule definitions: their shape, validation (every problem named by its JSON path), and
  * references like `waf-sqli@3`. Storage is in rule-store.ts; evaluation in compile.ts.
  */
+import fs from 'node:fs'
 import { UsageError } from '../errors.js'
 
 export type RateLimitKey = 'ip' | 'tenant_id' | 'path'
@@ -172,6 +173,25 @@ export function parseRule(doc: unknown, source?: string): RuleDefinition {
     ...(doc.description === undefined ? {} : { description: doc.description }),
     ...part,
   } as RuleDefinition
+}
+
+/** Read and validate a rule file (before anything touches the database: bad input writes nothing). */
+export function readRuleFile(file: string): RuleDefinition {
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`Cannot read the rule file ${file} (${(err as NodeJS.ErrnoException).code}).`)
+  }
+  let doc: unknown
+  try {
+    doc = JSON.parse(text)
+  } catch (err) {
+    throw new UsageError(`The rule file ${file} is not valid JSON (${(err as Error).message}).`, {
+      data: { path: '$' },
+    })
+  }
+  return parseRule(doc, file)
 }
 
 /** `waf-sqli`, `waf-sqli@3`. */
