@@ -208,17 +208,6 @@ export function formatRef(r: { id: string; version: number }): string {
   return `${r.id}@${r.version}`
 }
 
-/** The rate-limit keys a rule needs, in a fixed order (the replay extracts each once per event). */
-export function rateLimitKeys(rule: RulePart): RateLimitKey[] {
-  const keys = new Set<RateLimitKey>()
-  const walk = (p: RulePart) => {
-    if (p.type === 'rate_limit') keys.add(p.key)
-    else if (p.type === 'all' || p.type === 'any') p.rules.forEach(walk)
-  }
-  walk(rule)
-  return RATE_LIMIT_KEYS.filter((k) => keys.has(k))
-}
-
 /** The part of a definition that decides (no id, version, name): what two versions compare by. */
 export function ruleBody(def: RuleDefinition): RulePart {
   const { id: _id, version: _version, name: _name, description: _d, ...body } = def
