@@ -7,7 +7,7 @@
  * <); match = 1 or 0; all/any = min/max of the parts. A request without the field a leaf reads is
  * not blocked by that leaf and scores -Infinity (lowest) there.
  */
-import type { RateLimitKey, RulePart } from './rules.js'
+import { RATE_LIMIT_KEYS, type RateLimitKey, type RulePart } from './rules.js'
 import { fieldReader } from './traffic.js'
 
 /** A leaf decided by the event alone (threshold, match). */
@@ -165,7 +165,13 @@ export function compilePair(control: RulePart, candidate: RulePart): CompiledPai
   const stateless: number[] = []
   const rate: number[] = []
   leaves.forEach((l, i) => (l.kind === 'stateless' ? stateless : rate).push(i))
-  const order: RateLimitKey[] = ['ip', 'tenant_id', 'path']
   const used = new Set(rate.map((i) => (leaves[i] as RateLeaf).key))
-  return { leaves, stateless, rate, keys: order.filter((x) => used.has(x)), control: c, candidate: k }
+  return {
+    leaves,
+    stateless,
+    rate,
+    keys: RATE_LIMIT_KEYS.filter((x) => used.has(x)),
+    control: c,
+    candidate: k,
+  }
 }

@@ -25,7 +25,7 @@ export interface RuleRef {
 }
 
 export const RULE_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/
-const RATE_LIMIT_KEYS: readonly RateLimitKey[] = ['ip', 'tenant_id', 'path']
+export const RATE_LIMIT_KEYS: readonly RateLimitKey[] = ['ip', 'tenant_id', 'path']
 const OPS: readonly ThresholdOp[] = ['>=', '>', '<=', '<']
 const TYPES = ['rate_limit', 'threshold', 'match', 'all', 'any'] as const
 /** Deep enough for any real rule; a guard against a runaway or cyclic generator. */
