@@ -82,24 +82,48 @@ interface Dictionary {
 export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
   const decoder = new TextDecoder('utf-8', { fatal: false })
-  // stream: true for the head, so that a character split between head and body decodes whole
-  // ASCII (nearly all traffic logs) decodes as latin1 at twice TextDecoder's speed, same result.
-  const latin1 = (u8: Uint8Array) => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength).toString('latin1')
-  const decode = (task: BlockTask) => {
-    if ((!task.head || isAscii(task.head)) && isAscii(task.bytes))
-      return task.head ? latin1(task.head) + latin1(task.bytes) : latin1(task.bytes)
-    return task.head
-      ? decoder.decode(task.head, { stream: true }) + decoder.decode(task.bytes)
-      : decoder.decode(task.bytes)
-  }
   const dictionary: Dictionary = { maps: pair.keys.map(() => new Map()), size: 0 }
-  return (task) => parseBlock(pair, input.mode, decode(task), task.seq, dictionary)
+  return (task) => parseBlock(pair, input.mode, texts(task, decoder), task.seq, dictionary)
+}
+
+/**
+ * Bytes per decoded piece of a block. A piece is a V8 heap string that dies young; a whole block
+ * as one string (over Node's 1 MB threshold) is an external string in fresh memory, and the head
+ * glued to it another copy to flatten: that was two page-faulted copies of the whole file.
+ */
+const PIECE_BYTES = 64 * 1024
+
+/**
+ * A block's text in pieces of whole lines: the head (left over from the previous chunk) with the
+ * rest of its line, then the body cut after a newline every PIECE_BYTES or so. Cut at newlines, a
+ * piece never splits a UTF-8 character, so each decodes on its own.
+ */
+function* texts(task: BlockTask, decoder: InstanceType<typeof TextDecoder>): Generator<string> {
+  const body = Buffer.from(task.bytes.buffer, task.bytes.byteOffset, task.bytes.byteLength)
+  // ASCII (nearly all traffic logs) decodes as latin1 at twice TextDecoder's speed, same result.
+  const decode = (u8: Buffer) => (isAscii(u8) ? u8.toString('latin1') : decoder.decode(u8))
+  let from = 0
+  if (task.head) {
+    const nl = body.indexOf(0x0a)
+    from = nl === -1 ? body.length : nl + 1
+    yield decode(Buffer.concat([task.head, body.subarray(0, from)]))
+  }
+  while (from < body.length) {
+    let to = from + PIECE_BYTES
+    if (to >= body.length) to = body.length
+    else {
+      const nl = body.lastIndexOf(0x0a, to - 1)
+      to = nl >= from ? nl + 1 : body.indexOf(0x0a, to) + 1 || body.length
+    }
+    yield decode(body.subarray(from, to))
+    from = to
+  }
 }
 
 function parseBlock(
   pair: CompiledPair,
   mode: BlockParserInput['mode'],
-  text: string,
+  texts: Iterable<string>,
   seq: number,
   dictionary: Dictionary,
 ): BlockMessage & { type: 'block' } {
@@ -131,68 +155,70 @@ function parseBlock(
   const dicts: string[][] = pair.keys.map(() => [])
   let n = 0
 
-  let start = 0
   let line = 0
-  while (start < text.length) {
-    let end = text.indexOf('\n', start)
-    if (end === -1) end = text.length
-    let raw = text.slice(start, end)
-    start = end + 1
-    const thisLine = line++
-    if (raw.charCodeAt(raw.length - 1) === 13) raw = raw.slice(0, -1)
-    // A line that starts with '{' is not blank: the trim is only for the odd one that does not.
-    if (raw.charCodeAt(0) !== 123 && raw.trim() === '') continue
-    lines++
-    const parsed = parseTrafficLine(raw)
-    if (!parsed.ok) {
-      invalidCount++
-      if (invalid.length < DESCRIBED) invalid.push({ line: thisLine, error: parsed.error })
-      continue
-    }
-    const e = parsed.event
-    const isAttack = e.label === 'attack'
-    if (tally) {
-      for (let j = 0; j < S; j++) vals[pair.stateless[j]!] = statelessLeaves[j]!.score(e)
-      addEvent(
-        tally,
-        parsed.ts,
-        isAttack,
-        pair.control.blocks(vals),
-        pair.control.score(vals),
-        pair.candidate.blocks(vals),
-        pair.candidate.score(vals),
-      )
-      continue
-    }
-    if (n === cap) {
-      cap *= 2
-      ts = grow(ts, cap)
-      attack = grow(attack, cap)
-      lineNo = grow(lineNo, cap)
-      cvals = grow(cvals, cap * S)
-      keyIds = grow(keyIds, cap * K)
-    }
-    ts[n] = parsed.ts
-    attack[n] = isAttack ? 1 : 0
-    lineNo[n] = thisLine
-    for (let j = 0; j < S; j++) cvals[n * S + j] = statelessLeaves[j]!.score(e)
-    for (let k = 0; k < K; k++) {
-      const v = e[pair.keys[k]!]
-      if (typeof v !== 'string') {
-        keyIds[n * K + k] = -1
+  for (const text of texts) {
+    let start = 0
+    while (start < text.length) {
+      let end = text.indexOf('\n', start)
+      if (end === -1) end = text.length
+      let raw = text.slice(start, end)
+      start = end + 1
+      const thisLine = line++
+      if (raw.charCodeAt(raw.length - 1) === 13) raw = raw.slice(0, -1)
+      // A line that starts with '{' is not blank: the trim is only for the odd one that does not.
+      if (raw.charCodeAt(0) !== 123 && raw.trim() === '') continue
+      lines++
+      const parsed = parseTrafficLine(raw)
+      if (!parsed.ok) {
+        invalidCount++
+        if (invalid.length < DESCRIBED) invalid.push({ line: thisLine, error: parsed.error })
         continue
       }
-      const m = dictMaps[k]!
-      let id = m.get(v)
-      if (id === undefined) {
-        id = m.size
-        m.set(v, id)
-        dicts[k]!.push(v)
-        dictionary.size++
+      const e = parsed.event
+      const isAttack = e.label === 'attack'
+      if (tally) {
+        for (let j = 0; j < S; j++) vals[pair.stateless[j]!] = statelessLeaves[j]!.score(e)
+        addEvent(
+          tally,
+          parsed.ts,
+          isAttack,
+          pair.control.blocks(vals),
+          pair.control.score(vals),
+          pair.candidate.blocks(vals),
+          pair.candidate.score(vals),
+        )
+        continue
       }
-      keyIds[n * K + k] = id
+      if (n === cap) {
+        cap *= 2
+        ts = grow(ts, cap)
+        attack = grow(attack, cap)
+        lineNo = grow(lineNo, cap)
+        cvals = grow(cvals, cap * S)
+        keyIds = grow(keyIds, cap * K)
+      }
+      ts[n] = parsed.ts
+      attack[n] = isAttack ? 1 : 0
+      lineNo[n] = thisLine
+      for (let j = 0; j < S; j++) cvals[n * S + j] = statelessLeaves[j]!.score(e)
+      for (let k = 0; k < K; k++) {
+        const v = e[pair.keys[k]!]
+        if (typeof v !== 'string') {
+          keyIds[n * K + k] = -1
+          continue
+        }
+        const m = dictMaps[k]!
+        let id = m.get(v)
+        if (id === undefined) {
+          id = m.size
+          m.set(v, id)
+          dicts[k]!.push(v)
+          dictionary.size++
+        }
+        keyIds[n * K + k] = id
+      }
+      n++
     }
-    n++
   }
   // Blocks end with a newline, after which the loop stops: `line` is the count of lines.
   const base = { type: 'block' as const, seq, lines, rawLines: line, invalid, invalidCount }
