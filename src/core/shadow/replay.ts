@@ -415,7 +415,13 @@ class TsList {
 
   evict(upTo: number): void {
     while (this.head < this.a.length && this.a[this.head]! <= upTo) this.head++
-    if (this.head > 256 && this.head * 2 > this.a.length) {
+    if (this.head === this.a.length) {
+      // a quiet key keeps nothing: most keys never reach the compaction below
+      if (this.head > 0) {
+        this.a = []
+        this.head = 0
+      }
+    } else if (this.head > 256 && this.head * 2 > this.a.length) {
       this.a = this.a.slice(this.head)
       this.head = 0
     }
