@@ -105,3 +105,54 @@ export class InterruptedError extends ShieldxError {
 export function isShieldxError(err: unknown): err is ShieldxError {
   return err instanceof ShieldxError
 }
+
+/** An error in the plain form that crosses a worker-thread boundary (structured clone drops classes). */
+export type ErrorData =
+  | {
+      shieldx: true
+      message: string
+      exitCode: ExitCode
+      code: string
+      hint?: string
+      data?: Record<string, unknown>
+    }
+  | { shieldx: false; message: string; stack?: string }
+
+export function errorToData(err: unknown): ErrorData {
+  if (isShieldxError(err)) {
+    return {
+      shieldx: true,
+      message: err.message,
+      exitCode: err.exitCode,
+      code: err.code,
+      ...(err.hint === undefined ? {} : { hint: err.hint }),
+      ...(err.data === undefined ? {} : { data: err.data }),
+    }
+  }
+  const e = err instanceof Error ? err : new Error(String(err))
+  return { shieldx: false, message: e.message, ...(e.stack === undefined ? {} : { stack: e.stack }) }
+}
+
+/** The error again on this side: a ShieldxError keeps its exit code, code, hint and data; a bug stays a bug. */
+export function errorFromData(d: ErrorData): Error {
+  if (!d.shieldx) {
+    const e = new Error(d.message)
+    if (d.stack) e.stack = d.stack
+    return e
+  }
+  const details: ErrorDetails = {
+    code: d.code,
+    ...(d.hint === undefined ? {} : { hint: d.hint }),
+    ...(d.data === undefined ? {} : { data: d.data }),
+  }
+  switch (d.exitCode) {
+    case EXIT.usage:
+      return new UsageError(d.message, details)
+    case EXIT.failed:
+      return new OperationError(d.message, details)
+    case EXIT.interrupted:
+      return new InterruptedError(d.message, details)
+    default:
+      return new ShieldxError(d.message, d.exitCode, d.code, details)
+  }
+}

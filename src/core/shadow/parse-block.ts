@@ -1,8 +1,8 @@
 /**
  * One block of traffic lines: parsed (the costly part, so replay.ts runs it on every core) and
  * the leaves that need only the event itself scored. Without rate limits the block is also
- * decided and counted here, and the main thread only merges tallies. With rate limits it comes
- * back as compact columns; the main thread runs the windows in time order (see replay.ts).
+ * decided and counted here, and the coordinator (replay.ts) only merges tallies. With rate limits it comes
+ * back as compact columns; the coordinator runs the windows in time order (see replay.ts).
  */
 import { isAscii } from 'node:buffer'
 import { compilePair, type CompiledPair } from './compile.js'
@@ -13,7 +13,7 @@ import { parseTrafficLine } from './traffic.js'
 export interface BlockParserInput {
   control: RulePart
   candidate: RulePart
-  /** 'tally': decide and count here; 'columns': return scores and keys for the main thread */
+  /** 'tally': decide and count here; 'columns': return scores and keys for the coordinator */
   mode: 'tally' | 'columns'
 }
 
@@ -45,7 +45,7 @@ export interface BlockColumns {
   keyIds: Int32Array
   /**
    * Per key, the strings this block added to the parser's dictionary (their ids follow on from
-   * the ones before). A parser keeps its dictionary across blocks, so the main thread resolves
+   * the ones before). A parser keeps its dictionary across blocks, so the coordinator resolves
    * each key once, not once per event; it starts over (`dictReset`) past DICT_LIMIT keys.
    */
   dicts: string[][]
@@ -63,6 +63,8 @@ export type BlockMessage =
       invalid: InvalidLine[]
       invalidCount: number
       columns?: BlockColumns
+      /** the block's buffer, handed back (transferred) for the reader to fill again */
+      recycled?: ArrayBuffer
       /** tally mode: this block's tally */
       tally?: TallyData
     }
