@@ -464,7 +464,11 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
       'cost of blocking one benign request: adds the expected cost per 10,000 requests',
     )
     .option('--fn-cost <c>', 'cost of missing one attack')
-    .option('--workers <n>', 'threads parsing the traffic (default: one per core)', intArg('--workers'))
+    .option(
+      '--workers <n>',
+      'threads replaying the traffic, this one included (default: one per core)',
+      intArg('--workers'),
+    )
     .option('--seed <n>', 'seed of the Thompson sampling (default 1)', intArg('--seed'))
     .option('--draws <n>', 'Thompson draws (default and minimum 100000)', intArg('--draws'))
     .option('--max-disorder <duration>', 'how far out of time order lines may be (default 60s; 0: sorted)')
