@@ -470,6 +470,12 @@ describe('replay', () => {
         expect(other.tally.control_only_right).toBe(one.tally.control_only_right)
       }
     }
+    // Several 1 MiB reads: the pooled buffers go round the workers and back, and are hashed as read.
+    expect(fs.statSync(plain).size).toBeGreaterThan(3 * 2 ** 20)
+    const p = await run(plain, 2, RATE)
+    expect(p.compressed).toBe(false)
+    expect(p.traffic_sha256).toBe(createHash('sha256').update(fs.readFileSync(plain)).digest('hex'))
+    expect(p.bytes).toBe(fs.statSync(plain).size)
     const r = await run(gz, 2, RATE)
     expect(r.compressed).toBe(true)
     expect(r.traffic_sha256).toBe(createHash('sha256').update(fs.readFileSync(gz)).digest('hex'))
