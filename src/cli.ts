@@ -466,7 +466,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option('--fn-cost <c>', 'cost of missing one attack')
     .option(
       '--workers <n>',
-      'threads replaying the traffic, this one included (default: one per core)',
+      'threads replaying the traffic, the one reading it included (default: one per core)',
       intArg('--workers'),
     )
     .option('--seed <n>', 'seed of the Thompson sampling (default 1)', intArg('--seed'))

@@ -3,6 +3,7 @@
  * exact rate-limit windows (checked against a brute-force reference, in and out of time order),
  * identical results for any --workers, .gz input, bad lines, the verdicts, and the stored record.
  */
+import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -443,6 +444,35 @@ describe('replay', () => {
     const fromFile = await json([...args.slice(1), '--traffic', file])
     expect(JSON.parse(String(piped.stdout)).candidate_metrics).toEqual(fromFile.doc.candidate_metrics)
     expect(JSON.parse(String(piped.stdout)).traffic.sha256).toBe(fromFile.doc.traffic.sha256)
+    // A path that is a pipe, not a file (/dev/stdin, a FIFO): read as a stream, the same result.
+    // (through sh: a child's stdin from Node is a socket, which /dev/stdin cannot open)
+    const devStdin = await execa(
+      'sh',
+      [
+        '-c',
+        'f=$0 n=$1 b=$2; shift 2; cat "$f" | "$n" "$b" "$@" --traffic /dev/stdin',
+        file,
+        process.execPath,
+        BIN,
+        ...args,
+      ],
+      { env: { ...env(), PATH: process.env.PATH ?? '/usr/bin:/bin' }, extendEnv: false, reject: false },
+    )
+    expect(devStdin.exitCode, String(devStdin.stderr)).toBe(0)
+    expect(JSON.parse(String(devStdin.stdout)).candidate_metrics).toEqual(fromFile.doc.candidate_metrics)
+    const fifo = path.join(dir, 'traffic.fifo')
+    execFileSync('mkfifo', [fifo])
+    const writer = execa('sh', ['-c', `cat "${file}" > "${fifo}"`])
+    const viaFifo = await json([...args.slice(1), '--traffic', fifo])
+    await writer
+    expect(viaFifo.code, JSON.stringify(viaFifo.doc)).toBe(0)
+    expect(viaFifo.doc.traffic.sha256).toBe(fromFile.doc.traffic.sha256)
+    // A byte-order mark at the start of the file is not part of its first line.
+    const bom = path.join(dir, 'bom.jsonl')
+    fs.writeFileSync(bom, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), fs.readFileSync(file)]))
+    const withBom = await json([...args.slice(1), '--traffic', bom])
+    expect(withBom.code, JSON.stringify(withBom.doc)).toBe(0)
+    expect(withBom.doc.candidate_metrics).toEqual(fromFile.doc.candidate_metrics)
     const r = await json([...args.slice(1), '--traffic', dir])
     expect(r.code).toBe(2)
     expect(r.doc.error.message).toContain('is a directory')

@@ -83,7 +83,8 @@ interface Dictionary {
 
 export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
-  const decoder = new TextDecoder('utf-8', { fatal: false })
+  // ignoreBOM: a decoder strips a BOM at the start of every piece; only the file's own is dropped (texts).
+  const decoder = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true })
   const dictionary: Dictionary = { maps: pair.keys.map(() => new Map()), size: 0 }
   return (task) => parseBlock(pair, input.mode, texts(task, decoder), task.seq, dictionary)
 }
@@ -104,7 +105,8 @@ function* texts(task: BlockTask, decoder: InstanceType<typeof TextDecoder>): Gen
   const body = Buffer.from(task.bytes.buffer, task.bytes.byteOffset, task.bytes.byteLength)
   // ASCII (nearly all traffic logs) decodes as latin1 at twice TextDecoder's speed, same result.
   const decode = (u8: Buffer) => (isAscii(u8) ? u8.toString('latin1') : decoder.decode(u8))
-  let from = 0
+  // The file's byte-order mark, if any, is not part of its first line.
+  let from = task.seq === 0 && !task.head && body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? 3 : 0
   if (task.head) {
     const nl = body.indexOf(0x0a)
     from = nl === -1 ? body.length : nl + 1

@@ -2,14 +2,15 @@
  * Replay a traffic file through the control and the candidate rule.
  *
  * The replay runs on a thread of its own, the coordinator (replay-coordinator.ts), so that its
- * heap has a bounded young generation. It reads the file (hashing the bytes as stored, gunzipping
- * .gz), cuts it into blocks of whole lines and hands them to worker threads, which parse them —
- * the costly part — in parallel and hand the buffers back to be read into again (with --workers
- * 1, it parses them itself: one thread, no hand-off). Hashing on a thread of its own was tried:
- * its second read of the file cost more than it saved. Results are taken back in file order, so
- * everything below is the same for any number of workers:
+ * heap has a bounded young generation; the main thread only waits. The coordinator reads the
+ * file (hashing the bytes as stored, gunzipping .gz) and cuts it into blocks of whole lines.
+ * Parsing them is the costly part: with --workers N, N - 1 worker threads parse blocks and hand
+ * their buffers back to be read into again, and the coordinator parses a block itself whenever
+ * every worker has its fill (with --workers 1 it parses them all: one thread, no hand-off).
+ * Hashing on a thread of its own was tried: its second read of the file cost more than it saved.
+ * Results are taken back in file order, so everything below is the same for any --workers:
  *
- * - Without rate limits, a worker decides and counts each event by itself; the main thread
+ * - Without rate limits, each block's parser decides and counts its events; the coordinator
  *   merges the tallies.
  * - With rate limits, a request's count is the number of requests with its key whose ts lies in
  *   (ts - window, ts], itself and any at the same instant included. Lines may be out of time
@@ -24,6 +25,7 @@ import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { pipeline, Readable, Transform } from 'node:stream'
+import v8 from 'node:v8'
 import { Worker } from 'node:worker_threads'
 import { createGunzip } from 'node:zlib'
 import { type ErrorData, errorFromData, InterruptedError, OperationError, UsageError } from '../errors.js'
@@ -81,7 +83,7 @@ export interface ReplayResult {
   bytes: number
   compressed: boolean
   workers: number
-  /** 'events': decided per event in the workers; 'windows': rate-limit windows in time order */
+  /** 'events': decided per event by the block parsers; 'windows': rate-limit windows in time order */
   mode: 'events' | 'windows'
 }
 
@@ -91,7 +93,11 @@ const COORDINATOR_FILE = path.join(PACKAGE_ROOT, 'dist/core/shadow/replay-coordi
  * allocation rate stays high) its heap kept growing through a long file; 16 MB holds it flat
  * at no cost in speed (measured on 250k and 1M events).
  */
-const COORDINATOR_LIMITS = { maxYoungGenerationSizeMb: 16, maxOldGenerationSizeMb: 1024 }
+const COORDINATOR_LIMITS = {
+  maxYoungGenerationSizeMb: 16,
+  // The old generation as large as this process's own (which --max-old-space-size in NODE_OPTIONS sets).
+  maxOldGenerationSizeMb: Math.round(v8.getHeapStatistics().heap_size_limit / 2 ** 20),
+}
 
 /** What replay() hands its thread: the options that can be cloned, and whether stdin is piped in. */
 export interface CoordinatorInput {
@@ -117,7 +123,16 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     resourceLimits: COORDINATOR_LIMITS,
     stdin: stdin !== undefined,
   })
-  if (stdin) stdin.pipe(worker.stdin!)
+  // pipeline, not pipe: a read error on stdin ends the replay with a sentence, not a crash.
+  let stdinError: Error | null = null
+  if (stdin) {
+    pipeline(stdin, worker.stdin!, (err) => {
+      if (err && !stdinError && (err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE')
+        stdinError = new UsageError(`--traffic -: cannot read standard input: ${err.message}.`, {
+          cause: err,
+        })
+    })
+  }
   const abort = () => worker.postMessage({ type: 'abort' })
   signal?.addEventListener('abort', abort, { once: true })
   try {
@@ -125,7 +140,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       worker.on('message', (m: CoordinatorMessage) => {
         if (m.type === 'progress') onProgress?.(m.events, m.bytesRead)
         else if (m.type === 'done') resolve(m.result)
-        else reject(errorFromData(m.error))
+        else reject(stdinError ?? errorFromData(m.error))
       })
       worker.on('error', (err) => {
         const oom = (err as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY'
@@ -144,7 +159,8 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     })
   } finally {
     signal?.removeEventListener('abort', abort)
-    if (stdin) stdin.unpipe(worker.stdin!)
+    // Done or failed, nothing more is read: a producer still writing gets EPIPE, not a wait.
+    stdin?.destroy()
     await worker.terminate()
   }
 }
@@ -332,8 +348,9 @@ interface TrafficInput {
 }
 
 /**
- * The file's bytes, hashed as stored, gunzipped when its first bytes are the gzip magic. Read as
- * a stream from the start, so a pipe or /dev/stdin works as well as a file.
+ * The file's bytes, hashed as stored, gunzipped when its first bytes are the gzip magic. A regular
+ * file that is not gzip is read into pooled buffers (openPlainFile); anything else (a pipe,
+ * /dev/stdin, a .gz) as a stream from the start.
  */
 async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput> {
   if (file !== '-') {
@@ -349,8 +366,10 @@ async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput
       )
     }
     if (stat.isDirectory()) throw new UsageError(`--traffic: ${file} is a directory, not a file.`)
-    const plain = await openPlainFile(file)
-    if (plain) return plain
+    if (stat.isFile()) {
+      const plain = await openPlainFile(file)
+      if (plain) return plain
+    }
   } else if (!stdin) throw new UsageError('--traffic -: there is no standard input to read.')
   const hash = createHash('sha256')
   let bytes = 0
@@ -428,6 +447,10 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
   let fh: fs.promises.FileHandle
   try {
     fh = await fs.promises.open(file, 'r')
+  } catch (err) {
+    throw readError(err as Error)
+  }
+  try {
     const magic = Buffer.alloc(2)
     const { bytesRead } = await fh.read(magic, 0, 2, 0)
     if (bytesRead === 2 && magic[0] === 0x1f && magic[1] === 0x8b) {
@@ -435,6 +458,7 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
       return null
     }
   } catch (err) {
+    await fh.close().catch(() => {})
     throw readError(err as Error)
   }
   const hash = createHash('sha256')
@@ -453,14 +477,22 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
       throw error
     }
   }
+  // The read ahead may fail while nobody awaits it yet: marked handled here, it is thrown where awaited.
+  const ahead = () => {
+    const p = readNext()
+    p.catch(() => {})
+    return p
+  }
+  let started = false
   async function* chunks(): AsyncGenerator<Buffer> {
+    started = true
     // One read ahead, so the disk works while the chunk before is cut and parsed.
-    let next = readNext()
+    let next = ahead()
     try {
       while (!closed) {
         const chunk = await next
         if (chunk.length === 0) return
-        next = readNext()
+        next = ahead()
         hash.update(chunk)
         bytes += chunk.length
         yield chunk
@@ -481,6 +513,8 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
     error: () => error,
     close: () => {
       closed = true
+      // Never started (a failure before the first read): the generator's finally will not run.
+      if (!started) fh.close().catch(() => {})
     },
   }
 }
