@@ -711,7 +711,20 @@ class Sequencer {
       }
     })
     const lists = cache.lists
-    const b: Block = { ...c, lists, firstSeq: this.arrived }
+    // Field by field, not a spread: columns come both from this thread's parser and cloned from
+    // workers, and a spread would keep two shapes apart, making every read of a block polymorphic.
+    const b: Block = {
+      n: c.n,
+      ts: c.ts,
+      attack: c.attack,
+      line: c.line,
+      vals: c.vals,
+      keyIds: c.keyIds,
+      dicts: c.dicts,
+      dictReset: c.dictReset,
+      lists,
+      firstSeq: this.arrived,
+    }
     this.arrived += c.n
     const D = this.options.maxDisorderMs
     for (let i = 0; i < c.n; i++) {
