@@ -11,6 +11,8 @@ import { buildProgram } from '../src/cli.js'
 import type { Context } from '../src/context.js'
 import {
   ConflictError,
+  errorFromData,
+  errorToData,
   EXIT,
   IntegrityError,
   InterruptedError,
@@ -225,6 +227,39 @@ describe('the error boundary', () => {
       expect(handleError(err, c.output)).toBe(code)
       expect(c.stderr).toContain('error: x')
     }
+  })
+
+  it('keeps exit code, code, hint, data and cause across a worker-thread boundary; a bug stays a bug', () => {
+    const across = (err: unknown) => errorFromData(structuredClone(errorToData(err)))
+    const cause = new Error('EIO: i/o error, read')
+    const sent = new UsageError('--traffic: cannot read x.jsonl.', {
+      code: 'INVALID_TRAFFIC',
+      hint: 'Fix the line.',
+      data: { line: 7 },
+      cause,
+    })
+    const got = across(sent) as UsageError
+    expect(got).toBeInstanceOf(UsageError)
+    expect([got.message, got.exitCode, got.code, got.hint, got.data]).toEqual([
+      sent.message,
+      EXIT.usage,
+      'INVALID_TRAFFIC',
+      'Fix the line.',
+      { line: 7 },
+    ])
+    expect((got.cause as Error).stack).toBe(cause.stack)
+    for (const [err, code] of [
+      [new IntegrityError('x'), 4],
+      [new ConflictError('x'), 5],
+      [new InterruptedError(), 130],
+    ] as const) {
+      const c = capture()
+      expect(handleError(across(err), c.output)).toBe(code)
+    }
+    const bug = across(new TypeError('undefined is not a function'))
+    const c = capture()
+    expect(handleError(bug, c.output)).toBe(EXIT.failed)
+    expect(c.stderr).toContain('bug')
   })
 
   it('an unexpected error is called a bug; the stack only with --verbose', () => {

@@ -115,6 +115,8 @@ export type ErrorData =
       code: string
       hint?: string
       data?: Record<string, unknown>
+      /** the cause's stack (or message), for --verbose */
+      cause?: string
     }
   | { shieldx: false; message: string; stack?: string }
 
@@ -127,6 +129,7 @@ export function errorToData(err: unknown): ErrorData {
       code: err.code,
       ...(err.hint === undefined ? {} : { hint: err.hint }),
       ...(err.data === undefined ? {} : { data: err.data }),
+      ...(err.cause instanceof Error ? { cause: err.cause.stack ?? err.cause.message } : {}),
     }
   }
   const e = err instanceof Error ? err : new Error(String(err))
@@ -144,6 +147,9 @@ export function errorFromData(d: ErrorData): Error {
     code: d.code,
     ...(d.hint === undefined ? {} : { hint: d.hint }),
     ...(d.data === undefined ? {} : { data: d.data }),
+    ...(d.cause === undefined
+      ? {}
+      : { cause: Object.assign(new Error(d.cause.split('\n')[0]), { stack: d.cause }) }),
   }
   switch (d.exitCode) {
     case EXIT.usage:
