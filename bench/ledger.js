@@ -38,6 +38,7 @@ const CLIENTS = [1, 4, 16]
 const HOT_CLIENTS = 16
 const TENANTS = 1000
 const APPLY_OPS = 20_000
+const APPLY_OPS_LARGE = 100_000
 const APPLY_RUNS = 2
 const READS = 2000
 const CHAIN_TENANTS = 1000
@@ -58,9 +59,10 @@ export const about =
   `callers share one process and pool, so operations for the tenant that arrive while one of its transactions ` +
   `is in flight go together in the next one (group commit, each with its own key, chain row and result), where ` +
   `pgbench's clients each commit their own. Apply: ` +
-  `\`shieldx credits apply --file\` with ${APPLY_OPS.toLocaleString('en-US')} consume lines over ${TENANTS.toLocaleString('en-US')} ` +
-  `tenants (a new file with new keys each run, no Redis), ops / wall time from spawn to exit, ${APPLY_RUNS} runs, ` +
-  `against the 1-client consume rate above. Balance reads: ${READS.toLocaleString('en-US')} each, alternating, ` +
+  `\`shieldx credits apply --file\` with ${APPLY_OPS_LARGE.toLocaleString('en-US')} and with ${APPLY_OPS.toLocaleString('en-US')} consume lines over ${TENANTS.toLocaleString('en-US')} ` +
+  `tenants (a new file with new keys each run, no Redis), ops / wall time from spawn to exit, ${APPLY_RUNS} runs each, ` +
+  `against the 1-client consume rate above; the goal is on the larger file, where the CLI's start and the JIT's warm-up ` +
+  `no longer weigh (on the smaller they are about a fifth of the time). Balance reads: ${READS.toLocaleString('en-US')} each, alternating, ` +
   `\`createBalanceCache\` get (hit) against \`readBalance\` on one connection. verify-chain: ` +
   `\`shieldx verify-chain --workers ${VERIFY_WORKERS} --json\` on ${(CHAIN_TENANTS * CHAIN_ROWS).toLocaleString('en-US')} audit rows ` +
   `(${CHAIN_TENANTS.toLocaleString('en-US')} tenants × ${CHAIN_ROWS.toLocaleString('en-US')}, written with COPY, valid chains), rows / wall ` +
@@ -250,7 +252,7 @@ export async function run({ progress }) {
   const cliEnv = (url) => ({ CREDITS_DATABASE_URL: url, AUDIT_HMAC_KEY: auditKey, SHIELDX_HOME: home.dir })
   const rows = []
 
-  const totalSteps = 1 + ROUNDS * (CLIENTS.length + 1) + APPLY_RUNS + 1 + 1 + VERIFY_RUNS
+  const totalSteps = 1 + ROUNDS * (CLIENTS.length + 1) + 2 * APPLY_RUNS + 1 + 1 + VERIFY_RUNS
   let step = 0
   const tick = () => progress(++step, totalSteps)
 
@@ -360,33 +362,42 @@ export async function run({ progress }) {
     scripts.remove()
 
     // ---- 3: credits apply through the CLI, against the 1-client rate ----
-    const apply = command('shieldx credits apply', async () => {
-      const nonce = randomBytes(6).toString('hex')
-      const file = path.join(home.dir, `apply-${nonce}.jsonl`)
-      let text = ''
-      for (let i = 0; i < APPLY_OPS; i++) {
-        const tenant = tenants[Math.floor(Math.random() * tenants.length)]
-        text += `${JSON.stringify({ op: 'consume', tenant, amount: 1, idempotency_key: `apply:${nonce}:${i}` })}\n`
-      }
-      fs.writeFileSync(file, text)
-      return {
-        ...shieldx(['credits', 'apply', '--file', file], cliEnv(ledgerDb.url)),
-        expect: new RegExp(`${APPLY_OPS} operation\\(s\\): ${APPLY_OPS} applied, 0 replayed, 0 failed`),
-        cleanup: () => fs.rmSync(file, { force: true }),
-      }
-    })
-    const applied = await measure([apply], { runs: APPLY_RUNS, timeoutMs: 240_000, progress: () => tick() })
-    rows.push(
-      compareFigures(
-        `\`credits apply\`, ${fmt(APPLY_OPS)} consumes`,
-        {
-          label: '`shieldx credits apply --file`',
-          samples: applied[apply.label].ms.map((ms) => APPLY_OPS / (ms / 1000)),
-        },
-        { label: 'consume at 1 client (above)', samples: samples.c1.ledger },
-        { unit: 'ops/s', goal: goals.minRatio(10) },
-      ),
-    )
+    // Two file sizes: the large one is the engine's throughput (the goal); on the small one the
+    // CLI's start (~0.25 s) and the JIT's warm-up are a sizeable part, shown for what it is.
+    const applyCommand = (ops) =>
+      command(`shieldx credits apply, ${fmt(ops)}`, async () => {
+        const nonce = randomBytes(6).toString('hex')
+        const file = path.join(home.dir, `apply-${nonce}.jsonl`)
+        let text = ''
+        for (let i = 0; i < ops; i++) {
+          const tenant = tenants[Math.floor(Math.random() * tenants.length)]
+          text += `${JSON.stringify({ op: 'consume', tenant, amount: 1, idempotency_key: `apply:${nonce}:${i}` })}\n`
+        }
+        fs.writeFileSync(file, text)
+        return {
+          ...shieldx(['credits', 'apply', '--file', file], cliEnv(ledgerDb.url)),
+          expect: new RegExp(`${ops} operation\\(s\\): ${ops} applied, 0 replayed, 0 failed`),
+          cleanup: () => fs.rmSync(file, { force: true }),
+        }
+      })
+    for (const [ops, goal] of [
+      [APPLY_OPS_LARGE, goals.minRatio(10)],
+      [APPLY_OPS, goals.report()],
+    ]) {
+      const apply = applyCommand(ops)
+      const applied = await measure([apply], { runs: APPLY_RUNS, timeoutMs: 240_000, progress: () => tick() })
+      rows.push(
+        compareFigures(
+          `\`credits apply\`, ${fmt(ops)} consumes`,
+          {
+            label: '`shieldx credits apply --file`',
+            samples: applied[apply.label].ms.map((ms) => ops / (ms / 1000)),
+          },
+          { label: 'consume at 1 client (above)', samples: samples.c1.ledger },
+          { unit: 'ops/s', goal },
+        ),
+      )
+    }
 
     // ---- 4: balance reads, cached against uncached ----
     rows.push(...(await balanceReads(d, ledgerDb.url, tenants)))
