@@ -840,6 +840,26 @@ describe('evaluate', () => {
     expect(r.stderr).toMatch(/replaying \[#+\] 100%/)
   })
 
+  it('one Ctrl-C stops a replay waiting on a pipe that sends nothing: exit 130 at once', async () => {
+    const fifo = path.join(dir, 'quiet.fifo')
+    execFileSync('mkfifo', [fifo])
+    // A writer that opens the pipe and sends nothing, like `tail -f` on a quiet log.
+    const writer = execa('sh', ['-c', `exec 3>"${fifo}"; exec sleep 30`], { reject: false })
+    const child = execa(
+      process.execPath,
+      [BIN, 'evaluate', '--candidate', 'ip-burst@1', '--control', 'status-errors@1', '--traffic', fifo],
+      { env: env(), extendEnv: false, reject: false, timeout: 15_000 },
+    )
+    await new Promise((r) => setTimeout(r, 1500))
+    const sent = Date.now()
+    child.kill('SIGINT')
+    const r = await child
+    writer.kill()
+    expect(r.timedOut).toBe(false)
+    expect(r.exitCode).toBe(130)
+    expect(Date.now() - sent).toBeLessThan(5000)
+  })
+
   it('Ctrl-C mid-replay exits 130, stores nothing and prints no verdict', async () => {
     const big = writeTraffic('big.jsonl', synthetic(400_000, 11))
     const before = (await db.query('select count(*)::int as n from shadow.evaluations')).rows[0]!.n

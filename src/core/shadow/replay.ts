@@ -23,6 +23,7 @@
  */
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
+import net from 'node:net'
 import path from 'node:path'
 import { pipeline, Readable, Transform } from 'node:stream'
 import { Worker } from 'node:worker_threads'
@@ -167,7 +168,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
 
 /** The replay itself, on the calling thread: the coordinator thread runs this. */
 export async function replayInThisThread(options: ReplayOptions): Promise<ReplayResult> {
-  const input = await openTraffic(options.file, options.stdin)
+  const input = await openTraffic(options.file, options.stdin, options.signal)
   const pair = compilePair(options.control, options.candidate)
   const windowed = pair.rate.length > 0 || options.sampleSize !== undefined
   const parserInput: BlockParserInput = {
@@ -275,7 +276,12 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     })
   })
 
-  options.signal?.addEventListener('abort', notify, { once: true })
+  // Ctrl-C: stop reading at once (a pipe may be waiting for bytes that never come), and wake the loop.
+  const onAbort = () => {
+    input.close()
+    notify()
+  }
+  options.signal?.addEventListener('abort', onAbort, { once: true })
   const waitUntil = async (ready: () => boolean) => {
     while (!ready() && !failure && !options.signal?.aborted) {
       await new Promise<void>((resolve) => {
@@ -317,9 +323,10 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     if (sequencer) skipped.out_of_order = sequencer.late
   } catch (err) {
     input.close()
+    if (options.signal?.aborted) throw new InterruptedError()
     throw input.error() ?? err
   } finally {
-    options.signal?.removeEventListener('abort', notify)
+    options.signal?.removeEventListener('abort', onAbort)
     await Promise.all(workers.map((w) => w.terminate()))
   }
   if (input.error()) throw input.error()
@@ -352,7 +359,8 @@ interface TrafficInput {
  * file that is not gzip is read into pooled buffers (openPlainFile); anything else (a pipe,
  * /dev/stdin, a .gz) as a stream from the start.
  */
-async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput> {
+async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal): Promise<TrafficInput> {
+  let fifo = false
   if (file !== '-') {
     let stat: fs.Stats
     try {
@@ -370,13 +378,15 @@ async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput
       const plain = await openPlainFile(file)
       if (plain) return plain
     }
+    fifo = stat.isFIFO()
   } else if (!stdin) throw new UsageError('--traffic -: there is no standard input to read.')
   const hash = createHash('sha256')
   let bytes = 0
   let error: Error | null = null
   const readError = (err: Error) =>
     new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
-  const raw = file === '-' ? stdin! : fs.createReadStream(file, { highWaterMark: BLOCK_BYTES })
+  const raw =
+    file === '-' ? stdin! : fifo ? openFifo(file) : fs.createReadStream(file, { highWaterMark: BLOCK_BYTES })
   const hasher = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       hash.update(chunk)
@@ -389,11 +399,21 @@ async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput
     if (err && !error) error = readError(err)
   })
   const chunks = hashed[Symbol.asyncIterator]() as AsyncIterator<Buffer>
+  // A pipe may send nothing for a long time: Ctrl-C stops the wait for its first bytes too.
+  const stopWaiting = () => raw.destroy()
+  signal?.addEventListener('abort', stopWaiting, { once: true })
   let first: IteratorResult<Buffer>
   try {
     first = await chunks.next()
   } catch (err) {
+    if (signal?.aborted) throw new InterruptedError()
     throw error ?? readError(err as Error)
+  } finally {
+    signal?.removeEventListener('abort', stopWaiting)
+  }
+  if (signal?.aborted) {
+    raw.destroy()
+    throw new InterruptedError()
   }
   const compressed = !first.done && first.value[0] === 0x1f && first.value[1] === 0x8b
   const replayed = Readable.from(
@@ -431,6 +451,22 @@ async function openTraffic(file: string, stdin?: Readable): Promise<TrafficInput
       raw.destroy()
     },
   }
+}
+
+/**
+ * A named pipe (a FIFO, or /dev/stdin when that is a pipe) as a non-blocking pipe handle, not a
+ * file stream: a file stream's read waits in a libuv thread for bytes that may never come, and
+ * neither Ctrl-C nor even process.exit gets past it. Opened non-blocking, so the open returns at
+ * once; the handle still waits for a writer, reads to the writer's end, and closes when asked.
+ */
+function openFifo(file: string): Readable {
+  let fd: number
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  } catch (err) {
+    throw new UsageError(`--traffic: cannot read ${file}: ${(err as Error).message}.`, { cause: err })
+  }
+  return new net.Socket({ fd, readable: true, writable: false })
 }
 
 /** Read buffers kept for reuse: about the blocks in flight at once. */
