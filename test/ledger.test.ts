@@ -2,6 +2,7 @@
  * The credits ledger through the CLI, against a real PostgreSQL and Redis: balances, refusals,
  * idempotency, reservations, gc, the balance cache, payment data, apply, status.
  */
+import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -507,6 +508,40 @@ describe('credits apply', () => {
     expect(out.filter((o) => o.ok)).toHaveLength(40)
     expect(out.slice(40).every((o) => o.error?.code === 'INSUFFICIENT_CREDITS')).toBe(true)
     for (const tenant of tenants) expect(await account(tenant)).toEqual({ balance: 0, reserved: 0 })
+  })
+
+  it("reads a named pipe (--file FIFO) to its writer's end", async () => {
+    const tenant = t('fifo')
+    const fifo = path.join(os.tmpdir(), `shx-ops-${run}.fifo`)
+    execFileSync('mkfifo', [fifo])
+    try {
+      const ops = [
+        { op: 'topup', tenant, amount: 5 },
+        { op: 'consume', tenant, amount: 2 },
+      ]
+      // The writer comes after the reader has opened the pipe, and writes in two goes.
+      const writer = new Promise<void>((resolve) =>
+        setTimeout(() => {
+          const fd = fs.openSync(fifo, 'w')
+          fs.writeSync(fd, `${JSON.stringify(ops[0])}\n`)
+          setTimeout(() => {
+            fs.writeSync(fd, `${JSON.stringify(ops[1])}\n`)
+            fs.closeSync(fd)
+            resolve()
+          }, 200)
+        }, 500),
+      )
+      const [r] = await Promise.all([cli(['credits', 'apply', '--file', fifo]), writer])
+      expect(r.code, r.stderr).toBe(0)
+      expect(
+        r.stdout
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l).result.balance),
+      ).toEqual([5, 3])
+    } finally {
+      fs.rmSync(fifo, { force: true })
+    }
   })
 
   it('reads standard input', async () => {

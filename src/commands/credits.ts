@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import readline from 'node:readline'
+import type { Readable } from 'node:stream'
 import type { Context } from '../context.js'
 import { EXIT, UsageError } from '../core/errors.js'
 import { validatePaymentToken } from '../core/crypto/payment.js'
+import { openReadStream } from '../core/fs/read-stream.js'
 import { applyLines } from '../core/ledger/apply.js'
 import { type Ledger, openLedger } from '../core/ledger/ledger.js'
 import { applyOperation, type LedgerRequest, type LedgerResult } from '../core/ledger/operations.js'
@@ -237,9 +239,10 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
   if (summary.failed > 0) ctx.exitCode = EXIT.failed
 }
 
-function openInput(file: string): fs.ReadStream {
+function openInput(file: string): Readable {
   if (!fs.existsSync(file)) throw new UsageError(`--file ${file} does not exist.`)
-  return fs.createReadStream(file, { encoding: 'utf8' })
+  // (a named pipe too: see openReadStream)
+  return openReadStream(file).setEncoding('utf8')
 }
 
 export async function gc(ctx: Context) {

@@ -23,13 +23,13 @@
  */
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
-import net from 'node:net'
 import path from 'node:path'
 import { pipeline, Readable, Transform } from 'node:stream'
 import { Worker } from 'node:worker_threads'
 import { createGunzip } from 'node:zlib'
 import { type ErrorData, errorFromData, InterruptedError, OperationError, UsageError } from '../errors.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
+import { openReadStream } from '../fs/read-stream.js'
 import { compilePair, type CompiledPair, type RateLeaf } from './compile.js'
 import {
   type BlockColumns,
@@ -360,7 +360,6 @@ interface TrafficInput {
  * /dev/stdin, a .gz) as a stream from the start.
  */
 async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal): Promise<TrafficInput> {
-  let fifo = false
   if (file !== '-') {
     let stat: fs.Stats
     try {
@@ -378,15 +377,18 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
       const plain = await openPlainFile(file)
       if (plain) return plain
     }
-    fifo = stat.isFIFO()
   } else if (!stdin) throw new UsageError('--traffic -: there is no standard input to read.')
   const hash = createHash('sha256')
   let bytes = 0
   let error: Error | null = null
   const readError = (err: Error) =>
     new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
-  const raw =
-    file === '-' ? stdin! : fifo ? openFifo(file) : fs.createReadStream(file, { highWaterMark: BLOCK_BYTES })
+  let raw: Readable
+  try {
+    raw = file === '-' ? stdin! : openReadStream(file, { highWaterMark: BLOCK_BYTES })
+  } catch (err) {
+    throw readError(err as Error)
+  }
   const hasher = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       hash.update(chunk)
@@ -451,22 +453,6 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
       raw.destroy()
     },
   }
-}
-
-/**
- * A named pipe (a FIFO, or /dev/stdin when that is a pipe) as a non-blocking pipe handle, not a
- * file stream: a file stream's read waits in a libuv thread for bytes that may never come, and
- * neither Ctrl-C nor even process.exit gets past it. Opened non-blocking, so the open returns at
- * once; the handle still waits for a writer, reads to the writer's end, and closes when asked.
- */
-function openFifo(file: string): Readable {
-  let fd: number
-  try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
-  } catch (err) {
-    throw new UsageError(`--traffic: cannot read ${file}: ${(err as Error).message}.`, { cause: err })
-  }
-  return new net.Socket({ fd, readable: true, writable: false })
 }
 
 /** Read buffers kept for reuse: about the blocks in flight at once. */
