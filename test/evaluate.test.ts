@@ -843,14 +843,16 @@ describe('evaluate', () => {
   it('one Ctrl-C stops a replay waiting on a pipe that sends nothing: exit 130 at once', async () => {
     const fifo = path.join(dir, 'quiet.fifo')
     execFileSync('mkfifo', [fifo])
-    // A writer that opens the pipe and sends nothing, like `tail -f` on a quiet log.
-    const writer = execa('sh', ['-c', `exec 3>"${fifo}"; exec sleep 30`], { reject: false })
     const child = execa(
       process.execPath,
       [BIN, 'evaluate', '--candidate', 'ip-burst@1', '--control', 'status-errors@1', '--traffic', fifo],
       { env: env(), extendEnv: false, reject: false, timeout: 15_000 },
     )
-    await new Promise((r) => setTimeout(r, 1500))
+    // A writer that sends nothing, like `tail -f` on a quiet log. Its open returns only once a
+    // reader has the pipe open: then the command is past its start and waiting for bytes.
+    const writer = execa('sh', ['-c', `exec 3>"${fifo}"; echo open; exec sleep 30`], { reject: false })
+    await new Promise<void>((resolve) => writer.stdout!.once('data', () => resolve()))
+    await new Promise((r) => setTimeout(r, 200))
     const sent = Date.now()
     child.kill('SIGINT')
     const r = await child

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { execa } from 'execa'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseKeyring } from '../src/core/config/secrets.js'
@@ -519,18 +520,14 @@ describe('credits apply', () => {
         { op: 'topup', tenant, amount: 5 },
         { op: 'consume', tenant, amount: 2 },
       ]
-      // The writer comes after the reader has opened the pipe, and writes in two goes.
-      const writer = new Promise<void>((resolve) =>
-        setTimeout(() => {
-          const fd = fs.openSync(fifo, 'w')
-          fs.writeSync(fd, `${JSON.stringify(ops[0])}\n`)
-          setTimeout(() => {
-            fs.writeSync(fd, `${JSON.stringify(ops[1])}\n`)
-            fs.closeSync(fd)
-            resolve()
-          }, 200)
-        }, 500),
-      )
+      // One writer, in two goes with a pause: the reader must not take the pause for the end.
+      const writer = execa('sh', [
+        '-c',
+        'exec 3>"$0"; printf "%s\\n" "$1" >&3; sleep 0.3; printf "%s\\n" "$2" >&3',
+        fifo,
+        JSON.stringify(ops[0]),
+        JSON.stringify(ops[1]),
+      ])
       const [r] = await Promise.all([cli(['credits', 'apply', '--file', fifo]), writer])
       expect(r.code, r.stderr).toBe(0)
       expect(
