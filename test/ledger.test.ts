@@ -541,6 +541,16 @@ describe('credits apply', () => {
     }
   })
 
+  it('a --file that is missing or a directory is exit 2 in one sentence, not a crash', async () => {
+    const missing = await cli(['credits', 'apply', '--file', path.join(os.tmpdir(), `shx-none-${run}.jsonl`)])
+    expect(missing.code).toBe(2)
+    expect(missing.stderr).toMatch(/does not exist\./)
+    const dir = await cli(['credits', 'apply', '--file', os.tmpdir()])
+    expect(dir.code).toBe(2)
+    expect(dir.stderr).toMatch(/is a directory, not a file\./)
+    expect(dir.stderr).not.toMatch(/bug/)
+  })
+
   it('reads standard input', async () => {
     const tenant = t('stdin')
     const r = await cli(['credits', 'apply'], {}, `${JSON.stringify({ op: 'topup', tenant, amount: 3 })}\n`)

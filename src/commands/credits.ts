@@ -240,9 +240,26 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
 }
 
 function openInput(file: string): Readable {
-  if (!fs.existsSync(file)) throw new UsageError(`--file ${file} does not exist.`)
-  // (a named pipe too: see openReadStream)
-  return openReadStream(file).setEncoding('utf8')
+  const unreadable = (err: unknown) =>
+    new UsageError(
+      `--file ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}).`,
+    )
+  let stat: fs.Stats
+  try {
+    stat = fs.statSync(file)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new UsageError(`--file ${file} does not exist.`)
+    throw unreadable(err)
+  }
+  if (stat.isDirectory()) throw new UsageError(`--file ${file} is a directory, not a file.`)
+  try {
+    fs.accessSync(file, fs.constants.R_OK)
+    // (a named pipe too: see openReadStream)
+    return openReadStream(file).setEncoding('utf8')
+  } catch (err) {
+    throw unreadable(err)
+  }
 }
 
 export async function gc(ctx: Context) {
