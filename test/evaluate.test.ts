@@ -92,7 +92,7 @@ const confusion = (x: { tp: number; fp: number; tn: number; fn: number }) => ({
 })
 
 /** The evaluation most tests run: the ip-burst fixture against the status-errors one. */
-const BURST_VS_STATUS = ['evaluate', '--candidate', 'ip-burst', '--control', 'status-errors@1']
+const BURST_VS_STATUS = ['evaluate', '--candidate', 'ip-burst@1', '--control', 'status-errors@1']
 
 const RATE: RulePart = { type: 'rate_limit', key: 'ip', window_s: 2, threshold: 5 }
 const STATUS: RulePart = { type: 'threshold', field: 'status', op: '>=', value: 401 }
@@ -406,15 +406,7 @@ describe('replay', () => {
         { ts: Date.UTC(2026, 0, 1), label: 'benign' },
         { ts, label: 'attack' },
       ])
-      const r = await json([
-        'evaluate',
-        '--candidate',
-        'ip-burst@1',
-        '--control',
-        'status-errors@1',
-        '--traffic',
-        file,
-      ])
+      const r = await json([...BURST_VS_STATUS, '--traffic', file])
       expect(r.code, String(ts)).toBe(2)
       expect(r.doc.error.message).toContain('line 2')
       expect(r.doc.error.message).toContain(words)
@@ -425,15 +417,7 @@ describe('replay', () => {
     const events = synthetic(3000, 31)
     const file = writeTraffic('piped.jsonl', events)
     const text = fs.readFileSync(file, 'utf8')
-    const args = [
-      '--json',
-      'evaluate',
-      '--candidate',
-      'ip-burst@1',
-      '--control',
-      'status-errors@1',
-      '--no-store',
-    ]
+    const args = ['--json', ...BURST_VS_STATUS, '--no-store']
     const piped = await execa(process.execPath, [BIN, ...args, '--traffic', '-'], {
       env: env(),
       extendEnv: false,
@@ -781,11 +765,7 @@ describe('evaluate', () => {
 
   it('adds the expected cost per 10,000 requests with --fp-cost/--fn-cost', async () => {
     const r = await json([
-      'evaluate',
-      '--candidate',
-      'ip-burst@1',
-      '--control',
-      'status-errors@1',
+      ...BURST_VS_STATUS,
       '--traffic',
       traffic,
       '--fp-cost',
@@ -823,19 +803,10 @@ describe('evaluate', () => {
   })
 
   it('draws a progress bar on a terminal', async () => {
-    const r = await runCli(
-      [
-        'evaluate',
-        '--candidate',
-        'ip-burst@1',
-        '--control',
-        'status-errors@1',
-        '--traffic',
-        traffic,
-        '--no-store',
-      ],
-      { env: env(), tty: true },
-    )
+    const r = await runCli([...BURST_VS_STATUS, '--traffic', traffic, '--no-store'], {
+      env: env(),
+      tty: true,
+    })
     expect(r.code, r.stderr).toBe(0)
     expect(r.stderr).toMatch(/replaying \[#+\] 100%/)
   })
@@ -843,11 +814,12 @@ describe('evaluate', () => {
   it('one Ctrl-C stops a replay waiting on a pipe that sends nothing: exit 130 at once', async () => {
     const fifo = path.join(dir, 'quiet.fifo')
     execFileSync('mkfifo', [fifo])
-    const child = execa(
-      process.execPath,
-      [BIN, 'evaluate', '--candidate', 'ip-burst@1', '--control', 'status-errors@1', '--traffic', fifo],
-      { env: env(), extendEnv: false, reject: false, timeout: 15_000 },
-    )
+    const child = execa(process.execPath, [BIN, ...BURST_VS_STATUS, '--traffic', fifo], {
+      env: env(),
+      extendEnv: false,
+      reject: false,
+      timeout: 15_000,
+    })
     // A writer that sends nothing, like `tail -f` on a quiet log. Its open returns only once a
     // reader has the pipe open: then the command is past its start and waiting for bytes.
     const writer = execa('sh', ['-c', `exec 3>"${fifo}"; echo open; exec sleep 30`], { reject: false })
@@ -865,22 +837,11 @@ describe('evaluate', () => {
   it('Ctrl-C mid-replay exits 130, stores nothing and prints no verdict', async () => {
     const big = writeTraffic('big.jsonl', synthetic(400_000, 11))
     const before = (await db.query('select count(*)::int as n from shadow.evaluations')).rows[0]!.n
-    const child = execa(
-      process.execPath,
-      [
-        BIN,
-        'evaluate',
-        '--candidate',
-        'ip-burst@1',
-        '--control',
-        'status-errors@1',
-        '--traffic',
-        big,
-        '--workers',
-        '2',
-      ],
-      { env: env(), extendEnv: false, reject: false },
-    )
+    const child = execa(process.execPath, [BIN, ...BURST_VS_STATUS, '--traffic', big, '--workers', '2'], {
+      env: env(),
+      extendEnv: false,
+      reject: false,
+    })
     let stderr = ''
     child.stderr!.on('data', (d) => {
       stderr += d
