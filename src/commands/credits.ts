@@ -256,7 +256,7 @@ function openInput(file: string): Readable {
   try {
     fs.accessSync(file, fs.constants.R_OK)
     // (a named pipe too: see openReadStream)
-    return openReadStream(file).setEncoding('utf8')
+    return openReadStream(file, stat).setEncoding('utf8')
   } catch (err) {
     throw unreadable(err)
   }

@@ -9,14 +9,13 @@ import fs from 'node:fs'
 import net from 'node:net'
 import type { Readable } from 'node:stream'
 
-export function openReadStream(file: string, options: { highWaterMark?: number } = {}): Readable {
-  let fifo = false
-  try {
-    fifo = fs.statSync(file).isFIFO()
-  } catch {
-    // Not there or not readable: createReadStream reports it as an 'error' event, as callers expect.
-  }
-  if (!fifo) return fs.createReadStream(file, options)
+/** `stat`: the caller's own stat of the file (it has checked the file is there and no directory). */
+export function openReadStream(
+  file: string,
+  stat: fs.Stats,
+  options: { highWaterMark?: number } = {},
+): Readable {
+  if (!stat.isFIFO()) return fs.createReadStream(file, options)
   const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
   return new net.Socket({ fd, readable: true, writable: false })
 }

@@ -360,8 +360,8 @@ interface TrafficInput {
  * /dev/stdin, a .gz) as a stream from the start.
  */
 async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal): Promise<TrafficInput> {
+  let stat: fs.Stats | null = null
   if (file !== '-') {
-    let stat: fs.Stats
     try {
       stat = await fs.promises.stat(file)
     } catch (err) {
@@ -378,27 +378,23 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
       if (plain) return plain
     }
   } else if (!stdin) throw new UsageError('--traffic -: there is no standard input to read.')
-  const hash = createHash('sha256')
-  let bytes = 0
+  const stored = storedBytes()
   let error: Error | null = null
-  const readError = (err: Error) =>
-    new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
   let raw: Readable
   try {
-    raw = file === '-' ? stdin! : openReadStream(file, { highWaterMark: BLOCK_BYTES })
+    raw = stat ? openReadStream(file, stat, { highWaterMark: BLOCK_BYTES }) : stdin!
   } catch (err) {
-    throw readError(err as Error)
+    throw readError(file, err as Error)
   }
   const hasher = new Transform({
     transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk)
-      bytes += chunk.length
+      stored.add(chunk)
       cb(null, chunk)
     },
   })
   // pipeline, not pipe: an error anywhere (a read error, EIO) ends the whole chain and is kept.
   const hashed = pipeline(raw, hasher, (err) => {
-    if (err && !error) error = readError(err)
+    if (err && !error) error = readError(file, err)
   })
   const chunks = hashed[Symbol.asyncIterator]() as AsyncIterator<Buffer>
   // A pipe may send nothing for a long time: Ctrl-C stops the wait for its first bytes too.
@@ -409,7 +405,7 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
     first = await chunks.next()
   } catch (err) {
     if (signal?.aborted) throw new InterruptedError()
-    throw error ?? readError(err as Error)
+    throw error ?? readError(file, err as Error)
   } finally {
     signal?.removeEventListener('abort', stopWaiting)
   }
@@ -440,18 +436,36 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
       }
     })
   }
-  let digest: string | null = null
   return {
     chunks: stream,
     recycle: () => {},
     compressed,
-    digest: () => (digest ??= hash.digest('hex')),
-    bytes: () => bytes,
+    digest: stored.digest,
+    bytes: stored.bytes,
     error: () => error,
     close: () => {
       stream.destroy()
       raw.destroy()
     },
+  }
+}
+
+function readError(file: string, err: Error): UsageError {
+  return new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
+}
+
+/** The SHA-256 and the size of the traffic as stored, fed chunk by chunk as it is read. */
+function storedBytes(): { add(chunk: Buffer): void; bytes(): number; digest(): string } {
+  const hash = createHash('sha256')
+  let bytes = 0
+  let digest: string | null = null
+  return {
+    add: (chunk) => {
+      hash.update(chunk)
+      bytes += chunk.length
+    },
+    bytes: () => bytes,
+    digest: () => (digest ??= hash.digest('hex')),
   }
 }
 
@@ -464,13 +478,11 @@ const POOL_LIMIT = 32
  * freed at that worker's next full GC: memory crept up with the file. Null for a gzip file.
  */
 async function openPlainFile(file: string): Promise<TrafficInput | null> {
-  const readError = (err: Error) =>
-    new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
   let fh: fs.promises.FileHandle
   try {
     fh = await fs.promises.open(file, 'r')
   } catch (err) {
-    throw readError(err as Error)
+    throw readError(file, err as Error)
   }
   try {
     const magic = Buffer.alloc(2)
@@ -481,21 +493,19 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
     }
   } catch (err) {
     await fh.close().catch(() => {})
-    throw readError(err as Error)
+    throw readError(file, err as Error)
   }
-  const hash = createHash('sha256')
+  const stored = storedBytes()
   const pool: Buffer[] = []
-  let bytes = 0
   let error: Error | null = null
   let closed = false
-  let digest: string | null = null
   const readNext = async (): Promise<Buffer> => {
     const buf = pool.pop() ?? Buffer.allocUnsafeSlow(BLOCK_BYTES)
     try {
       const { bytesRead } = await fh.read(buf, 0, BLOCK_BYTES, null)
       return buf.subarray(0, bytesRead)
     } catch (err) {
-      error ??= readError(err as Error)
+      error ??= readError(file, err as Error)
       throw error
     }
   }
@@ -515,8 +525,7 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
         const chunk = await next
         if (chunk.length === 0) return
         next = ahead()
-        hash.update(chunk)
-        bytes += chunk.length
+        stored.add(chunk)
         yield chunk
       }
     } finally {
@@ -530,8 +539,8 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
       if (buffer.byteLength === BLOCK_BYTES && pool.length < POOL_LIMIT) pool.push(Buffer.from(buffer))
     },
     compressed: false,
-    digest: () => (digest ??= hash.digest('hex')),
-    bytes: () => bytes,
+    digest: stored.digest,
+    bytes: stored.bytes,
     error: () => error,
     close: () => {
       closed = true
