@@ -3,6 +3,7 @@
  */
 import { parseDuration } from '../config/duration.js'
 import { UUID } from '../uuid.js'
+import { wholeNumberOf } from '../whole-number.js'
 import { UsageError } from '../errors.js'
 
 const TENANT = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/
@@ -18,12 +19,7 @@ export function tenantId(value: unknown, field = 'TENANT'): string {
 
 /** A positive whole number of credits. Accepts a number or the digits of one. */
 export function amount(value: unknown, field = 'AMOUNT'): number {
-  const n =
-    typeof value === 'number'
-      ? value
-      : typeof value === 'string' && /^\d+$/.test(value.trim())
-        ? Number(value)
-        : NaN
+  const n = wholeNumberOf(value)
   if (!Number.isSafeInteger(n) || n <= 0) {
     throw new UsageError(`${field} must be a positive whole number of credits; got ${JSON.stringify(value)}.`)
   }

@@ -7,6 +7,7 @@
  */
 import { randomInt, randomUUID } from 'node:crypto'
 import { UUID } from '../uuid.js'
+import { wholeNumberOf } from '../whole-number.js'
 import { evaluationId } from './evaluations.js'
 import type pg from 'pg'
 import { isTimeout, type PgErrorLike, toTimeoutError } from '../db/pg-errors.js'
@@ -108,12 +109,7 @@ export function confidence(value: unknown, field = '--confidence'): number {
 }
 
 function wholeNumber(value: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  const n =
-    typeof value === 'number'
-      ? value
-      : typeof value === 'string' && /^\d+$/.test(value.trim())
-        ? Number(value)
-        : NaN
+  const n = wholeNumberOf(value)
   if (!Number.isSafeInteger(n) || n < min || n > max) {
     throw new UsageError(
       `${field} must be a whole number${min > 0 ? ` of at least ${min}` : ' (0 or more)'}${max < Number.MAX_SAFE_INTEGER ? ` and at most ${max}` : ''}; got ${JSON.stringify(value ?? null)}.`,
