@@ -10,7 +10,13 @@ import path from 'node:path'
 import zlib from 'node:zlib'
 import { execa } from 'execa'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { LATE_SHARE, MAX_LATENESS_MS, TRAFFIC_START_MS, trafficEvents } from '../src/core/shadow/generate.js'
+import {
+  LATE_SHARE,
+  MAX_LATENESS_MS,
+  type SyntheticEvent,
+  TRAFFIC_START_MS,
+  trafficEvents,
+} from '../src/core/shadow/generate.js'
 import { parseTrafficLine } from '../src/core/shadow/traffic.js'
 import { BIN, ROOT, runCli } from './helpers/cli.js'
 import { cleanEnv } from './helpers/env.js'
@@ -27,18 +33,8 @@ afterAll(() => {
 
 const gen = (...args: string[]) => runCli(['traffic', 'generate', ...args])
 
-interface Line {
-  ts: string
-  ip: string
-  tenant_id: string
-  method: string
-  path: string
-  status: number
-  latency_ms: number
-  bytes: number
-  user_agent: string
-  label: 'attack' | 'benign'
-}
+/** An event as written (ts as ISO-8601, the default). */
+type Line = Omit<SyntheticEvent, 'ts'> & { ts: string }
 
 const lines = (text: string) => text.split('\n').filter((l) => l.length > 0)
 
