@@ -1,8 +1,8 @@
 /**
  * One block of traffic lines: parsed (the costly part, so replay.ts runs it on every core) and
  * the leaves that need only the event itself scored. Without rate limits the block is also
- * decided and counted here, and the coordinator (replay.ts) only merges tallies. With rate limits it comes
- * back as compact columns; the coordinator runs the windows in time order (see replay.ts).
+ * decided and counted here, and the coordinator (replay.ts) only merges tallies. With rate
+ * limits it comes back as compact columns; the coordinator runs the windows in time order.
  */
 import { isAscii } from 'node:buffer'
 import { compilePair, type CompiledPair } from './compile.js'

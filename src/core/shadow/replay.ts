@@ -276,12 +276,8 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     })
   })
 
-  // Ctrl-C: stop reading at once (a pipe may be waiting for bytes that never come), and wake the loop.
-  const onAbort = () => {
-    input.close()
-    notify()
-  }
-  options.signal?.addEventListener('abort', onAbort, { once: true })
+  // (Ctrl-C also stops the input's reading: see openTraffic.)
+  options.signal?.addEventListener('abort', notify, { once: true })
   const waitUntil = async (ready: () => boolean) => {
     while (!ready() && !failure && !options.signal?.aborted) {
       await new Promise<void>((resolve) => {
@@ -326,7 +322,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     if (options.signal?.aborted) throw new InterruptedError()
     throw input.error() ?? err
   } finally {
-    options.signal?.removeEventListener('abort', onAbort)
+    options.signal?.removeEventListener('abort', notify)
     await Promise.all(workers.map((w) => w.terminate()))
   }
   if (input.error()) throw input.error()
@@ -397,21 +393,18 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
     if (err && !error) error = readError(file, err)
   })
   const chunks = hashed[Symbol.asyncIterator]() as AsyncIterator<Buffer>
-  // A pipe may send nothing for a long time: Ctrl-C stops the wait for its first bytes too.
-  const stopWaiting = () => raw.destroy()
-  signal?.addEventListener('abort', stopWaiting, { once: true })
+  // A pipe may send nothing for a long time: Ctrl-C ends the read at once, first bytes or not.
+  const stopReading = () => raw.destroy()
+  signal?.addEventListener('abort', stopReading, { once: true })
   let first: IteratorResult<Buffer>
   try {
     first = await chunks.next()
+    if (signal?.aborted) throw new InterruptedError()
   } catch (err) {
+    signal?.removeEventListener('abort', stopReading)
+    raw.destroy()
     if (signal?.aborted) throw new InterruptedError()
     throw error ?? readError(file, err as Error)
-  } finally {
-    signal?.removeEventListener('abort', stopWaiting)
-  }
-  if (signal?.aborted) {
-    raw.destroy()
-    throw new InterruptedError()
   }
   const compressed = !first.done && first.value[0] === 0x1f && first.value[1] === 0x8b
   const replayed = Readable.from(
@@ -444,6 +437,7 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
     bytes: stored.bytes,
     error: () => error,
     close: () => {
+      signal?.removeEventListener('abort', stopReading)
       stream.destroy()
       raw.destroy()
     },
