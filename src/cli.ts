@@ -296,7 +296,11 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     'shieldx verify-chain --checkpoint --checkpoint-file /secure/shieldx-checkpoint.json --json',
   ])
     .option('--tenant <tenant>', 'only this tenant')
-    .option('--workers <n>', 'worker threads (default: one per core)', intArg('--workers'))
+    .option(
+      '--workers <n>',
+      'threads verifying, this one included (default: one per core)',
+      intArg('--workers'),
+    )
     .option('--checkpoint', 'after a clean run, record every chain head, signed')
     .option(
       '--checkpoint-file <file>',

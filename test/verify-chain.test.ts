@@ -230,6 +230,29 @@ describe('tampering, each detected with the right reason (exit 4)', () => {
   })
 })
 
+describe('worker threads started before the database is opened', () => {
+  it('a server that refuses connections is one sentence (exit 1), and the threads do not keep the process alive', async () => {
+    const started = Date.now()
+    const r = await cli(['verify-chain', '--workers', '4'], {
+      CREDITS_DATABASE_URL: 'postgres://postgres@127.0.0.1:1/credits',
+    })
+    expect(r.code).toBe(1)
+    expect(r.stderr.trim()).toBe('error: Cannot connect to PostgreSQL at 127.0.0.1:1: connection refused.')
+    expect(Date.now() - started).toBeLessThan(15_000)
+  })
+
+  it('a database without the ledger schema is refused before any row is read, and the process exits', async () => {
+    const empty = await createTestDatabase('verify-empty')
+    try {
+      const r = await cli(['verify-chain', '--workers', '3'], { CREDITS_DATABASE_URL: empty.url })
+      expect(r.code).toBe(1)
+      expect(r.stderr).toContain('The credits schema has not been created in this database yet.')
+    } finally {
+      await empty.drop()
+    }
+  })
+})
+
 describe('a database rolled back to an older copy', () => {
   it('is caught by a checkpoint file kept outside the database', async () => {
     const live = await createTestDatabase('verify_live')

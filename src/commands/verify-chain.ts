@@ -1,6 +1,7 @@
 import type { Context } from '../context.js'
-import { verifyChain } from '../core/audit/verify.js'
+import { startVerifyThreads, verifyChain } from '../core/audit/verify.js'
 import { EXIT, UsageError } from '../core/errors.js'
+import { serverUrl } from '../core/db/pool.js'
 import { openLedger } from '../core/ledger/ledger.js'
 import * as v from '../core/ledger/validate.js'
 import { progress } from '../ui/progress.js'
@@ -13,13 +14,19 @@ export async function verify(
   const tenant = opts.tenant === undefined ? undefined : v.tenantId(opts.tenant, '--tenant')
   if (opts.checkpoint && tenant) throw new UsageError('--checkpoint records every tenant: drop --tenant.')
   const settings = ctx.settings()
+  // The worker threads boot and connect while this thread opens and checks the database.
+  const threads = startVerifyThreads(serverUrl(settings, 'credits'), settings.timeoutMs.value, {
+    ...(tenant ? { tenant } : {}),
+    ...(opts.workers ? { workers: opts.workers } : {}),
+  })
+  if (threads) ctx.onCleanup(async () => threads.stop())
   const dbs = await ctx.databases(settings)
   const l = await openLedger(settings, dbs.credits, { cache: false, notice: (m) => ctx.out.warn(m) })
 
   const shown = progress(ctx.out, 'verifying', 'rows')
   const result = await verifyChain(l.db, l.keys.audit, {
     ...(tenant ? { tenant } : {}),
-    ...(opts.workers ? { workers: opts.workers } : {}),
+    threads,
     ...(opts.checkpoint ? { checkpoint: true } : {}),
     ...(opts.checkpointFile ? { checkpointFile: opts.checkpointFile } : {}),
     onProgress: shown.add,

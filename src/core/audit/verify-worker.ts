@@ -4,7 +4,7 @@
  * verifies the partitions the main thread hands it, one at a time, until told there are no more.
  */
 import { parentPort, workerData } from 'node:worker_threads'
-import pg from 'pg'
+import { Client } from '../db/driver.js'
 import type { Key } from '../config/secrets.js'
 import type { Head } from './checker.js'
 import { type PartitionResult, type PartitionSpec, verifyPartition } from './partition.js'
@@ -12,16 +12,17 @@ import { type PartitionResult, type PartitionSpec, verifyPartition } from './par
 export interface WorkerInput {
   connectionString: string
   statementTimeoutMs: number
-  keys: Array<{ kid: string; key: string }>
 }
 
 /**
- * The next partition to verify, or null: no more, finish. The first task carries the heads the
- * checkpoints promise, for every partition after it too.
+ * The next partition to verify, or null: no more, finish. The first task carries the keys and the
+ * heads the checkpoints promise, for every partition after it too (the thread starts before
+ * either is known).
  */
 export interface WorkerTask {
   partition: PartitionSpec | null
   checkpoint?: Record<string, Head>
+  keys?: Array<{ kid: string; key: string }>
 }
 
 export type WorkerMessage =
@@ -31,11 +32,8 @@ export type WorkerMessage =
 
 async function main(input: WorkerInput): Promise<void> {
   const tasks = taskQueue()
-  const keys = new Map<string, Key>(
-    input.keys.map((k) => [k.kid, { kid: k.kid, bytes: Buffer.from(k.key, 'base64') }]),
-  )
   // A whole partition is a few long reads (COPY, in chunks): no statement timeout on them.
-  const client = new pg.Client({
+  const client = new Client({
     connectionString: input.connectionString,
     application_name: 'shieldx verify-chain',
   })
@@ -45,9 +43,12 @@ async function main(input: WorkerInput): Promise<void> {
     // One snapshot for every partition this thread verifies.
     await client.query('begin isolation level repeatable read read only')
     let checkpoint: Record<string, Head> = {}
+    let keys = new Map<string, Key>()
     for (;;) {
       const task = await tasks.next()
       if (task.checkpoint) checkpoint = task.checkpoint
+      if (task.keys)
+        keys = new Map(task.keys.map((k) => [k.kid, { kid: k.kid, bytes: Buffer.from(k.key, 'base64') }]))
       if (!task.partition) break
       const result = await verifyPartition(client, task.partition, keys, checkpoint, (rows) =>
         parentPort!.postMessage({ type: 'progress', rows } satisfies WorkerMessage),

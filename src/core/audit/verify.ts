@@ -34,6 +34,11 @@ export interface VerifyOptions {
   onProgress?: (rows: number) => void
   /** Record the run in credits.chain_verifications (for `status`). Default true. */
   record?: boolean
+  /**
+   * Threads from startVerifyThreads, started before the database was opened; null: verify in
+   * this thread. Left out, verifyChain starts its own.
+   */
+  threads?: VerifyThreads | null
 }
 
 export interface VerifyResult {
@@ -58,13 +63,12 @@ export async function verifyChain(
   options: VerifyOptions,
 ): Promise<VerifyResult> {
   const startedAt = new Date()
-  const workers = Math.max(1, Math.min(options.workers ?? os.availableParallelism(), 16))
   // Threads start first: loading pg and connecting takes them a while, which the checkpoint
   // reads and the partitioning below overlap.
   const threads =
-    db.kind === 'embedded' || workers === 1 || options.tenant
-      ? null
-      : startWorkers(db, keys, workers, options)
+    options.threads !== undefined
+      ? options.threads
+      : startVerifyThreads(db.connectionString, db.timeoutMs, options)
   let parts: PartitionResult[]
   const against: Array<{ source: string; checkpoint: Checkpoint }> = []
   let promised: Record<string, Head>
@@ -84,8 +88,23 @@ export async function verifyChain(
     promised = mergeHeads(against.map((a) => a.checkpoint))
 
     parts = threads
-      ? await threads.run(await partitions(db.pool, workers * PARTITIONS_PER_THREAD), promised)
-      : [await inProcess(db.pool, keys, promised, options)]
+      ? await threads.run(await partitions(db.pool, threads.count * PARTITIONS_PER_THREAD), {
+          checkpoint: promised,
+          keys,
+          pool: db.pool,
+          ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+        })
+      : [
+          await inProcess(db.pool, (client) =>
+            verifyPartition(
+              client,
+              options.tenant ? { tenant: options.tenant } : {},
+              keys.byId,
+              promised,
+              options.onProgress,
+            ),
+          ),
+        ]
   } catch (err) {
     threads?.stop()
     throw err
@@ -155,23 +174,12 @@ function mergeHeads(checkpoints: Checkpoint[]): Record<string, Head> {
   return out
 }
 
-async function inProcess(
-  pool: pg.Pool,
-  keys: Keyring,
-  promised: Record<string, Head>,
-  options: VerifyOptions,
-): Promise<PartitionResult> {
+/** `fn` on one connection of the pool, in a repeatable-read snapshot: the accounts and the rows, chunk after chunk. */
+async function inProcess<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect()
   try {
-    // One snapshot for the accounts and the rows, chunk after chunk.
     await client.query('begin isolation level repeatable read read only')
-    const result = await verifyPartition(
-      client,
-      options.tenant ? { tenant: options.tenant } : {},
-      keys.byId,
-      promised,
-      options.onProgress,
-    )
+    const result = await fn(client)
     await client.query('commit')
     return result
   } catch (err) {
@@ -210,59 +218,79 @@ async function partitions(pool: pg.Pool, count: number): Promise<PartitionSpec[]
  */
 const PARTITIONS_PER_THREAD = 16
 
+export interface VerifyThreads {
+  /** Threads verifying, this one included. */
+  count: number
+  run(specs: PartitionSpec[], work: Work): Promise<PartitionResult[]>
+  /** On failure, or when the run never comes: the threads still reading or waiting are stopped. */
+  stop(): void
+}
+
+interface Work {
+  checkpoint: Record<string, Head>
+  keys: Keyring
+  /** This thread's connections: it verifies partitions too. */
+  pool: pg.Pool
+  onProgress?: (rows: number) => void
+}
+
+/**
+ * verify-chain's worker threads, started ahead of the work: booting a thread, loading pg and
+ * connecting take about 0.1 s, which the caller's own start (opening and checking the database,
+ * reading the checkpoints) can overlap. `workers` counts this thread, which takes partitions too
+ * and so starts on the rows at once. Null when the run is in this thread alone: one worker, one
+ * tenant, or the embedded database (no URL to connect to).
+ */
+export function startVerifyThreads(
+  connectionString: string | null,
+  statementTimeoutMs: number,
+  options: Pick<VerifyOptions, 'workers' | 'tenant'>,
+): VerifyThreads | null {
+  const count = Math.max(1, Math.min(options.workers ?? os.availableParallelism(), 16))
+  if (!connectionString || count === 1 || options.tenant) return null
+  return startWorkers({ connectionString, statementTimeoutMs }, count - 1)
+}
+
 /**
  * `count` worker threads, started (loading pg, connecting) before there is work for them. run()
- * hands out the partitions, a run of them at a time to whichever thread is free, collects a
- * result per run, and tells each thread to finish when none are left.
+ * hands out the partitions, a run of them at a time to whichever thread is free (this one
+ * included), collects a result per run, and tells each thread to finish when none are left.
  */
-function startWorkers(
-  db: Database,
-  keys: Keyring,
-  count: number,
-  options: VerifyOptions,
-): {
-  run(specs: PartitionSpec[], checkpoint: Record<string, Head>): Promise<PartitionResult[]>
-  stop(): void
-} {
-  const connection = db.connectionString
-  if (!connection) throw new OperationError('verify-chain workers need a database URL.')
-  const input: WorkerInput = {
-    connectionString: connection,
-    statementTimeoutMs: db.timeoutMs,
-    keys: [...keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') })),
-  }
+function startWorkers(input: WorkerInput, count: number): VerifyThreads {
   let queue: PartitionSpec[] = []
   const results: PartitionResult[] = []
   let failure: Error | null = null
-  let settle: { resolve(r: PartitionResult[]): void; reject(err: Error): void } | null = null
+  let settle: { resolve(): void; reject(err: Error): void } | null = null
+  let onProgress: ((rows: number) => void) | undefined
   const fail = (err: Error) => {
     failure ??= err
     settle?.reject(failure)
   }
+  /** A share of what is left, as one range: from the first partition's start to the last one's end. */
+  const take = (): PartitionSpec | null => {
+    const run = failure ? [] : queue.splice(0, Math.ceil(queue.length / (2 * (count + 1))))
+    if (run.length === 0) return null
+    return {
+      ...(run[0]!.after !== undefined ? { after: run[0]!.after } : {}),
+      ...(run.at(-1)!.upTo !== undefined ? { upTo: run.at(-1)!.upTo } : {}),
+    }
+  }
   const busy = new Set<Worker>()
-  const give = (worker: Worker, checkpoint?: Record<string, Head>) => {
-    // A share of what is left, as one range: from the first partition's start to the last one's end.
-    const run = queue.splice(0, Math.ceil(queue.length / (2 * threads.length)))
-    const partition: PartitionSpec | null =
-      run.length === 0
-        ? null
-        : {
-            ...(run[0]!.after !== undefined ? { after: run[0]!.after } : {}),
-            ...(run.at(-1)!.upTo !== undefined ? { upTo: run.at(-1)!.upTo } : {}),
-          }
+  const give = (worker: Worker, first?: Pick<WorkerTask, 'checkpoint' | 'keys'>) => {
+    const partition = take()
     if (partition) busy.add(worker)
-    worker.postMessage({ partition, ...(checkpoint ? { checkpoint } : {}) } satisfies WorkerTask)
+    worker.postMessage({ partition, ...first } satisfies WorkerTask)
   }
   const threads: Worker[] = []
   for (let i = 0; i < count; i++) {
     const worker = new Worker(WORKER_FILE, { workerData: input })
     worker.on('message', (m: WorkerMessage) => {
-      if (m.type === 'progress') options.onProgress?.(m.rows)
+      if (m.type === 'progress') onProgress?.(m.rows)
       else if (m.type === 'done') {
         busy.delete(worker)
         results.push(m.result)
         give(worker)
-        if (busy.size === 0) settle?.resolve(results)
+        if (busy.size === 0) settle?.resolve()
       } else fail(Object.assign(new Error(m.message), { code: m.code }))
     })
     worker.on('error', fail)
@@ -274,16 +302,26 @@ function startWorkers(
     threads.push(worker)
   }
   return {
-    run(specs, checkpoint) {
-      return new Promise<PartitionResult[]>((resolve, reject) => {
+    count: count + 1,
+    async run(specs, work) {
+      onProgress = work.onProgress
+      queue = [...specs]
+      const wire = [...work.keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') }))
+      const others = new Promise<void>((resolve, reject) => {
         settle = { resolve, reject }
         if (failure) return reject(failure)
-        queue = [...specs]
-        for (const worker of threads) give(worker, checkpoint)
-        if (busy.size === 0) resolve(results)
+        for (const worker of threads) give(worker, { checkpoint: work.checkpoint, keys: wire })
+        if (busy.size === 0) resolve()
       })
+      // This thread's share, on a connection of the pool; it stops taking work once a thread failed.
+      const here = inProcess(work.pool, async (client) => {
+        for (let spec = take(); spec; spec = take()) {
+          results.push(await verifyPartition(client, spec, work.keys.byId, work.checkpoint, onProgress))
+        }
+      })
+      await Promise.all([others, here])
+      return results
     },
-    /** On failure: the threads still reading (or still waiting for a task) are stopped. */
     stop() {
       for (const worker of threads) void worker.terminate()
     },

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
-import pg from 'pg'
+import { Client } from '../db/driver.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import type { Keyring } from '../config/secrets.js'
 import { isAlive } from '../db/embedded.js'
@@ -136,7 +136,7 @@ async function serverDump(db: Database, schema: SchemaName, options: CreateOptio
   const url = db.connectionString!
   const tool = await findTool('pg_dump', db.serverMajor, options.env)
   // One read-only snapshot for pg_dump and for the facts in the manifest.
-  const client = new pg.Client({ connectionString: url, application_name: 'shieldx backup' })
+  const client = new Client({ connectionString: url, application_name: 'shieldx backup' })
   client.on('error', () => {})
   await client.connect()
   try {

@@ -9,7 +9,8 @@ import fs from 'node:fs'
 import { Transform, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
-import pg from 'pg'
+import type pg from 'pg'
+import { Client } from '../db/driver.js'
 import { type VerifyOptions, verifyChain } from '../audit/verify.js'
 import type { Keyring } from '../config/secrets.js'
 import type { Database } from '../db/pool.js'
@@ -373,7 +374,7 @@ export async function compareWithManifest(client: pg.ClientBase, manifest: Manif
 }
 
 export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url, application_name: 'shieldx restore' })
+  const client = new Client({ connectionString: url, application_name: 'shieldx restore' })
   client.on('error', () => {})
   await client.connect()
   try {

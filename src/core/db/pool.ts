@@ -3,7 +3,8 @@
  * Every connection carries the statement timeout; an unreachable server is one sentence naming
  * host and port, within the timeout.
  */
-import pg from 'pg'
+import type pg from 'pg'
+import { Client, Pool } from './driver.js'
 import { tildify } from '../config/paths.js'
 import { redactUrl, urlUserinfo } from '../config/redact.js'
 import { embeddedDataDir, type Settings } from '../config/settings.js'
@@ -83,17 +84,31 @@ export async function openDatabase(
   role: DbRole,
   options: OpenOptions,
 ): Promise<Database> {
-  const url =
-    role === 'shadow' ? (settings.shadowDb.value ?? settings.creditsDb.value) : settings.creditsDb.value
+  const url = roleUrl(settings, role)
   if (url === null) {
     const dataDir = embeddedDataDir(settings.home.value)
     return openEmbedded(dataDir, tildify(dataDir, options.env), options)
   }
-  const source =
-    role === 'shadow' && settings.shadowDb.value !== null
-      ? settings.shadowDb.source
-      : settings.creditsDb.source
-  return openServer(url, source, options)
+  return openServer(url, sourceOf(settings, role), options)
+}
+
+/**
+ * The URL a server connection of `role` uses (as Database.connectionString will hold it), before
+ * the database is opened; null for the embedded database. For threads that connect on their own.
+ */
+export function serverUrl(settings: Settings, role: DbRole): string | null {
+  const url = roleUrl(settings, role)
+  return url === null ? null : parseTarget(url, sourceOf(settings, role)).url
+}
+
+function roleUrl(settings: Settings, role: DbRole): string | null {
+  return role === 'shadow' ? (settings.shadowDb.value ?? settings.creditsDb.value) : settings.creditsDb.value
+}
+
+function sourceOf(settings: Settings, role: DbRole): string {
+  return role === 'shadow' && settings.shadowDb.value !== null
+    ? settings.shadowDb.source
+    : settings.creditsDb.source
 }
 
 /** Session settings every connection gets, so a stuck statement cannot hold a lock forever. */
@@ -112,7 +127,7 @@ export async function openServer(url: string, source: string, options: OpenOptio
   const target = parseTarget(url, source)
   // From here on, the URL with its userinfo encoded: pg reads it the way we do.
   url = target.url
-  const pool = new pg.Pool({
+  const pool = new Pool({
     connectionString: url,
     max: options.max ?? 4,
     idleTimeoutMillis: 10_000,
@@ -143,7 +158,7 @@ export async function openServer(url: string, source: string, options: OpenOptio
     async cancelActive() {
       const pids = [...active].map((c) => (c as unknown as { processID?: number }).processID).filter(Boolean)
       if (pids.length === 0) return
-      const canceller = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 })
+      const canceller = new Client({ connectionString: url, connectionTimeoutMillis: 5000 })
       try {
         await canceller.connect()
         await canceller.query('select pg_cancel_backend(pid) from unnest($1::int[]) as pid', [pids])
@@ -167,7 +182,7 @@ async function openEmbedded(dataDir: string | null, label: string, options: Open
   // (PGSSLMODE=require, PGUSER, PGDATABASE, PGPASSWORD, ...) cannot change how we reach our own
   // socket. pg reads the environment for any field that is missing or empty: hence the password
   // as a function, and ssl: false rather than leaving it out.
-  const pool = new pg.Pool({
+  const pool = new Pool({
     host: server.socketDir,
     port: server.port,
     user: 'postgres',
