@@ -426,6 +426,10 @@ describe('restore', () => {
     expect(r.code, r.stderr).toBe(0)
     expect(r.doc.ok).toBe(true)
     for (const c of r.doc.checks) expect(c.ok, `${c.name}: ${c.detail}`).toBe(true)
+    // The chains were verified from the dump on its way in, not read back afterwards.
+    expect(r.doc.checks.find((c: { name: string }) => c.name === 'verify_chain').detail).toBe(
+      '5 rows across 3 tenants intact (verified as they were restored)',
+    )
     expect(await accounts(url)).toEqual(await accounts(db.url))
     const sourceAudit = await auditRows(db.url)
     expect(sourceAudit).toHaveLength(5)
@@ -444,6 +448,20 @@ describe('restore', () => {
     expect(forced.doc.ok).toBe(true)
     expect(await accounts(url)).toEqual(await accounts(db.url))
     expect(await auditRows(url)).toEqual(sourceAudit)
+  })
+
+  it('when the chains cannot be vouched for on the way in (a key it does not hold), verify-chain runs on the restored database and names the break: exit 4', async () => {
+    const url = urlFor(targetName('otherkey'))
+    const other = `a2:${randomBytes(32).toString('base64')}`
+    const r = await json(['--yes', 'restore', smallFile, '--target', url, '--create'], {
+      env: { AUDIT_HMAC_KEY: other },
+    })
+    expect(r.code, r.stderr).toBe(4)
+    const chain = r.doc.checks.find((c: { name: string }) => c.name === 'verify_chain')
+    expect(chain.ok).toBe(false)
+    expect(chain.detail).toMatch(/^broken: .*@1 unknown_key/)
+    // The data itself is restored: only the chain check failed.
+    expect(await auditRows(url)).toEqual(await auditRows(db.url))
   })
 
   it('without --yes and without a terminal: exit 3, the target stays empty', async () => {

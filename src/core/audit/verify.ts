@@ -328,7 +328,8 @@ function startWorkers(input: WorkerInput, count: number): VerifyThreads {
   }
 }
 
-async function recordRun(
+/** A run in credits.chain_verifications, for `status`. */
+export async function recordRun(
   pool: pg.Pool,
   startedAt: Date,
   r: VerifyResult,

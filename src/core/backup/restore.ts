@@ -6,12 +6,18 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
+import path from 'node:path'
 import { Transform, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
+import { Worker } from 'node:worker_threads'
 import zlib from 'node:zlib'
 import type pg from 'pg'
 import { Client } from '../db/driver.js'
+import type { Head } from '../audit/checker.js'
+import type { TextChainResult } from '../audit/copy-text.js'
+import type { CopyTextWorkerInput, CopyTextWorkerMessage } from '../audit/copy-text-worker.js'
 import { type VerifyOptions, verifyChain } from '../audit/verify.js'
+import { PACKAGE_ROOT } from '../config/paths.js'
 import type { Keyring } from '../config/secrets.js'
 import type { Database } from '../db/pool.js'
 import { IntegrityError, OperationError } from '../errors.js'
@@ -35,7 +41,12 @@ export async function streamDump(
   manifest: Manifest,
   keys: Keyring,
   sink: Writable,
-  options: { onProgress?: (bytes: number) => void; signal?: AbortSignal } = {},
+  options: {
+    onProgress?: (bytes: number) => void
+    signal?: AbortSignal
+    /** A stage between the decrypted dump and the sink (the chain check's tee). */
+    through?: Transform
+  } = {},
 ): Promise<{ fileBytes: number; dumpBytes: number }> {
   const hash = createHash('sha256')
   let fileBytes = 0
@@ -91,6 +102,7 @@ export async function streamDump(
       // 1 MiB output chunks instead of zlib's 16 KiB: a quarter less CPU on the restore path.
       zlib.createGunzip({ chunkSize: 1 << 20 }),
       count,
+      ...(options.through ? [options.through] : []),
       sink,
       ...(options.signal ? [{ signal: options.signal }] : []),
     )
@@ -245,8 +257,10 @@ export async function restoreInto(
     clean: boolean
     onProgress?: (bytes: number) => void
     signal?: AbortSignal
+    /** Verify the audit chains from the dump as it goes by (a custom dump into an empty target). */
+    chainCheck?: { keys: Keyring; heads: Record<string, Head> }
   },
-): Promise<void> {
+): Promise<TextChainResult | null> {
   const conn = toolConnection(url, env)
   const psqlArgs = [
     '--no-psqlrc',
@@ -261,8 +275,20 @@ export async function restoreInto(
     const tool = await findTool('pg_restore', options.serverMajor, env)
     const args = ['--exit-on-error', '--single-transaction', '--no-owner', '--no-privileges', '--no-password']
     const sink = toolSink(tool.path, [...args, `--dbname=${conn.dbname}`], conn.env, 'pg_restore')
-    await both(streamDump(file, manifest, keys, sink.stdin, options), sink.done)
-    return
+    const check = options.chainCheck ? chainStreamCheck(tool.path, conn.env, options.chainCheck) : null
+    try {
+      await both(
+        streamDump(file, manifest, keys, sink.stdin, {
+          ...options,
+          ...(check ? { through: check.tee } : {}),
+        }),
+        sink.done,
+      )
+    } catch (err) {
+      check?.abandon()
+      throw err
+    }
+    return check ? await check.result : null
   }
   // Replacing a schema, or a plain dump: psql in one transaction that first drops the schema with
   // everything in it (pg_restore --clean drops only what the backup has, so a table added since,
@@ -295,7 +321,92 @@ export async function restoreInto(
   }
   psql.stdin.end()
   await psql.done
+  return null
 }
+
+/** Where the compiled chain-check thread is: dist/, also when the caller runs from source (tests). */
+const COPY_TEXT_WORKER = path.join(PACKAGE_ROOT, 'dist/core/audit/copy-text-worker.js')
+/** pg_restore's chunks in flight to the checking thread before its output is paused. */
+const CHUNKS_IN_FLIGHT = 8
+
+/**
+ * The audit chains verified from the dump on its way into the target: a second pg_restore turns
+ * the stream's audit table into COPY text (it decodes the archive, so we need not), and a thread
+ * checks it (TextChainChecker). The tee passes every chunk on unchanged, waiting only when the
+ * check falls behind, so memory stays bounded; if the check fails in any way it is dropped, the
+ * restore goes on, and the result says it is not intact: the caller then runs verify-chain on the
+ * restored database.
+ */
+function chainStreamCheck(
+  pgRestore: string,
+  env: NodeJS.ProcessEnv,
+  options: { keys: Keyring; heads: Record<string, Head> },
+): { tee: Transform; result: Promise<TextChainResult>; abandon(): void } {
+  let alive = true
+  let settle: (r: TextChainResult) => void = () => {}
+  const result = new Promise<TextChainResult>((resolve) => (settle = resolve))
+  const giveUp = (why: string) => {
+    if (!alive) return
+    alive = false
+    child.kill('SIGKILL')
+    void worker.terminate()
+    settle({ intact: false, why, rows: 0, tenants: 0 })
+  }
+  const child = spawn(
+    pgRestore,
+    ['--data-only', `--schema=${AUDIT_TABLE.schema}`, `--table=${AUDIT_TABLE.table}`, '--file=-'],
+    { env, stdio: ['pipe', 'pipe', 'ignore'] },
+  )
+  const worker = new Worker(COPY_TEXT_WORKER, {
+    workerData: {
+      keys: [...options.keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') })),
+      table: `${AUDIT_TABLE.schema}.${AUDIT_TABLE.table}`,
+      heads: options.heads,
+    } satisfies CopyTextWorkerInput,
+  })
+  let inFlight = 0
+  worker.on('message', (m: CopyTextWorkerMessage) => {
+    if (m.type === 'ack') {
+      if (--inFlight < CHUNKS_IN_FLIGHT / 2) child.stdout.resume()
+    } else if (alive) {
+      alive = false
+      settle(m.result)
+    }
+  })
+  worker.on('error', (err) => giveUp(`the checking thread failed: ${err.message}`))
+  worker.on('exit', () => giveUp('the checking thread stopped'))
+  child.on('error', (err) => giveUp(`pg_restore could not run: ${err.message}`))
+  child.stdin.on('error', () => {}) // EPIPE once it has what it needs
+  child.stdout.on('data', (chunk: Buffer) => {
+    worker.postMessage(chunk)
+    if (++inFlight >= CHUNKS_IN_FLIGHT) child.stdout.pause()
+  })
+  child.on('close', (code) => {
+    if (code !== 0) giveUp(`pg_restore --data-only stopped (exit ${code})`)
+    else if (alive) worker.postMessage(null)
+  })
+  const tee = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      if (!alive || child.stdin.destroyed || child.exitCode !== null) return cb(null, chunk)
+      if (child.stdin.write(chunk)) return cb(null, chunk)
+      // The check is behind: wait for it, unless it ends meanwhile.
+      const go = () => {
+        child.stdin.off('drain', go)
+        child.off('close', go)
+        cb(null, chunk)
+      }
+      child.stdin.on('drain', go)
+      child.on('close', go)
+    },
+    flush(cb) {
+      child.stdin.end()
+      cb()
+    },
+  })
+  return { tee, result, abandon: () => giveUp('the restore failed') }
+}
+
+const AUDIT_TABLE = { schema: 'credits', table: 'audit_logs' }
 
 /** Forwards to a stream without ever ending it (the caller ends it once everything checked out). */
 class EndlessWritable extends Writable {
