@@ -60,10 +60,9 @@ export const about =
   `${ROUNDS.verify} of verify, subject and baseline interleaved with the order rotating, no warmup (the vacuum leaves the ` +
   `data in the page cache). Create: \`shieldx backup create --dir D --json\` (pg_dump -Fc -Z0 in an exported ` +
   `snapshot → gzip 6 → chunked AES-256-GCM → fsync → rename, manifest) against \`pg_dump -Fc --schema=credits -f FILE\`, ` +
-  `each writing a new file every run. Restore: \`shieldx restore FILE --target URL --create --yes --json\` into a ` +
-  `new database (created by the command, so inside the timing; it also checks the manifest and runs ` +
-  `verify-chain on the result) against \`pg_restore --single-transaction --no-owner -d DB FILE\` of the bare ` +
-  `dump into a new empty database (created before the clock starts); a CHECKPOINT before every run, the ` +
+  `each writing a new file every run. Restore: \`shieldx restore FILE --target URL --yes --json\` (it also ` +
+  `checks the manifest and verifies the audit chains) against \`pg_restore --single-transaction --no-owner -d DB FILE\` ` +
+  `of the bare dump, each into a new empty database created before the clock starts; a CHECKPOINT before every run, the ` +
   `database dropped after it, neither timed. The restore is split into phases by polling pg_stat_activity ` +
   `every 50 ms for pg_restore's session on the target. Verify: \`shieldx backup verify FILE --json\` ` +
   `(checksum, every chunk, gunzip, the table of contents) in MB/s of the backup file, against \`gzip -t\` of ` +
@@ -133,7 +132,7 @@ export async function ledgerData(spec, { d, keyring, home }) {
  * Polls pg_stat_activity (from the admin database, so the target sees no extra connection) every
  * 50 ms while a restore runs and notes when a session of application_name 'pg_restore' on the
  * target was first and last seen. That splits `shieldx restore` into what comes before pg_restore
- * connects (node start, manifest, create database), the pg_restore session itself, and the checks
+ * connects (node start, manifest, target checks), the pg_restore session itself, and the checks
  * after it (row counts, chain heads, verify-chain), within ±50 ms.
  */
 function watchRestore(database) {
@@ -289,15 +288,15 @@ export async function run({ progress }) {
       const f = files[spec.label]
       restoreCmds.push(
         command(`shieldx restore, ${spec.label}`, async () => {
-          // shieldx creates the database (--create); a checkpoint first, so no run starts with
-          // the previous one's dirty buffers still to write.
+          // Into a new empty database created before the clock starts, as for pg_restore: the
+          // same job. A checkpoint after it, so no run starts with dirty buffers still to write.
+          const target = await scratchDatabase()
           await admin('checkpoint')
-          const target = await scratchDatabase({ create: false })
           const watch = watchRestore(target.name)
           await watch.ready()
           const t0 = performance.now()
           return {
-            ...shieldx(['restore', f.backup, '--target', target.url, '--create', '--yes', '--json'], env()),
+            ...shieldx(['restore', f.backup, '--target', target.url, '--yes', '--json'], env()),
             expect: /^\{\s*"ok": true,\s*"target"[\s\S]*"verify_chain"/m,
             // Runs after a failed run too: it must not throw, or it would hide the run's own error.
             cleanup: async () => {
@@ -346,14 +345,14 @@ export async function run({ progress }) {
     const rc = byLabel(restoreCmds)
     rows.push(
       compare(
-        '`restore --create`, large',
+        '`restore`, large',
         restored,
         rc['shieldx restore, large'],
         rc['pg_restore, large'],
         goals.maxRatio(1.15),
       ),
       compare(
-        '`restore --create`, small',
+        '`restore`, small',
         restored,
         rc['shieldx restore, small'],
         rc['pg_restore, small'],
@@ -381,9 +380,9 @@ export async function run({ progress }) {
         ),
       )
       notes.push(
-        `restore, ${label}: before pg_restore connects (node, manifest, create database) ${fmtS(median(p.map((x) => x.before)))}, ` +
-          `pg_restore session ${fmtS(median(p.map((x) => x.session)))}, after it (row counts, chain heads, verify-chain of ` +
-          `${(files[label].manifest.row_counts['credits.audit_logs'] ?? 0).toLocaleString('en-US')} audit rows) ` +
+        `restore, ${label}: before pg_restore connects (node, manifest, target checks) ${fmtS(median(p.map((x) => x.before)))}, ` +
+          `pg_restore session ${fmtS(median(p.map((x) => x.session)))}, after it (row counts, chain heads, the checkpoint; the ` +
+          `${(files[label].manifest.row_counts['credits.audit_logs'] ?? 0).toLocaleString('en-US')} audit rows were verified during the session) ` +
           `${fmtS(median(p.map((x) => x.after)))} of ${fmtS(median(p.map((x) => x.total)))} (medians; ` +
           `rounds: ${p.map((x) => `${fmtS(x.before)} + ${fmtS(x.session)} + ${fmtS(x.after)}`).join(', ')}); ` +
           `bare pg_restore session ${bareSession[label].map(fmtS).join(' / ')}`,

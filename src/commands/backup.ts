@@ -295,8 +295,7 @@ export async function restore(
     typeToConfirm: state.database,
   })
   if (!state.exists) {
-    await createTargetDatabase(opts.target, timeoutMs)
-    state = await inspectTarget(opts.target, manifest.database, timeoutMs)
+    state = await createTargetDatabase(opts.target, timeoutMs)
   }
   const target = state
   const result = await withTask(

@@ -40,19 +40,23 @@ export interface Facts {
 }
 
 /** Row counts, schema version and chain heads, read in the caller's (snapshot) transaction. */
-export async function readFacts(client: pg.ClientBase, schema: SchemaName): Promise<Facts> {
+/**
+ * What a manifest records of a schema. On a pool the row counts run side by side, each on a
+ * connection of its own; on one client (a backup's snapshot) they queue.
+ */
+export async function readFacts(client: pg.ClientBase | pg.Pool, schema: SchemaName): Promise<Facts> {
   const { rows: tables } = await client.query<{ name: string }>(
     `select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where n.nspname = $1 and c.relkind in ('r', 'p') order by c.relname`,
     [schema],
   )
   const row_counts: Record<string, number> = {}
-  for (const t of tables) {
-    const { rows } = await client.query<{ n: string }>(
-      `select count(*) as n from ${schema}."${t.name.replace(/"/g, '""')}"`,
-    )
-    row_counts[`${schema}.${t.name}`] = Number(rows[0]!.n)
-  }
+  const counts = await Promise.all(
+    tables.map((t) =>
+      client.query<{ n: string }>(`select count(*) as n from ${schema}."${t.name.replace(/"/g, '""')}"`),
+    ),
+  )
+  tables.forEach((t, i) => (row_counts[`${schema}.${t.name}`] = Number(counts[i]!.rows[0]!.n)))
   const hasMigrations = tables.some((t) => t.name === 'schema_migrations')
   const schema_version = hasMigrations
     ? Number(

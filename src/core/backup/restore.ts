@@ -448,7 +448,10 @@ export function withDatabase(url: string, name: string): string {
 }
 
 /** Compare a restored database with the manifest: schema version, row counts, chain heads. */
-export async function compareWithManifest(client: pg.ClientBase, manifest: Manifest): Promise<Check[]> {
+export async function compareWithManifest(
+  client: pg.ClientBase | pg.Pool,
+  manifest: Manifest,
+): Promise<Check[]> {
   const facts: Facts = await readFacts(client, manifest.database)
   const checks: Check[] = []
   checks.push({

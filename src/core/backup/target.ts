@@ -11,14 +11,7 @@ import { type Database, openServer } from '../db/pool.js'
 import type { PgErrorLike } from '../db/pg-errors.js'
 import { OperationError, SafetyError } from '../errors.js'
 import type { Manifest } from './manifest.js'
-import {
-  type Check,
-  chainCheck,
-  compareWithManifest,
-  restoreInto,
-  withClient,
-  withDatabase,
-} from './restore.js'
+import { type Check, chainCheck, compareWithManifest, restoreInto, withDatabase } from './restore.js'
 
 export interface TargetState {
   database: string
@@ -68,7 +61,8 @@ export async function inspectTarget(url: string, schema: string, timeoutMs: numb
   }
 }
 
-export async function createTargetDatabase(url: string, timeoutMs: number): Promise<void> {
+/** Create the target database; returns its state (empty, nobody connected) without asking again. */
+export async function createTargetDatabase(url: string, timeoutMs: number): Promise<TargetState> {
   const name = databaseOf(url)
   if (!/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/.test(name)) {
     throw new OperationError(
@@ -78,6 +72,7 @@ export async function createTargetDatabase(url: string, timeoutMs: number): Prom
   const admin = await openServer(withDatabase(url, 'postgres'), '--target', { timeoutMs, env: {}, max: 1 })
   try {
     await admin.pool.query(`create database "${name}"`)
+    return { database: name, exists: true, tables: 0, otherConnections: 0, serverMajor: admin.serverMajor }
   } finally {
     await admin.close()
   }
@@ -136,17 +131,17 @@ export async function restoreBackup(
   const checks: Check[] = [
     { name: 'restore', ok: true, detail: `${manifest.name} restored into '${state.database}'` },
   ]
-  checks.push(...(await withClient(url, (c) => compareWithManifest(c, manifest))))
-  if (manifest.database === 'credits') {
-    if (!options.auditKeys) {
-      checks.push({
-        name: 'verify_chain',
-        ok: false,
-        detail: 'AUDIT_HMAC_KEY is needed to verify the restored chain',
-      })
-    } else {
-      const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
-      try {
+  const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
+  try {
+    checks.push(...(await compareWithManifest(db.pool, manifest)))
+    if (manifest.database === 'credits') {
+      if (!options.auditKeys) {
+        checks.push({
+          name: 'verify_chain',
+          ok: false,
+          detail: 'AUDIT_HMAC_KEY is needed to verify the restored chain',
+        })
+      } else {
         // Verified on the way in, and the rows that arrived are the rows checked (row counts and
         // heads match the manifest): what is left is the checkpoint. Otherwise, the full check.
         const early =
@@ -154,10 +149,10 @@ export async function restoreBackup(
             ? await streamedChainCheck(db, options.auditKeys, streamed, startedAt)
             : null
         checks.push(early ?? (await chainCheck(db, options.auditKeys)))
-      } finally {
-        await db.close()
       }
     }
+  } finally {
+    await db.close()
   }
   return { ok: checks.every((c) => c.ok), target: state.database, checks }
 }
