@@ -57,7 +57,7 @@ export async function run(argv: string[], io: Io, options: RunOptions = {}): Pro
     })
 
   const program = buildProgram(io, async (globals) => {
-    // Loaded here, not at the top: settings pull in yaml, and --help should load commander only.
+    // Loaded here, not at the top: --help should load commander only.
     const { Context } = await import('./context.js')
     ctx = new Context(io, globals, signal)
     return ctx

@@ -464,6 +464,23 @@ describe('restore', () => {
     expect(await auditRows(url)).toEqual(await auditRows(db.url))
   })
 
+  it('a restored database that differs from its manifest does not take the chains checked on the way in on trust: the full verify-chain runs, exit 4', async () => {
+    const copy = copyBackup(smallFile)
+    const manifest = readManifest(copy)
+    manifest.row_counts['credits.credit_accounts'] += 1
+    fs.writeFileSync(manifestOf(copy), JSON.stringify(manifest))
+    const r = await json(['--yes', 'restore', copy, '--target', urlFor(targetName('edited')), '--create'])
+    expect(r.code, r.stderr).toBe(4)
+    const byName = Object.fromEntries(r.doc.checks.map((c: { name: string }) => [c.name, c]))
+    expect(byName.row_counts.ok).toBe(false)
+    // The chain itself is intact, and said so by verify-chain on the restored rows.
+    expect(byName.verify_chain).toEqual({
+      name: 'verify_chain',
+      ok: true,
+      detail: '5 rows across 3 tenants intact',
+    })
+  })
+
   it('without --yes and without a terminal: exit 3, the target stays empty', async () => {
     const t = await createEmptyDatabase('noyes')
     const r = await cli(['restore', smallFile, '--target', t.url])

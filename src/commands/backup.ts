@@ -295,7 +295,9 @@ export async function restore(
     typeToConfirm: state.database,
   })
   if (!state.exists) {
-    state = await createTargetDatabase(opts.target, timeoutMs)
+    await createTargetDatabase(opts.target, timeoutMs)
+    // Asked again: a template with the schema in it would make the new database non-empty.
+    state = await inspectTarget(opts.target, manifest.database, timeoutMs)
   }
   const target = state
   const result = await withTask(

@@ -15,11 +15,15 @@ export async function verify(
   if (opts.checkpoint && tenant) throw new UsageError('--checkpoint records every tenant: drop --tenant.')
   const settings = ctx.settings()
   // The worker threads boot and connect while this thread opens and checks the database.
-  const threads = startVerifyThreads(serverUrl(settings, 'credits'), settings.timeoutMs.value, {
+  const threads = startVerifyThreads(serverUrl(settings, 'credits'), {
     ...(tenant ? { tenant } : {}),
     ...(opts.workers ? { workers: opts.workers } : {}),
   })
-  if (threads) ctx.onCleanup(async () => threads.stop())
+  if (threads) {
+    ctx.onCleanup(async () => threads.stop())
+    // Ctrl-C: the threads' own connections are not in the pool whose statements are cancelled.
+    ctx.signal.addEventListener('abort', () => threads.stop(), { once: true })
+  }
   const dbs = await ctx.databases(settings)
   const l = await openLedger(settings, dbs.credits, { cache: false, notice: (m) => ctx.out.warn(m) })
 

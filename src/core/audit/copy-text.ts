@@ -121,6 +121,11 @@ export class TextChainChecker {
     if (start < buf.length) this.carry = Buffer.from(buf.subarray(start))
   }
 
+  /** True once it gave up: nothing it is given from then on changes the result. */
+  get gaveUp(): boolean {
+    return this.why !== null
+  }
+
   end(): TextChainResult {
     const result = (why: string | null): TextChainResult => ({
       intact: why === null,
@@ -132,7 +137,7 @@ export class TextChainChecker {
     if (this.state !== 'after') return result(`no complete COPY of ${this.table} in the output`)
     for (const [tenant, s] of this.tenants) {
       if (s.waiting) return result(`${tenant}: rows after a gap at seq ${s.next}`)
-      const head = this.heads[tenant]
+      const head = Object.hasOwn(this.heads, tenant) ? this.heads[tenant] : undefined
       if (!head) return result(`${tenant}: rows, but no chain head in the manifest`)
       if (s.checker.finish({ seq: head.seq, head: Buffer.from(head.head, 'hex') }) !== null)
         return result(`${tenant}: the chain does not verify`)

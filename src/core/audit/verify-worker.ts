@@ -5,13 +5,12 @@
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { Client } from '../db/driver.js'
-import type { Key } from '../config/secrets.js'
+import { type Key, keysFromWire, type WireKeys } from '../config/secrets.js'
 import type { Head } from './checker.js'
 import { type PartitionResult, type PartitionSpec, verifyPartition } from './partition.js'
 
 export interface WorkerInput {
   connectionString: string
-  statementTimeoutMs: number
 }
 
 /**
@@ -22,7 +21,7 @@ export interface WorkerInput {
 export interface WorkerTask {
   partition: PartitionSpec | null
   checkpoint?: Record<string, Head>
-  keys?: Array<{ kid: string; key: string }>
+  keys?: WireKeys
 }
 
 export type WorkerMessage =
@@ -47,8 +46,7 @@ async function main(input: WorkerInput): Promise<void> {
     for (;;) {
       const task = await tasks.next()
       if (task.checkpoint) checkpoint = task.checkpoint
-      if (task.keys)
-        keys = new Map(task.keys.map((k) => [k.kid, { kid: k.kid, bytes: Buffer.from(k.key, 'base64') }]))
+      if (task.keys) keys = keysFromWire(task.keys)
       if (!task.partition) break
       const result = await verifyPartition(client, task.partition, keys, checkpoint, (rows) =>
         parentPort!.postMessage({ type: 'progress', rows } satisfies WorkerMessage),

@@ -9,7 +9,7 @@ import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import type pg from 'pg'
 import { PACKAGE_ROOT } from '../config/paths.js'
-import type { Keyring } from '../config/secrets.js'
+import { type Keyring, keysToWire } from '../config/secrets.js'
 import type { Database } from '../db/pool.js'
 import { OperationError } from '../errors.js'
 import type { Broken, Head } from './checker.js'
@@ -66,9 +66,7 @@ export async function verifyChain(
   // Threads start first: loading pg and connecting takes them a while, which the checkpoint
   // reads and the partitioning below overlap.
   const threads =
-    options.threads !== undefined
-      ? options.threads
-      : startVerifyThreads(db.connectionString, db.timeoutMs, options)
+    options.threads !== undefined ? options.threads : startVerifyThreads(db.connectionString, options)
   let parts: PartitionResult[]
   const against: Array<{ source: string; checkpoint: Checkpoint }> = []
   let promised: Record<string, Head>
@@ -92,6 +90,7 @@ export async function verifyChain(
           checkpoint: promised,
           keys,
           pool: db.pool,
+          cancel: () => db.cancelActive(),
           ...(options.onProgress ? { onProgress: options.onProgress } : {}),
         })
       : [
@@ -231,6 +230,8 @@ interface Work {
   keys: Keyring
   /** This thread's connections: it verifies partitions too. */
   pool: pg.Pool
+  /** Cancel this thread's statement: a thread failed, the run is over. */
+  cancel(): Promise<void>
   onProgress?: (rows: number) => void
 }
 
@@ -243,12 +244,11 @@ interface Work {
  */
 export function startVerifyThreads(
   connectionString: string | null,
-  statementTimeoutMs: number,
   options: Pick<VerifyOptions, 'workers' | 'tenant'>,
 ): VerifyThreads | null {
   const count = Math.max(1, Math.min(options.workers ?? os.availableParallelism(), 16))
   if (!connectionString || count === 1 || options.tenant) return null
-  return startWorkers({ connectionString, statementTimeoutMs }, count - 1)
+  return startWorkers({ connectionString }, count - 1)
 }
 
 /**
@@ -306,20 +306,27 @@ function startWorkers(input: WorkerInput, count: number): VerifyThreads {
     async run(specs, work) {
       onProgress = work.onProgress
       queue = [...specs]
-      const wire = [...work.keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') }))
+      const wire = keysToWire(work.keys)
       const others = new Promise<void>((resolve, reject) => {
         settle = { resolve, reject }
         if (failure) return reject(failure)
         for (const worker of threads) give(worker, { checkpoint: work.checkpoint, keys: wire })
         if (busy.size === 0) resolve()
       })
-      // This thread's share, on a connection of the pool; it stops taking work once a thread failed.
+      // This thread's share, on a connection of the pool. Either side failing stops the other: the
+      // threads take no more work, and this thread's statement is cancelled.
       const here = inProcess(work.pool, async (client) => {
         for (let spec = take(); spec; spec = take()) {
           results.push(await verifyPartition(client, spec, work.keys.byId, work.checkpoint, onProgress))
         }
+      }).catch((err: Error) => {
+        fail(err)
+        throw err
       })
-      await Promise.all([others, here])
+      others.catch(() => work.cancel())
+      await Promise.allSettled([others, here])
+      // The first failure, whichever side it came from (a cancelled statement is its echo).
+      if (failure) throw failure
       return results
     },
     stop() {

@@ -39,10 +39,9 @@ export interface Facts {
   chains: Manifest['chains']
 }
 
-/** Row counts, schema version and chain heads, read in the caller's (snapshot) transaction. */
 /**
- * What a manifest records of a schema. On a pool the row counts run side by side, each on a
- * connection of its own; on one client (a backup's snapshot) they queue.
+ * Row counts, schema version and chain heads: in the caller's (snapshot) transaction on a client,
+ * or on a pool (after a restore), where the counts run side by side on connections of their own.
  */
 export async function readFacts(client: pg.ClientBase | pg.Pool, schema: SchemaName): Promise<Facts> {
   const { rows: tables } = await client.query<{ name: string }>(
@@ -51,12 +50,15 @@ export async function readFacts(client: pg.ClientBase | pg.Pool, schema: SchemaN
     [schema],
   )
   const row_counts: Record<string, number> = {}
-  const counts = await Promise.all(
-    tables.map((t) =>
-      client.query<{ n: string }>(`select count(*) as n from ${schema}."${t.name.replace(/"/g, '""')}"`),
-    ),
-  )
-  tables.forEach((t, i) => (row_counts[`${schema}.${t.name}`] = Number(counts[i]!.rows[0]!.n)))
+  const count = async (name: string) => {
+    const { rows } = await client.query<{ n: string }>(
+      `select count(*) as n from ${schema}."${name.replace(/"/g, '""')}"`,
+    )
+    row_counts[`${schema}.${name}`] = Number(rows[0]!.n)
+  }
+  // One query at a time on a client (pg deprecates queueing them); all at once on a pool.
+  if ('totalCount' in client) await Promise.all(tables.map((t) => count(t.name)))
+  else for (const t of tables) await count(t.name)
   const hasMigrations = tables.some((t) => t.name === 'schema_migrations')
   const schema_version = hasMigrations
     ? Number(

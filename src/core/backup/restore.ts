@@ -12,13 +12,12 @@ import { pipeline } from 'node:stream/promises'
 import { Worker } from 'node:worker_threads'
 import zlib from 'node:zlib'
 import type pg from 'pg'
-import { Client } from '../db/driver.js'
 import type { Head } from '../audit/checker.js'
 import type { TextChainResult } from '../audit/copy-text.js'
 import type { CopyTextWorkerInput, CopyTextWorkerMessage } from '../audit/copy-text-worker.js'
 import { type VerifyOptions, verifyChain } from '../audit/verify.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
-import type { Keyring } from '../config/secrets.js'
+import { type Keyring, keysToWire } from '../config/secrets.js'
 import type { Database } from '../db/pool.js'
 import { IntegrityError, OperationError } from '../errors.js'
 import { createDecryptStream } from './envelope.js'
@@ -345,13 +344,19 @@ function chainStreamCheck(
   let alive = true
   let settle: (r: TextChainResult) => void = () => {}
   const result = new Promise<TextChainResult>((resolve) => (settle = resolve))
-  const giveUp = (why: string) => {
+  /** The tee's pending chunk while the check is behind: released on drain, or when the check ends. */
+  let release: (() => void) | null = null
+  const end = (r: TextChainResult) => {
     if (!alive) return
     alive = false
-    child.kill('SIGKILL')
+    settle(r)
+    // Nothing more to read or check: stop both, and let the restore go on at its own pace.
+    child.stdout.destroy()
+    if (child.exitCode === null) child.kill('SIGKILL')
     void worker.terminate()
-    settle({ intact: false, why, rows: 0, tenants: 0 })
+    release?.()
   }
+  const giveUp = (why: string) => end({ intact: false, why, rows: 0, tenants: 0 })
   const child = spawn(
     pgRestore,
     ['--data-only', `--schema=${AUDIT_TABLE.schema}`, `--table=${AUDIT_TABLE.table}`, '--file=-'],
@@ -359,7 +364,7 @@ function chainStreamCheck(
   )
   const worker = new Worker(COPY_TEXT_WORKER, {
     workerData: {
-      keys: [...options.keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') })),
+      keys: keysToWire(options.keys),
       table: `${AUDIT_TABLE.schema}.${AUDIT_TABLE.table}`,
       heads: options.heads,
     } satisfies CopyTextWorkerInput,
@@ -367,36 +372,37 @@ function chainStreamCheck(
   let inFlight = 0
   worker.on('message', (m: CopyTextWorkerMessage) => {
     if (m.type === 'ack') {
-      if (--inFlight < CHUNKS_IN_FLIGHT / 2) child.stdout.resume()
-    } else if (alive) {
-      alive = false
-      settle(m.result)
-    }
+      if (--inFlight < CHUNKS_IN_FLIGHT / 2 && alive) child.stdout.resume()
+    } else end(m.result) // at the end of the text, or as soon as it gave up
   })
   worker.on('error', (err) => giveUp(`the checking thread failed: ${err.message}`))
   worker.on('exit', () => giveUp('the checking thread stopped'))
   child.on('error', (err) => giveUp(`pg_restore could not run: ${err.message}`))
+  child.on('exit', (code, signal) => {
+    if (code !== 0) giveUp(`pg_restore --data-only stopped (${signal ?? `exit ${code}`})`)
+  })
   child.stdin.on('error', () => {}) // EPIPE once it has what it needs
+  child.stdin.on('close', () => release?.())
   child.stdout.on('data', (chunk: Buffer) => {
     worker.postMessage(chunk)
     if (++inFlight >= CHUNKS_IN_FLIGHT) child.stdout.pause()
   })
-  child.on('close', (code) => {
-    if (code !== 0) giveUp(`pg_restore --data-only stopped (exit ${code})`)
-    else if (alive) worker.postMessage(null)
+  // All of its output read (a successful exit): the text is complete.
+  child.stdout.on('end', () => {
+    if (alive) worker.postMessage(null)
   })
   const tee = new Transform({
     transform(chunk: Buffer, _e, cb) {
-      if (!alive || child.stdin.destroyed || child.exitCode !== null) return cb(null, chunk)
+      if (!alive || !child.stdin.writable) return cb(null, chunk)
       if (child.stdin.write(chunk)) return cb(null, chunk)
       // The check is behind: wait for it, unless it ends meanwhile.
       const go = () => {
+        release = null
         child.stdin.off('drain', go)
-        child.off('close', go)
         cb(null, chunk)
       }
+      release = go
       child.stdin.on('drain', go)
-      child.on('close', go)
     },
     flush(cb) {
       child.stdin.end()
@@ -485,15 +491,4 @@ export async function compareWithManifest(
     })
   }
   return checks
-}
-
-export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new Client({ connectionString: url, application_name: 'shieldx restore' })
-  client.on('error', () => {})
-  await client.connect()
-  try {
-    return await fn(client)
-  } finally {
-    await client.end().catch(() => {})
-  }
 }

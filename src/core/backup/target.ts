@@ -7,6 +7,7 @@ import type { TextChainResult } from '../audit/copy-text.js'
 import { loadNewestCheckpoint } from '../audit/checkpoint.js'
 import { recordRun } from '../audit/verify.js'
 import type { Keyring } from '../config/secrets.js'
+import { Pool } from '../db/driver.js'
 import { type Database, openServer } from '../db/pool.js'
 import type { PgErrorLike } from '../db/pg-errors.js'
 import { OperationError, SafetyError } from '../errors.js'
@@ -61,8 +62,7 @@ export async function inspectTarget(url: string, schema: string, timeoutMs: numb
   }
 }
 
-/** Create the target database; returns its state (empty, nobody connected) without asking again. */
-export async function createTargetDatabase(url: string, timeoutMs: number): Promise<TargetState> {
+export async function createTargetDatabase(url: string, timeoutMs: number): Promise<void> {
   const name = databaseOf(url)
   if (!/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/.test(name)) {
     throw new OperationError(
@@ -72,7 +72,6 @@ export async function createTargetDatabase(url: string, timeoutMs: number): Prom
   const admin = await openServer(withDatabase(url, 'postgres'), '--target', { timeoutMs, env: {}, max: 1 })
   try {
     await admin.pool.query(`create database "${name}"`)
-    return { database: name, exists: true, tables: 0, otherConnections: 0, serverMajor: admin.serverMajor }
   } finally {
     await admin.close()
   }
@@ -118,7 +117,6 @@ export async function restoreBackup(
     signal?: AbortSignal
   },
 ): Promise<RestoreResult> {
-  const startedAt = new Date()
   const streamed = await restoreInto(file, manifest, options.keys, url, options.env, {
     serverMajor: state.serverMajor,
     clean: state.tables > 0,
@@ -131,9 +129,17 @@ export async function restoreBackup(
   const checks: Check[] = [
     { name: 'restore', ok: true, detail: `${manifest.name} restored into '${state.database}'` },
   ]
+  const startedAt = new Date()
+  // The counts on connections without a statement timeout (a large table may take a while), side by side.
+  const counts = new Pool({ connectionString: url, max: 4, application_name: 'shieldx restore' })
+  counts.on('error', () => {})
+  try {
+    checks.push(...(await compareWithManifest(counts, manifest)))
+  } finally {
+    await counts.end().catch(() => {})
+  }
   const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
   try {
-    checks.push(...(await compareWithManifest(db.pool, manifest)))
     if (manifest.database === 'credits') {
       if (!options.auditKeys) {
         checks.push({
@@ -142,10 +148,12 @@ export async function restoreBackup(
           detail: 'AUDIT_HMAC_KEY is needed to verify the restored chain',
         })
       } else {
-        // Verified on the way in, and the rows that arrived are the rows checked (row counts and
-        // heads match the manifest): what is left is the checkpoint. Otherwise, the full check.
+        // Verified on the way in against the manifest's heads; if the restored database holds
+        // exactly what the manifest says (its row counts, its accounts' heads), it holds the rows
+        // that were checked, and what is left is the checkpoint. Otherwise, the full check.
+        const matches = checks.every((c) => c.ok)
         const early =
-          streamed?.intact && streamed.rows === manifest.row_counts['credits.audit_logs']
+          streamed?.intact && matches && streamed.rows === manifest.row_counts['credits.audit_logs']
             ? await streamedChainCheck(db, options.auditKeys, streamed, startedAt)
             : null
         checks.push(early ?? (await chainCheck(db, options.auditKeys)))
@@ -172,19 +180,20 @@ async function streamedChainCheck(
   let stored: Awaited<ReturnType<typeof loadNewestCheckpoint>>
   try {
     stored = await loadNewestCheckpoint(db.pool, keys)
+    if (stored) {
+      // The row at each head the checkpoint signed must be there, with that hash.
+      const heads = Object.entries(stored.checkpoint.heads)
+      const { rows } = await db.pool.query<{ tenant_id: string; hash: string }>(
+        `select a.tenant_id, encode(a.hash, 'hex') as hash
+           from unnest($1::text[], $2::bigint[]) as c(tenant_id, seq)
+           join credits.audit_logs a on a.tenant_id = c.tenant_id and a.seq = c.seq`,
+        [heads.map(([t]) => t), heads.map(([, h]) => h.seq)],
+      )
+      const found = new Map(rows.map((r) => [r.tenant_id, r.hash]))
+      if (heads.some(([t, h]) => found.get(t) !== h.head)) return null
+    }
   } catch {
     return null
-  }
-  if (stored) {
-    const heads = Object.entries(stored.checkpoint.heads)
-    const { rows } = await db.pool.query<{ tenant_id: string; seq: string; hash: string }>(
-      `select a.tenant_id, a.seq, encode(a.hash, 'hex') as hash
-         from unnest($1::text[], $2::bigint[]) as c(tenant_id, seq)
-         join credits.audit_logs a on a.tenant_id = c.tenant_id and a.seq = c.seq`,
-      [heads.map(([t]) => t), heads.map(([, h]) => h.seq)],
-    )
-    const found = new Map(rows.map((r) => [r.tenant_id, r.hash]))
-    if (heads.some(([t, h]) => found.get(t) !== h.head)) return null
   }
   const result = {
     ok: true,

@@ -37,6 +37,17 @@ export interface LoadedKeyring {
   generatedAt?: string
 }
 
+/** Keys as a worker thread receives them (workerData and messages carry no Buffers of ours). */
+export type WireKeys = Array<{ kid: string; key: string }>
+
+export function keysToWire(keys: Keyring): WireKeys {
+  return [...keys.byId.values()].map((k) => ({ kid: k.kid, key: k.bytes.toString('base64') }))
+}
+
+export function keysFromWire(keys: WireKeys): Map<string, Key> {
+  return new Map(keys.map((k) => [k.kid, { kid: k.kid, bytes: Buffer.from(k.key, 'base64') }]))
+}
+
 const KID = /^[A-Za-z0-9._-]{1,64}$/
 
 export function fingerprintKid(bytes: Buffer): string {
