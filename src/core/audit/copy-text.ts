@@ -15,7 +15,7 @@ import { type Head, TenantChecker } from './checker.js'
 
 export interface TextChainResult {
   intact: boolean
-  /** Why it gave up, when it did: for --verbose and the tests. */
+  /** Why it gave up, when it did (the tests read it; the fallback says what is wrong to the user). */
   why: string | null
   rows: number
   tenants: number
