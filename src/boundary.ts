@@ -6,11 +6,20 @@
  */
 import { CommanderError } from 'commander'
 import { scrubSecrets } from './core/config/redact.js'
-import { EXIT, type ExitCode, isShieldxError } from './core/errors.js'
+import { isConnectionError, isTimeout } from './core/db/pg-errors.js'
+import {
+  EXIT,
+  type ExitCode,
+  isShieldxError,
+  OperationError,
+  type ShieldxError,
+  TimeoutError,
+} from './core/errors.js'
 import type { Output } from './ui/output.js'
 
 export function handleError(err: unknown, out: Output, secrets: readonly string[] = []): ExitCode {
   const scrub = (s: string) => scrubSecrets(s, secrets)
+  err = fromDatabase(err) ?? err
 
   if (err instanceof CommanderError) {
     // --help and --version end here too, with exit code 0.
@@ -54,6 +63,29 @@ export function handleError(err: unknown, out: Output, secrets: readonly string[
   }
   if (out.verbose && e.stack) out.debug(scrub(e.stack))
   return EXIT.failed
+}
+
+/**
+ * A database error that no command put into words: a lost connection or a statement past its time
+ * limit is something for the user to act on, not a bug in shieldx. Transactions interrupted this
+ * way roll back; the commands whose outcome can be unknown (a lost COMMIT) say so themselves.
+ */
+function fromDatabase(err: unknown): ShieldxError | null {
+  if (isShieldxError(err) || !(err instanceof Error)) return null
+  if (isTimeout(err)) {
+    return new TimeoutError(`A database statement ran past its time limit (${err.message}).`, {
+      hint: 'Raise the limit with --timeout (e.g. --timeout 5m) if the work is expected to take longer.',
+      cause: err,
+    })
+  }
+  if (isConnectionError(err)) {
+    return new OperationError(`The connection to the database was lost (${err.message}).`, {
+      code: 'DB_CONNECTION_LOST',
+      hint: 'Check that the server is up and reachable, then run the command again.',
+      cause: err,
+    })
+  }
+  return null
 }
 
 /** Commander's message without its "error: " prefix; a group run without a subcommand says so. */

@@ -262,6 +262,27 @@ describe('the error boundary', () => {
     expect(c.stderr).toContain('bug')
   })
 
+  it('a lost database connection or a statement past its time limit is not called a bug', () => {
+    const lost = Object.assign(new Error('terminating connection due to administrator command'), {
+      code: '57P01',
+    })
+    const c = capture(true)
+    expect(handleError(lost, c.output)).toBe(EXIT.failed)
+    expect(c.stderr).toContain(
+      'error: The connection to the database was lost (terminating connection due to administrator command).',
+    )
+    expect(c.stderr).not.toContain('bug')
+    expect(JSON.parse(c.stdout).error).toMatchObject({ code: 'DB_CONNECTION_LOST', exit_code: 1 })
+    // As pg says it when the socket closes, and as it arrives from a worker thread (message only).
+    const closed = capture()
+    expect(handleError(new Error('Connection terminated unexpectedly'), closed.output)).toBe(EXIT.failed)
+    expect(closed.stderr).not.toContain('bug')
+    const slow = Object.assign(new Error('canceling statement due to statement timeout'), { code: '57014' })
+    const t = capture()
+    expect(handleError(slow, t.output)).toBe(EXIT.timeout)
+    expect(t.stderr).toContain('--timeout')
+  })
+
   it('an unexpected error is called a bug; the stack only with --verbose', () => {
     const quiet = capture()
     expect(handleError(new TypeError('undefined is not a function'), quiet.output)).toBe(EXIT.failed)

@@ -118,7 +118,13 @@ export type ErrorData =
       /** the cause's stack (or message), for --verbose */
       cause?: string
     }
-  | { shieldx: false; message: string; stack?: string }
+  | {
+      shieldx: false
+      message: string
+      stack?: string
+      /** pg's SQLSTATE or Node's error code: what says a lost connection from a bug */
+      code?: string
+    }
 
 export function errorToData(err: unknown): ErrorData {
   if (isShieldxError(err)) {
@@ -133,7 +139,13 @@ export function errorToData(err: unknown): ErrorData {
     }
   }
   const e = err instanceof Error ? err : new Error(String(err))
-  return { shieldx: false, message: e.message, ...(e.stack === undefined ? {} : { stack: e.stack }) }
+  const code = (e as NodeJS.ErrnoException).code
+  return {
+    shieldx: false,
+    message: e.message,
+    ...(e.stack === undefined ? {} : { stack: e.stack }),
+    ...(typeof code === 'string' ? { code } : {}),
+  }
 }
 
 /** The error again on this side: a ShieldxError keeps its exit code, code, hint and data; a bug stays a bug. */
@@ -141,6 +153,7 @@ export function errorFromData(d: ErrorData): Error {
   if (!d.shieldx) {
     const e = new Error(d.message)
     if (d.stack) e.stack = d.stack
+    if (d.code !== undefined) Object.assign(e, { code: d.code })
     return e
   }
   const details: ErrorDetails = {

@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { Client } from '../db/driver.js'
+import { type ErrorData, errorToData } from '../errors.js'
 import { type Key, keysFromWire, type WireKeys } from '../config/secrets.js'
 import type { Head } from './checker.js'
 import { type PartitionResult, type PartitionSpec, verifyPartition } from './partition.js'
@@ -27,7 +28,7 @@ export interface WorkerTask {
 export type WorkerMessage =
   | { type: 'progress'; rows: number }
   | { type: 'done'; result: PartitionResult }
-  | { type: 'error'; message: string; code?: string }
+  | { type: 'error'; error: ErrorData }
 
 async function main(input: WorkerInput): Promise<void> {
   const tasks = taskQueue()
@@ -86,7 +87,8 @@ function taskQueue(): { next(): Promise<WorkerTask>; close(): void } {
 }
 
 if (parentPort && workerData) {
-  main(workerData as WorkerInput).catch((err: Error & { code?: string }) => {
-    parentPort!.postMessage({ type: 'error', message: err.message, code: err.code } satisfies WorkerMessage)
+  main(workerData as WorkerInput).catch((err: unknown) => {
+    // Typed: an IntegrityError found in a thread is still exit 4, a lost connection still not a bug.
+    parentPort!.postMessage({ type: 'error', error: errorToData(err) } satisfies WorkerMessage)
   })
 }

@@ -11,7 +11,7 @@ import type pg from 'pg'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import { type Keyring, keysToWire } from '../config/secrets.js'
 import type { Database } from '../db/pool.js'
-import { OperationError } from '../errors.js'
+import { errorFromData, OperationError } from '../errors.js'
 import type { Broken, Head } from './checker.js'
 import {
   type Checkpoint,
@@ -291,7 +291,7 @@ function startWorkers(input: WorkerInput, count: number): VerifyThreads {
         results.push(m.result)
         give(worker)
         if (busy.size === 0) settle?.resolve()
-      } else fail(Object.assign(new Error(m.message), { code: m.code }))
+      } else fail(errorFromData(m.error))
     })
     worker.on('error', fail)
     worker.on('exit', (code) => {
