@@ -230,6 +230,39 @@ describe('tampering, each detected with the right reason (exit 4)', () => {
   })
 })
 
+describe('a row outside every chain', () => {
+  it('a row without a tenant_id (NOT NULL dropped by a superuser) is exit 4 with every worker count', async () => {
+    const own = await createTestDatabase('verify-null')
+    try {
+      const at = (extra: Record<string, string | undefined> = {}) => ({
+        CREDITS_DATABASE_URL: own.url,
+        ...extra,
+      })
+      expect((await cli(['migrate', 'up', '--no-backup'], at())).code).toBe(0)
+      for (const t of ['n-1', 'n-2', 'n-3'])
+        expect((await cli(['credits', 'topup', t, '10'], at())).code).toBe(0)
+      const c = new pg.Client({ connectionString: own.url })
+      await c.connect()
+      try {
+        await c.query('alter table credits.audit_logs alter column tenant_id drop not null')
+        await c.query(
+          `insert into credits.audit_logs (tenant_id, seq, action, amount, balance_after, key_id, prev_hash, hash)
+           values (null, 1, 'topup', 1, 1, 'k1', decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'))`,
+        )
+      } finally {
+        await c.end()
+      }
+      for (const workers of ['1', '2', '3']) {
+        const r = await cli(['verify-chain', '--workers', workers], at())
+        expect(r.code, `--workers ${workers}: ${r.stderr}`).toBe(4)
+        expect(r.stderr).toContain('credits.audit_logs holds a row without a tenant_id')
+      }
+    } finally {
+      await own.drop()
+    }
+  })
+})
+
 describe('worker threads started before the database is opened', () => {
   it('a server that refuses connections is one sentence (exit 1), and the threads do not keep the process alive', async () => {
     const started = Date.now()

@@ -127,6 +127,25 @@ async function accountsChunk(
   return { accounts, upTo: spec.upTo, last: true }
 }
 
+/** A row no chain can hold: NOT NULL was dropped and a row written outside the ledger. */
+export function rowWithoutTenant(): IntegrityError {
+  return new IntegrityError(
+    'credits.audit_logs holds a row without a tenant_id: it was altered outside the ledger.',
+    { code: 'AUDIT_ROW_WITHOUT_TENANT' },
+  )
+}
+
+/**
+ * Ranges of tenant_id never match a null one (the unpartitioned read does): a partitioned run asks
+ * for such rows on its own, an index lookup.
+ */
+export async function assertEveryRowHasTenant(client: pg.ClientBase | pg.Pool): Promise<void> {
+  const { rows } = await client.query<{ found: boolean }>(
+    'select exists (select 1 from credits.audit_logs where tenant_id is null) as found',
+  )
+  if (rows[0]!.found) throw rowWithoutTenant()
+}
+
 function rangeFilter(
   client: pg.ClientBase,
   tenant: string | undefined,
@@ -261,12 +280,7 @@ class PartitionReader {
     const length = FIELD_LENGTH
     const tenantAt = at[0]!
     const tenantLength = length[0]!
-    if (tenantLength < 0) {
-      throw new IntegrityError(
-        'credits.audit_logs holds a row without a tenant_id: it was altered outside the ledger.',
-        { code: 'AUDIT_ROW_WITHOUT_TENANT' },
-      )
-    }
+    if (tenantLength < 0) throw rowWithoutTenant()
     if (this.checker === null || !sameBytes(buf, tenantAt, tenantLength, this.tenantBytes)) {
       this.startTenant(
         buf.toString('utf8', tenantAt, tenantAt + tenantLength),

@@ -21,7 +21,12 @@ import {
   storeCheckpoint,
   writeCheckpointFile,
 } from './checkpoint.js'
-import { type PartitionResult, type PartitionSpec, verifyPartition } from './partition.js'
+import {
+  assertEveryRowHasTenant,
+  type PartitionResult,
+  type PartitionSpec,
+  verifyPartition,
+} from './partition.js'
 import type { WorkerInput, WorkerMessage, WorkerTask } from './verify-worker.js'
 
 export interface VerifyOptions {
@@ -86,7 +91,7 @@ export async function verifyChain(
     promised = mergeHeads(against.map((a) => a.checkpoint))
 
     parts = threads
-      ? await threads.run(await partitions(db.pool, threads.count * PARTITIONS_PER_THREAD), {
+      ? await threads.run(await partitionsOfEveryRow(db.pool, threads.count * PARTITIONS_PER_THREAD), {
           checkpoint: promised,
           keys,
           pool: db.pool,
@@ -187,6 +192,12 @@ async function inProcess<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promis
   } finally {
     client.release()
   }
+}
+
+/** The ranges, once it is known that every row falls in one (no null tenant_id). */
+async function partitionsOfEveryRow(pool: pg.Pool, count: number): Promise<PartitionSpec[]> {
+  const [specs] = await Promise.all([partitions(pool, count), assertEveryRowHasTenant(pool)])
+  return specs
 }
 
 /**
