@@ -6,15 +6,13 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { Transform, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { Worker } from 'node:worker_threads'
 import zlib from 'node:zlib'
 import type pg from 'pg'
-import type { Head } from '../audit/checker.js'
 import type { TextChainResult } from '../audit/copy-text.js'
-import type { CopyTextWorkerInput, CopyTextWorkerMessage } from '../audit/copy-text-worker.js'
 import { type VerifyOptions, verifyChain } from '../audit/verify.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import { type Keyring, keysToWire } from '../config/secrets.js'
@@ -22,6 +20,7 @@ import type { Database } from '../db/pool.js'
 import { IntegrityError, OperationError } from '../errors.js'
 import { createDecryptStream } from './envelope.js'
 import { type Facts, type Manifest, readFacts } from './manifest.js'
+import type { ChainCheckInput } from './chain-check.js'
 import { findTool, toolConnection } from './pgtools.js'
 
 export interface Check {
@@ -43,8 +42,6 @@ export async function streamDump(
   options: {
     onProgress?: (bytes: number) => void
     signal?: AbortSignal
-    /** A stage between the decrypted dump and the sink (the chain check's tee). */
-    through?: Transform
   } = {},
 ): Promise<{ fileBytes: number; dumpBytes: number }> {
   const hash = createHash('sha256')
@@ -101,7 +98,6 @@ export async function streamDump(
       // 1 MiB output chunks instead of zlib's 16 KiB: a quarter less CPU on the restore path.
       zlib.createGunzip({ chunkSize: 1 << 20 }),
       count,
-      ...(options.through ? [options.through] : []),
       sink,
       ...(options.signal ? [{ signal: options.signal }] : []),
     )
@@ -256,8 +252,8 @@ export async function restoreInto(
     clean: boolean
     onProgress?: (bytes: number) => void
     signal?: AbortSignal
-    /** Verify the audit chains from the dump as it goes by (a custom dump into an empty target). */
-    chainCheck?: { keys: Keyring; heads: Record<string, Head> }
+    /** Verify the audit chains from the backup beside the restore (a custom dump into an empty target). */
+    chainCheck?: { keys: Keyring }
   },
 ): Promise<TextChainResult | null> {
   const conn = toolConnection(url, env)
@@ -274,17 +270,19 @@ export async function restoreInto(
     const tool = await findTool('pg_restore', options.serverMajor, env)
     const args = ['--exit-on-error', '--single-transaction', '--no-owner', '--no-privileges', '--no-password']
     const sink = toolSink(tool.path, [...args, `--dbname=${conn.dbname}`], conn.env, 'pg_restore')
-    const check = options.chainCheck ? chainStreamCheck(tool.path, conn.env, options.chainCheck) : null
+    const check = options.chainCheck
+      ? startChainCheck({
+          file,
+          manifest,
+          backupKeys: keysToWire(keys),
+          auditKeys: keysToWire(options.chainCheck.keys),
+          pgRestore: tool.path,
+        })
+      : null
     try {
-      await both(
-        streamDump(file, manifest, keys, sink.stdin, {
-          ...options,
-          ...(check ? { through: check.tee } : {}),
-        }),
-        sink.done,
-      )
+      await both(streamDump(file, manifest, keys, sink.stdin, options), sink.done)
     } catch (err) {
-      check?.abandon()
+      check?.stop()
       throw err
     }
     return check ? await check.result : null
@@ -323,96 +321,42 @@ export async function restoreInto(
   return null
 }
 
-/** Where the compiled chain-check thread is: dist/, also when the caller runs from source (tests). */
-const COPY_TEXT_WORKER = path.join(PACKAGE_ROOT, 'dist/core/audit/copy-text-worker.js')
-/** pg_restore's chunks in flight to the checking thread before its output is paused. */
-const CHUNKS_IN_FLIGHT = 8
+/** Where the compiled chain check is: dist/, also when the caller runs from source (tests). */
+const CHAIN_CHECK_PROCESS = path.join(PACKAGE_ROOT, 'dist/chain-check-process.js')
 
 /**
- * The audit chains verified from the dump on its way into the target: a second pg_restore turns
- * the stream's audit table into COPY text (it decodes the archive, so we need not), and a thread
- * checks it (TextChainChecker). The tee passes every chunk on unchanged, waiting only when the
- * check falls behind, so memory stays bounded; if the check fails in any way it is dropped, the
- * restore goes on, and the result says it is not intact: the caller then runs verify-chain on the
+ * The audit chains verified beside the restore, by a process at the lowest CPU priority that reads
+ * the backup file itself (core/backup/chain-check.ts). It takes what the restore leaves idle, so it
+ * hardly slows it, and on two cores it has usually finished before the restore. Anything that goes
+ * wrong with it only makes the result not intact: the caller then runs verify-chain on the
  * restored database.
  */
-function chainStreamCheck(
-  pgRestore: string,
-  env: NodeJS.ProcessEnv,
-  options: { keys: Keyring; heads: Record<string, Head> },
-): { tee: Transform; result: Promise<TextChainResult>; abandon(): void } {
-  let alive = true
-  let settle: (r: TextChainResult) => void = () => {}
-  const result = new Promise<TextChainResult>((resolve) => (settle = resolve))
-  /** The tee's pending chunk while the check is behind: released on drain, or when the check ends. */
-  let release: (() => void) | null = null
-  const end = (r: TextChainResult) => {
-    if (!alive) return
-    alive = false
-    settle(r)
-    // Nothing more to read or check: stop both, and let the restore go on at its own pace.
-    child.stdout.destroy()
-    if (child.exitCode === null) child.kill('SIGKILL')
-    void worker.terminate()
-    release?.()
+function startChainCheck(input: ChainCheckInput): { result: Promise<TextChainResult>; stop(): void } {
+  const child = spawn(process.execPath, [CHAIN_CHECK_PROCESS], { stdio: ['pipe', 'pipe', 'ignore'] })
+  try {
+    if (child.pid) os.setPriority(child.pid, os.constants.priority.PRIORITY_LOW)
+  } catch {
+    // Not allowed here: it runs at normal priority and shares the CPU with the restore.
   }
-  const giveUp = (why: string) => end({ intact: false, why, rows: 0, tenants: 0 })
-  const child = spawn(
-    pgRestore,
-    ['--data-only', `--schema=${AUDIT_TABLE.schema}`, `--table=${AUDIT_TABLE.table}`, '--file=-'],
-    { env, stdio: ['pipe', 'pipe', 'ignore'] },
-  )
-  const worker = new Worker(COPY_TEXT_WORKER, {
-    workerData: {
-      keys: keysToWire(options.keys),
-      table: `${AUDIT_TABLE.schema}.${AUDIT_TABLE.table}`,
-      heads: options.heads,
-    } satisfies CopyTextWorkerInput,
-  })
-  let inFlight = 0
-  worker.on('message', (m: CopyTextWorkerMessage) => {
-    if (m.type === 'ack') {
-      if (--inFlight < CHUNKS_IN_FLIGHT / 2 && alive) child.stdout.resume()
-    } else end(m.result) // at the end of the text, or as soon as it gave up
-  })
-  worker.on('error', (err) => giveUp(`the checking thread failed: ${err.message}`))
-  worker.on('exit', () => giveUp('the checking thread stopped'))
-  child.on('error', (err) => giveUp(`pg_restore could not run: ${err.message}`))
-  child.on('exit', (code, signal) => {
-    if (code !== 0) giveUp(`pg_restore --data-only stopped (${signal ?? `exit ${code}`})`)
-  })
-  child.stdin.on('error', () => {}) // EPIPE once it has what it needs
-  child.stdin.on('close', () => release?.())
-  child.stdout.on('data', (chunk: Buffer) => {
-    worker.postMessage(chunk)
-    if (++inFlight >= CHUNKS_IN_FLIGHT) child.stdout.pause()
-  })
-  // All of its output read (a successful exit): the text is complete.
-  child.stdout.on('end', () => {
-    if (alive) worker.postMessage(null)
-  })
-  const tee = new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      if (!alive || !child.stdin.writable) return cb(null, chunk)
-      if (child.stdin.write(chunk)) return cb(null, chunk)
-      // The check is behind: wait for it, unless it ends meanwhile.
-      const go = () => {
-        release = null
-        child.stdin.off('drain', go)
-        cb(null, chunk)
+  child.stdin.on('error', () => {})
+  // The keys go on stdin: never on a command line or in an environment another process can read.
+  child.stdin.end(JSON.stringify(input))
+  let out = ''
+  child.stdout.on('data', (d) => (out += d))
+  const result = new Promise<TextChainResult>((resolve) => {
+    const notIntact = (why: string) => resolve({ intact: false, why, rows: 0, tenants: 0 })
+    child.on('error', (err) => notIntact(`the chain check could not start: ${err.message}`))
+    child.on('close', (code, signal) => {
+      try {
+        resolve(JSON.parse(out) as TextChainResult)
+      } catch {
+        notIntact(`the chain check stopped (${signal ?? `exit ${code}`})`)
       }
-      release = go
-      child.stdin.on('drain', go)
-    },
-    flush(cb) {
-      child.stdin.end()
-      cb()
-    },
+    })
   })
-  return { tee, result, abandon: () => giveUp('the restore failed') }
+  // SIGTERM: it stops its pg_restore and waits for it, so that nothing is left behind.
+  return { result, stop: () => child.kill('SIGTERM') }
 }
-
-const AUDIT_TABLE = { schema: 'credits', table: 'audit_logs' }
 
 /** Forwards to a stream without ever ending it (the caller ends it once everything checked out). */
 class EndlessWritable extends Writable {

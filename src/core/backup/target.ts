@@ -123,7 +123,7 @@ export async function restoreBackup(
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
     ...(manifest.database === 'credits' && options.auditKeys
-      ? { chainCheck: { keys: options.auditKeys, heads: manifest.chains } }
+      ? { chainCheck: { keys: options.auditKeys } }
       : {}),
   })
   const checks: Check[] = [
