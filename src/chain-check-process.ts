@@ -13,7 +13,14 @@ async function main(): Promise<TextChainResult> {
   // SIGTERM from restore when it fails or is interrupted: pg_restore is stopped and reaped first.
   const stop = new AbortController()
   process.once('SIGTERM', () => stop.abort())
-  return checkChains(JSON.parse(Buffer.concat(chunks).toString('utf8')) as ChainCheckInput, stop.signal)
+  let input: ChainCheckInput
+  try {
+    input = JSON.parse(Buffer.concat(chunks).toString('utf8')) as ChainCheckInput
+  } catch {
+    // Not the parser's message: it may quote the input, and the input holds keys.
+    return { intact: false, why: 'unreadable input', rows: 0, tenants: 0 }
+  }
+  return checkChains(input, stop.signal)
 }
 
 const answer = (result: TextChainResult) =>

@@ -12,6 +12,8 @@ import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { checkChains } from '../src/core/backup/chain-check.js'
+import { keysToWire, parseKeyring } from '../src/core/config/secrets.js'
 import { BIN, type CliResult, ROOT, runCli } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { adminUrl, cleanEnv } from './helpers/env.js'
@@ -478,6 +480,30 @@ describe('restore', () => {
       name: 'verify_chain',
       ok: true,
       detail: '5 rows across 3 tenants intact',
+    })
+  })
+
+  it('the chain check beside a restore vouches only for the file its manifest describes, and answers (never hangs) when it cannot read it', async () => {
+    const wire = (text: string, name: string) =>
+      keysToWire(parseKeyring(text, { envName: name, bytes: { min: 32 } }, 'test'))
+    const input = {
+      file: smallFile,
+      manifest: readManifest(smallFile),
+      backupKeys: wire(backupKey, 'BACKUP_KEY'),
+      auditKeys: wire(auditKey, 'AUDIT_HMAC_KEY'),
+      pgRestore: 'pg_restore',
+    }
+    expect(await checkChains(input)).toMatchObject({ intact: true, rows: 5, tenants: 3 })
+    // Another file than the one restored (same key, other bytes): the digest tells.
+    const other = { ...input, manifest: { ...input.manifest, sha256: '0'.repeat(64) } }
+    expect(await checkChains(other)).toMatchObject({
+      intact: false,
+      why: 'the file read does not match its manifest',
+    })
+    // Gone between the restore's read and the check's (pruned, moved).
+    expect(await checkChains({ ...input, file: `${smallFile}.gone` })).toMatchObject({
+      intact: false,
+      why: expect.stringMatching(/^cannot read the backup/),
     })
   })
 

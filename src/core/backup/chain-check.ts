@@ -3,12 +3,20 @@
  * second `pg_restore --data-only` turns the audit table into COPY text, and TextChainChecker checks
  * it against the manifest's heads. `restore` runs this in a process of its own at the lowest CPU
  * priority (src/chain-check-process.ts), beside the restore.
+ *
+ * The whole file is hashed and must match the manifest's SHA-256, as the restore's own read must:
+ * so the bytes checked here are the bytes restored, even though the two read the file apart. Only
+ * as much of it is decrypted as pg_restore needs to write the table.
  */
 import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import { pipeline } from 'node:stream/promises'
+import zlib from 'node:zlib'
 import { TextChainChecker, type TextChainResult } from '../audit/copy-text.js'
 import { type Keyring, keysFromWire, type WireKeys } from '../config/secrets.js'
+import { createDecryptStream } from './envelope.js'
 import type { Manifest } from './manifest.js'
-import { streamDump } from './restore.js'
 
 export interface ChainCheckInput {
   file: string
@@ -22,6 +30,13 @@ export const AUDIT_TABLE = { schema: 'credits', table: 'audit_logs' }
 
 /** `signal`: stop (the restore failed or was interrupted); pg_restore is killed and waited for. */
 export async function checkChains(input: ChainCheckInput, signal?: AbortSignal): Promise<TextChainResult> {
+  const notIntact = (why: string, r?: TextChainResult): TextChainResult => ({
+    rows: 0,
+    tenants: 0,
+    ...r,
+    intact: false,
+    why,
+  })
   const byId = keysFromWire(input.backupKeys)
   const backupKeys: Keyring = { current: [...byId.values()][0]!, byId }
   const checker = new TextChainChecker(
@@ -34,20 +49,52 @@ export async function checkChains(input: ChainCheckInput, signal?: AbortSignal):
     ['--data-only', `--schema=${AUDIT_TABLE.schema}`, `--table=${AUDIT_TABLE.table}`, '--file=-'],
     { stdio: ['pipe', 'pipe', 'ignore'] },
   )
-  // It stops reading once it has written the table: the rest of the dump need not be decrypted.
-  child.stdin.on('error', () => {})
+  const exited = new Promise<number | null>((resolve) => {
+    child.on('error', () => resolve(-1))
+    child.on('close', (code) => resolve(code))
+  })
+  let running = true
+  void exited.then(() => (running = false))
+  const stop = () => child.kill('SIGKILL')
+  signal?.addEventListener('abort', stop, { once: true })
+  child.stdin.on('error', () => {}) // EPIPE: it has what it needs
   child.stdout.on('data', (chunk: Buffer) => {
     checker.write(chunk)
-    if (checker.gaveUp) child.kill('SIGKILL')
+    if (checker.gaveUp) stop()
   })
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
-  signal?.addEventListener('abort', () => child.kill('SIGKILL'), { once: true })
-  // Every byte pg_restore sees was authenticated first; once it has exited, what is left unread
-  // does not matter here (the restore itself checks the whole file).
-  void streamDump(input.file, input.manifest, backupKeys, child.stdin).catch(() => {})
+
+  // The plaintext goes to pg_restore while it runs; the raw file is hashed to its end either way.
+  const decrypt = createDecryptStream(backupKeys)
+  const fed = pipeline(decrypt, zlib.createGunzip({ chunkSize: 1 << 20 }), child.stdin).catch(() => {
+    // A chunk that does not authenticate ends pg_restore's input early: it fails, and so does this.
+    stop()
+  })
+  const hash = createHash('sha256')
+  try {
+    for await (const chunk of fs.createReadStream(input.file, { highWaterMark: 1 << 20 })) {
+      hash.update(chunk as Buffer)
+      if (!running || decrypt.destroyed) continue
+      if (!decrypt.write(chunk)) {
+        await new Promise<void>((resolve) => {
+          decrypt.once('drain', resolve)
+          decrypt.once('close', resolve)
+          void exited.then(() => resolve())
+        })
+      }
+    }
+  } catch (err) {
+    stop()
+    await exited
+    return notIntact(`cannot read the backup: ${(err as Error).message}`)
+  }
+  if (running) decrypt.end()
+  else decrypt.destroy()
   const code = await exited
+  await fed
   const result = checker.end()
-  return result.intact && code !== 0
-    ? { ...result, intact: false, why: `pg_restore stopped (exit ${code})` }
-    : result
+  if (!result.intact) return result
+  if (code !== 0) return notIntact(`pg_restore stopped (exit ${code})`, result)
+  if (hash.digest('hex') !== input.manifest.sha256)
+    return notIntact('the file read does not match its manifest', result)
+  return result
 }
