@@ -100,25 +100,37 @@ export class TextChainChecker {
   /** pg_restore's output, in chunks of any size. */
   write(chunk: Buffer): void {
     if (this.why !== null || this.state === 'after') return
-    let buf = chunk
-    if (this.carry) {
-      buf = Buffer.concat([this.carry, chunk])
-      this.carry = null
-    }
     let start = 0
-    for (;;) {
-      const nl = buf.indexOf(NEWLINE, start)
-      if (nl === -1) break
-      try {
-        if (this.line(buf, start, nl)) return
-      } catch (err) {
-        if (!(err instanceof GiveUp)) throw err
-        this.why = err.message
+    if (this.carry) {
+      // Only the line the last chunk left open is put together, not the whole chunk with it.
+      const nl = chunk.indexOf(NEWLINE)
+      if (nl === -1) {
+        this.carry = Buffer.concat([this.carry, chunk])
         return
       }
+      const line = Buffer.concat([this.carry, chunk.subarray(0, nl)])
+      this.carry = null
+      if (this.take(line, 0, line.length)) return
       start = nl + 1
     }
-    if (start < buf.length) this.carry = Buffer.from(buf.subarray(start))
+    for (;;) {
+      const nl = chunk.indexOf(NEWLINE, start)
+      if (nl === -1) break
+      if (this.take(chunk, start, nl)) return
+      start = nl + 1
+    }
+    if (start < chunk.length) this.carry = Buffer.from(chunk.subarray(start))
+  }
+
+  /** One line; true when nothing more is to be read (the data ended, or it gave up). */
+  private take(buf: Buffer, start: number, end: number): boolean {
+    try {
+      return this.line(buf, start, end)
+    } catch (err) {
+      if (!(err instanceof GiveUp)) throw err
+      this.why = err.message
+      return true
+    }
   }
 
   /** True once it gave up: nothing it is given from then on changes the result. */

@@ -28,8 +28,20 @@ export interface ChainCheckInput {
 
 export const AUDIT_TABLE = { schema: 'credits', table: 'audit_logs' }
 
-/** `signal`: stop (the restore failed or was interrupted); pg_restore is killed and waited for. */
-export async function checkChains(input: ChainCheckInput, signal?: AbortSignal): Promise<TextChainResult> {
+/** pg_restore's output between two calls of `collect`. */
+const COLLECT_EVERY = 16 << 20
+
+/**
+ * `signal`: stop (the restore failed or was interrupted); pg_restore is killed and waited for.
+ * `collect`: a full garbage collection, called every 16 MiB of pg_restore's output. Every read of
+ * its pipe is a new buffer, and V8 lets some 64 MB of them pile up before it collects: without
+ * this, memory would grow with the table up to that much.
+ */
+export async function checkChains(
+  input: ChainCheckInput,
+  options: { signal?: AbortSignal; collect?: () => void } = {},
+): Promise<TextChainResult> {
+  const { signal, collect } = options
   const notIntact = (why: string, r?: TextChainResult): TextChainResult => ({
     rows: 0,
     tenants: 0,
@@ -58,9 +70,15 @@ export async function checkChains(input: ChainCheckInput, signal?: AbortSignal):
   const stop = () => child.kill('SIGKILL')
   signal?.addEventListener('abort', stop, { once: true })
   child.stdin.on('error', () => {}) // EPIPE: it has what it needs
+  let uncollected = 0
   child.stdout.on('data', (chunk: Buffer) => {
     checker.write(chunk)
     if (checker.gaveUp) stop()
+    uncollected += chunk.length
+    if (collect && uncollected >= COLLECT_EVERY) {
+      uncollected = 0
+      collect()
+    }
   })
 
   // The plaintext goes to pg_restore while it runs; the raw file is hashed to its end either way.
@@ -70,17 +88,29 @@ export async function checkChains(input: ChainCheckInput, signal?: AbortSignal):
     stop()
   })
   const hash = createHash('sha256')
+  // One buffer for every read: once pg_restore is done, the rest of the file is only hashed, and
+  // a new buffer per read would only be garbage the size of the file.
+  const buf = Buffer.alloc(1 << 20)
   try {
-    for await (const chunk of fs.createReadStream(input.file, { highWaterMark: 1 << 20 })) {
-      hash.update(chunk as Buffer)
-      if (!running || decrypt.destroyed) continue
-      if (!decrypt.write(chunk)) {
-        await new Promise<void>((resolve) => {
-          decrypt.once('drain', resolve)
-          decrypt.once('close', resolve)
-          void exited.then(() => resolve())
-        })
+    const file = await fs.promises.open(input.file, 'r')
+    try {
+      for (;;) {
+        const { bytesRead } = await file.read(buf, 0, buf.length, null)
+        if (bytesRead === 0) break
+        const chunk = buf.subarray(0, bytesRead)
+        hash.update(chunk)
+        if (!running || decrypt.destroyed) continue
+        // A copy: the decryption holds on to what it is given.
+        if (!decrypt.write(Buffer.from(chunk))) {
+          await new Promise<void>((resolve) => {
+            decrypt.once('drain', resolve)
+            decrypt.once('close', resolve)
+            void exited.then(() => resolve())
+          })
+        }
       }
+    } finally {
+      await file.close()
     }
   } catch (err) {
     stop()

@@ -341,7 +341,7 @@ function startChainCheck(
   try {
     // Through nice(1), so that every thread of it starts at the lowest priority; with no secrets
     // in its environment (the keys go on stdin, never on a command line or in an environment).
-    const child = spawn('nice', ['-n', '19', process.execPath, CHAIN_CHECK_PROCESS], {
+    const child = spawn('nice', ['-n', '19', process.execPath, '--expose-gc', CHAIN_CHECK_PROCESS], {
       stdio: ['pipe', 'pipe', 'ignore'],
       env: { PATH: env.PATH ?? '/usr/bin:/bin', ...(env.TMPDIR ? { TMPDIR: env.TMPDIR } : {}) },
     })
