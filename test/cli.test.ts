@@ -277,6 +277,20 @@ describe('the error boundary', () => {
     const closed = capture()
     expect(handleError(new Error('Connection terminated unexpectedly'), closed.output)).toBe(EXIT.failed)
     expect(closed.stderr).not.toContain('bug')
+    for (const [message, code] of [
+      ['database "r1" does not exist', '3D000'],
+      ['could not extend file "base/16384/2619": No space left on device', '53100'],
+    ]) {
+      const refused = capture()
+      expect(handleError(Object.assign(new Error(message), { code }), refused.output)).toBe(EXIT.failed)
+      expect(refused.stderr).toContain(`error: The database server refused: ${message} [SQLSTATE ${code}].`)
+      expect(refused.stderr).not.toContain('bug')
+    }
+    // Our own SQL going wrong is still a bug.
+    const ours = capture()
+    const syntax = Object.assign(new Error('syntax error at or near "selct"'), { code: '42601' })
+    expect(handleError(syntax, ours.output)).toBe(EXIT.failed)
+    expect(ours.stderr).toContain('This is a bug in shieldx')
     const slow = Object.assign(new Error('canceling statement due to statement timeout'), { code: '57014' })
     const t = capture()
     expect(handleError(slow, t.output)).toBe(EXIT.timeout)
