@@ -4,7 +4,7 @@
  * Its input (the file, the manifest, the keys) comes on stdin, never on a command line; its result
  * is one JSON document on stdout.
  */
-import type { TextChainResult } from './core/audit/copy-text.js'
+import { notIntact, type TextChainResult } from './core/audit/copy-text.js'
 import { type ChainCheckInput, checkChains } from './core/backup/chain-check.js'
 
 async function main(): Promise<TextChainResult> {
@@ -18,7 +18,7 @@ async function main(): Promise<TextChainResult> {
     input = JSON.parse(Buffer.concat(chunks).toString('utf8')) as ChainCheckInput
   } catch {
     // Not the parser's message: it may quote the input, and the input holds keys.
-    return { intact: false, why: 'unreadable input', rows: 0, tenants: 0 }
+    return notIntact('unreadable input')
   }
   // Started with --expose-gc for this: see checkChains.
   const collect = (globalThis as { gc?: () => void }).gc
@@ -29,4 +29,4 @@ const answer = (result: TextChainResult) =>
   // Not waiting for the rest of the file to be read: the answer is known.
   process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0))
 
-main().then(answer, (err: Error) => answer({ intact: false, why: err.message, rows: 0, tenants: 0 }))
+main().then(answer, (err: Error) => answer(notIntact(err.message)))

@@ -95,6 +95,63 @@ export interface WireRow {
   hashLength: number
 }
 
+const NO_BYTES = Buffer.alloc(0)
+
+/** A WireRow with every field unset (nulls as -1 lengths), in the one shape every reader uses. */
+export function emptyWireRow(src: Buffer = NO_BYTES): WireRow {
+  return {
+    src,
+    tenantPrefix: NO_BYTES,
+    seq: 0,
+    transactionId: -1,
+    actionOffset: 0,
+    actionLength: -1,
+    amount: 0,
+    balanceAfter: 0,
+    reservedAfter: 0,
+    keyIdOffset: 0,
+    keyIdLength: -1,
+    createdAtMs: Number.NaN,
+    prevHashOffset: 0,
+    prevHashLength: -1,
+    hashOffset: 0,
+    hashLength: -1,
+  }
+}
+
+/** Whether src[offset, offset + length) holds exactly the bytes of b (length -1: null, never equal). */
+export function bytesEqual(src: Buffer, offset: number, length: number, b: Buffer): boolean {
+  if (length !== b.length) return false
+  for (let i = 0; i < length; i++) if (src[offset + i] !== b[i]) return false
+  return true
+}
+
+/**
+ * The ChainKey a row's key_id names (undefined when we do not hold it, or the key_id is null),
+ * each prepared once. Rows come in runs signed by one key: the last key_id's bytes are kept, so
+ * most rows cost one byte comparison and no string.
+ */
+export class ChainKeys {
+  private readonly prepared = new Map<string, ChainKey | undefined>()
+  private lastKid: Buffer | null = null
+  private last: ChainKey | undefined
+
+  constructor(private readonly keys: ReadonlyMap<string, Key>) {}
+
+  for(src: Buffer, offset: number, length: number): ChainKey | undefined {
+    if (length < 0) return undefined
+    if (this.lastKid !== null && bytesEqual(src, offset, length, this.lastKid)) return this.last
+    const kid = src.toString('utf8', offset, offset + length)
+    if (!this.prepared.has(kid)) {
+      const key = this.keys.get(kid)
+      this.prepared.set(kid, key ? new ChainKey(key) : undefined)
+    }
+    this.lastKid = Buffer.from(src.subarray(offset, offset + length))
+    this.last = this.prepared.get(kid)
+    return this.last
+  }
+}
+
 /** What canonical() writes before a row's seq: `["shieldx.audit.v1","<tenant>",`. */
 export function canonicalPrefix(tenantId: string): Buffer {
   const head = JSON.stringify([CANONICAL_VERSION, tenantId])

@@ -10,7 +10,7 @@
  * before its predecessor waits, copied, until the gap is filled.
  */
 import type { Key } from '../config/secrets.js'
-import { canonicalPrefix, ChainKey, type WireRow } from './chain.js'
+import { bytesEqual, type ChainKey, ChainKeys, canonicalPrefix, emptyWireRow, type WireRow } from './chain.js'
 import { type Head, TenantChecker } from './checker.js'
 
 export interface TextChainResult {
@@ -19,6 +19,11 @@ export interface TextChainResult {
   why: string | null
   rows: number
   tenants: number
+}
+
+/** A result that vouches for nothing, and why. */
+export function notIntact(why: string, counted?: Pick<TextChainResult, 'rows' | 'tenants'>): TextChainResult {
+  return { intact: false, why, rows: counted?.rows ?? 0, tenants: counted?.tenants ?? 0 }
 }
 
 /** Rows held back until their predecessor comes, across all tenants, before giving up. */
@@ -47,7 +52,6 @@ const ROLES = [
 const [TENANT, SEQ, TRANSACTION, ACTION, AMOUNT, BALANCE, RESERVED, KEY, PREV, HASH, CREATED] = ROLES.map(
   (_, i) => i,
 )
-const EMPTY = Buffer.alloc(0)
 
 /** Where the reader is in the line (pos) and in the row's decoded bytes (out). */
 interface Cursor {
@@ -69,7 +73,7 @@ class GiveUp extends Error {}
 
 export class TextChainChecker {
   private readonly tenants = new Map<string, TenantState>()
-  private readonly chainKeys = new Map<string, ChainKey | undefined>()
+  private readonly chainKeys: ChainKeys
   private state: 'before' | 'rows' | 'after' = 'before'
   /** What each of the COPY's columns is (an index into ROLES), -1 for the others. */
   private roleOf: number[] = []
@@ -83,8 +87,6 @@ export class TextChainChecker {
   private scratch = Buffer.alloc(4096)
   private last: TenantState | null = null
   private lastTenant = Buffer.alloc(0)
-  private lastKid: Buffer | null = null
-  private lastKey: ChainKey | undefined
 
   /**
    * @param keys the audit keys
@@ -92,10 +94,12 @@ export class TextChainChecker {
    * @param heads each tenant's (seq, head) as the backup's manifest has it: every chain must end there
    */
   constructor(
-    private readonly keys: ReadonlyMap<string, Key>,
+    keys: ReadonlyMap<string, Key>,
     private readonly table: string,
     private readonly heads: Record<string, Head>,
-  ) {}
+  ) {
+    this.chainKeys = new ChainKeys(keys)
+  }
 
   /** pg_restore's output, in chunks of any size. */
   write(chunk: Buffer): void {
@@ -188,24 +192,7 @@ export class TextChainChecker {
     // Room for every field's bytes, whatever they decode to.
     if (this.scratch.length < end - start) this.scratch = Buffer.alloc(2 * (end - start))
     const out = this.scratch
-    const row: WireRow = {
-      src: out,
-      tenantPrefix: EMPTY,
-      seq: 0,
-      transactionId: -1,
-      actionOffset: 0,
-      actionLength: -1,
-      amount: 0,
-      balanceAfter: 0,
-      reservedAfter: 0,
-      keyIdOffset: 0,
-      keyIdLength: -1,
-      createdAtMs: Number.NaN,
-      prevHashOffset: 0,
-      prevHashLength: -1,
-      hashOffset: 0,
-      hashLength: -1,
-    }
+    const row = emptyWireRow(out)
     let tenant: TenantState | null = null
     // One pass over the line, field by field in the COPY's order, each decoded as it is read. A
     // tab inside a value is always escaped in COPY text, so a tab ends a field.
@@ -269,7 +256,7 @@ export class TextChainChecker {
     if (cursor.pos !== end) throw new GiveUp('a row with too many fields')
     this.rows++
     tenant = tenant!
-    const key = this.keyFor(out, row.keyIdOffset, row.keyIdLength)
+    const key = this.chainKeys.for(out, row.keyIdOffset, row.keyIdLength)
     if (row.seq === tenant.next) {
       this.push(tenant, row, key)
       // Rows that were waiting for this one.
@@ -279,7 +266,7 @@ export class TextChainChecker {
         tenant.waiting.delete(tenant.next)
         this.waitingRows--
         if (tenant.waiting.size === 0) tenant.waiting = null
-        this.push(tenant, next, this.keyFor(next.src, next.keyIdOffset, next.keyIdLength))
+        this.push(tenant, next, this.chainKeys.for(next.src, next.keyIdOffset, next.keyIdLength))
       }
     } else if (row.seq > tenant.next) {
       if (++this.waitingRows > MAX_WAITING_ROWS) throw new GiveUp('too many rows out of order')
@@ -298,7 +285,7 @@ export class TextChainChecker {
   }
 
   private tenantFor(b: Buffer, offset: number, length: number): TenantState {
-    if (this.last !== null && sameBytes(b, offset, length, this.lastTenant)) return this.last
+    if (this.last !== null && bytesEqual(b, offset, length, this.lastTenant)) return this.last
     const id = b.toString('utf8', offset, offset + length)
     let state = this.tenants.get(id)
     if (!state) {
@@ -310,25 +297,6 @@ export class TextChainChecker {
     this.lastTenant = Buffer.from(b.subarray(offset, offset + length))
     return state
   }
-
-  /** The key a key_id names (undefined if we do not hold it), prepared once per key. */
-  private keyFor(b: Buffer, offset: number, length: number): ChainKey | undefined {
-    if (this.lastKid !== null && sameBytes(b, offset, length, this.lastKid)) return this.lastKey
-    const kid = b.toString('utf8', offset, offset + length)
-    if (!this.chainKeys.has(kid)) {
-      const key = this.keys.get(kid)
-      this.chainKeys.set(kid, key ? new ChainKey(key) : undefined)
-    }
-    this.lastKid = Buffer.from(b.subarray(offset, offset + length))
-    this.lastKey = this.chainKeys.get(kid)
-    return this.lastKey
-  }
-}
-
-function sameBytes(b: Buffer, offset: number, length: number, ref: Buffer): boolean {
-  if (length !== ref.length) return false
-  for (let i = 0; i < length; i++) if (b[offset + i] !== ref[i]) return false
-  return true
 }
 
 /** A text value up to the next tab, its COPY escapes undone, as UTF-8 bytes into out. */

@@ -13,7 +13,7 @@
 import type pg from 'pg'
 import type { Key } from '../config/secrets.js'
 import { IntegrityError, OperationError } from '../errors.js'
-import { canonicalPrefix, ChainKey, type WireRow } from './chain.js'
+import { bytesEqual, canonicalPrefix, ChainKeys, emptyWireRow, type WireRow } from './chain.js'
 import { type Broken, type Head, TenantChecker } from './checker.js'
 
 export interface PartitionSpec {
@@ -173,34 +173,17 @@ class PartitionReader {
   private carry: Buffer | null = null
   private checker: TenantChecker | null = null
   private tenantBytes: Buffer = Buffer.alloc(0)
-  private keyBytes: Buffer | null = null
-  private key: ChainKey | undefined
-  private readonly chainKeys = new Map<string, ChainKey | undefined>()
+  private readonly chainKeys: ChainKeys
   private unreported = 0
-  private readonly row: WireRow = {
-    src: Buffer.alloc(0),
-    tenantPrefix: Buffer.alloc(0),
-    seq: 0,
-    transactionId: -1,
-    actionOffset: 0,
-    actionLength: -1,
-    amount: 0,
-    balanceAfter: 0,
-    reservedAfter: 0,
-    keyIdOffset: 0,
-    keyIdLength: -1,
-    createdAtMs: Number.NaN,
-    prevHashOffset: 0,
-    prevHashLength: -1,
-    hashOffset: 0,
-    hashLength: -1,
-  }
+  private readonly row: WireRow = emptyWireRow()
 
   constructor(
-    private readonly keys: ReadonlyMap<string, Key>,
+    keys: ReadonlyMap<string, Key>,
     private readonly checkpoint: Record<string, Head> | null,
     private readonly onProgress: ((rows: number) => void) | undefined,
-  ) {}
+  ) {
+    this.chainKeys = new ChainKeys(keys)
+  }
 
   /** One CopyData message: usually exactly one row (the first also carries the file header). */
   data(chunk: Buffer): void {
@@ -281,7 +264,7 @@ class PartitionReader {
     const tenantAt = at[0]!
     const tenantLength = length[0]!
     if (tenantLength < 0) throw rowWithoutTenant()
-    if (this.checker === null || !sameBytes(buf, tenantAt, tenantLength, this.tenantBytes)) {
+    if (this.checker === null || !bytesEqual(buf, tenantAt, tenantLength, this.tenantBytes)) {
       this.startTenant(
         buf.toString('utf8', tenantAt, tenantAt + tenantLength),
         Buffer.from(buf.subarray(tenantAt, tenantAt + tenantLength)),
@@ -307,15 +290,12 @@ class PartitionReader {
     row.reservedAfter = length[6]! < 0 ? 0 : readInt64(buf, at[6]!)
     row.keyIdOffset = at[7]!
     row.keyIdLength = length[7]!
-    if (this.keyBytes === null || !sameBytes(buf, at[7]!, length[7]!, this.keyBytes)) {
-      this.keyFor(buf, at[7]!, length[7]!)
-    }
     row.prevHashOffset = at[8]!
     row.prevHashLength = length[8]!
     row.hashOffset = at[9]!
     row.hashLength = length[9]!
     row.createdAtMs = length[10]! < 0 ? Number.NaN : epochMillis(buf, at[10]!)
-    checker.push(row, this.key)
+    checker.push(row, this.chainKeys.for(buf, at[7]!, length[7]!))
   }
 
   private startTenant(tenantId: string, bytes: Buffer): void {
@@ -337,22 +317,6 @@ class PartitionReader {
     this.result.tenants++
     if (broken) this.result.broken.push(broken)
     else this.result.heads[checker.tenantId] = checker.head
-  }
-
-  /** The key a key_id names (undefined if we do not hold it), prepared once per key. */
-  private keyFor(buf: Buffer, offset: number, length: number): void {
-    if (length < 0) {
-      this.keyBytes = null
-      this.key = undefined
-      return
-    }
-    this.keyBytes = Buffer.from(buf.subarray(offset, offset + length))
-    const kid = buf.toString('utf8', offset, offset + length)
-    if (!this.chainKeys.has(kid)) {
-      const key = this.keys.get(kid)
-      this.chainKeys.set(kid, key ? new ChainKey(key) : undefined)
-    }
-    this.key = this.chainKeys.get(kid)
   }
 }
 
@@ -383,12 +347,6 @@ function epochMillis(b: Buffer, o: number): number {
   const us = b.readBigInt64BE(o)
   const ms = us / 1000n - (us % 1000n < 0n ? 1n : 0n)
   return Number(ms) + EPOCH_2000_MS
-}
-
-function sameBytes(b: Buffer, offset: number, length: number, ref: Buffer): boolean {
-  if (length !== ref.length) return false
-  for (let i = 0; i < length; i++) if (b[offset + i] !== ref[i]) return false
-  return true
 }
 
 /**

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
-import { TextChainChecker, type TextChainResult } from '../audit/copy-text.js'
+import { notIntact, TextChainChecker, type TextChainResult } from '../audit/copy-text.js'
 import { type Keyring, keysFromWire, type WireKeys } from '../config/secrets.js'
 import { createDecryptStream } from './envelope.js'
 import type { Manifest } from './manifest.js'
@@ -42,13 +42,6 @@ export async function checkChains(
   options: { signal?: AbortSignal; collect?: () => void } = {},
 ): Promise<TextChainResult> {
   const { signal, collect } = options
-  const notIntact = (why: string, r?: TextChainResult): TextChainResult => ({
-    rows: 0,
-    tenants: 0,
-    ...r,
-    intact: false,
-    why,
-  })
   const byId = keysFromWire(input.backupKeys)
   const backupKeys: Keyring = { current: [...byId.values()][0]!, byId }
   const checker = new TextChainChecker(

@@ -11,7 +11,7 @@ import { Transform, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
 import type pg from 'pg'
-import type { TextChainResult } from '../audit/copy-text.js'
+import { notIntact, type TextChainResult } from '../audit/copy-text.js'
 import { type VerifyOptions, verifyChain } from '../audit/verify.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import { type Keyring, keysToWire } from '../config/secrets.js'
@@ -337,7 +337,6 @@ function startChainCheck(
   input: ChainCheckInput,
   env: NodeJS.ProcessEnv,
 ): { result: Promise<TextChainResult>; stop(): void } {
-  const notIntact = (why: string): TextChainResult => ({ intact: false, why, rows: 0, tenants: 0 })
   try {
     // Through nice(1), so that every thread of it starts at the lowest priority; with no secrets
     // in its environment (the keys go on stdin, never on a command line or in an environment).
