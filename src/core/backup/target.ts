@@ -138,16 +138,16 @@ export async function restoreBackup(
   } finally {
     await counts.end().catch(() => {})
   }
-  const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
-  try {
-    if (manifest.database === 'credits') {
-      if (!options.auditKeys) {
-        checks.push({
-          name: 'verify_chain',
-          ok: false,
-          detail: 'AUDIT_HMAC_KEY is needed to verify the restored chain',
-        })
-      } else {
+  if (manifest.database === 'credits') {
+    if (!options.auditKeys) {
+      checks.push({
+        name: 'verify_chain',
+        ok: false,
+        detail: 'AUDIT_HMAC_KEY is needed to verify the restored chain',
+      })
+    } else {
+      const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
+      try {
         // Verified on the way in against the manifest's heads; if the restored database holds
         // exactly what the manifest says (its row counts, its accounts' heads), it holds the rows
         // that were checked, and what is left is the checkpoint. Otherwise, the full check.
@@ -157,10 +157,10 @@ export async function restoreBackup(
             ? await streamedChainCheck(db, options.auditKeys, streamed, startedAt)
             : null
         checks.push(early ?? (await chainCheck(db, options.auditKeys)))
+      } finally {
+        await db.close()
       }
     }
-  } finally {
-    await db.close()
   }
   return { ok: checks.every((c) => c.ok), target: state.database, checks }
 }
