@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { verifyChain } from '../src/core/audit/verify.js'
 import { parseKeyring } from '../src/core/config/secrets.js'
 import { type Database, openServer } from '../src/core/db/pool.js'
+import { KnownAccounts, knownAccounts } from '../src/core/ledger/known-accounts.js'
 import { applyOperation, type LedgerResult } from '../src/core/ledger/operations.js'
 import { migrateUp } from '../src/core/migrations/runner.js'
 import { ROOT, runCli, tempHome } from './helpers/cli.js'
@@ -290,5 +291,184 @@ describe('credits apply: sets with reservations and keys', () => {
     expect(alone.replayed).toBe(false)
     expect(await account(t)).toEqual({ balance: 31, reserved: 0, seq: 4 })
     await expectChainIntact()
+  })
+})
+
+describe('one round trip from the account this pool last wrote', () => {
+  /** A pool of its own, counting the messages (round trips) its connections send. */
+  async function countingPool() {
+    const own = await openServer(db.url, 'test', { timeoutMs: 30_000, env: {}, max: 2 })
+    const sent: string[] = []
+    const counted = new WeakSet<object>()
+    // 'acquire': openServer's first connection was made before this listener.
+    own.pool.on('acquire', (client) => {
+      if (counted.has(client)) return
+      counted.add(client)
+      const query = client.query.bind(client) as (...args: unknown[]) => unknown
+      ;(client as unknown as { query: unknown }).query = (...args: unknown[]) => {
+        if (typeof args[0] === 'string') sent.push(args[0])
+        return query(...args)
+      }
+    })
+    return { db: own, sent }
+  }
+  const consume = (pool: Database, tenant: string, amount: number, key: string) =>
+    applyOperation(pool.pool, { kind: 'consume', tenantId: tenant, amount }, key, keys)
+
+  it('a second operation on an account goes in one message; the result and the chain are as with two', async () => {
+    const a = await countingPool()
+    try {
+      await applyOperation(a.db.pool, { kind: 'topup', tenantId: 'rt-1', amount: 100 }, 'rt-1-top', keys)
+      a.sent.length = 0
+      const r = await consume(a.db, 'rt-1', 30, 'rt-1-c1')
+      // One message: the write alone, no BEGIN, no lock read (the test proves what it claims).
+      expect(a.sent).toHaveLength(1)
+      expect(a.sent[0]).toMatch(/^(prepare [^\n]*;\n)*execute shx_ledger_write1u_/)
+      expect(r).toMatchObject({ balance: 70, available: 70, replayed: false })
+      expect(await account('rt-1')).toEqual({ balance: 70, reserved: 0, seq: 2 })
+      // The replay of that key is the stored answer, and the same key for another amount conflicts.
+      expect(await consume(a.db, 'rt-1', 30, 'rt-1-c1')).toEqual({ ...r, replayed: true })
+      const conflict = await settle(consume(a.db, 'rt-1', 31, 'rt-1-c1'))
+      expect(conflict.ok).toBe(false)
+      expect((conflict as { error: { code?: string } }).error.code).toBe('IDEMPOTENCY_KEY_REUSED')
+      expect(await account('rt-1')).toEqual({ balance: 70, reserved: 0, seq: 2 })
+      // The row is stamped with database time, like the rows written under a lock.
+      const { rows } = await db.query<{ skew_ms: number }>(
+        `select abs(extract(epoch from (created_at - now())) * 1000)::float8 as skew_ms
+           from credits.audit_logs where tenant_id = 'rt-1' and seq = 2`,
+      )
+      expect(rows[0]!.skew_ms).toBeLessThan(5_000)
+      await expectChainIntact()
+    } finally {
+      await a.db.close()
+    }
+  })
+
+  it('an account another process changed since: the write finds the chain moved, writes nothing, and the operation goes under the lock', async () => {
+    const a = await countingPool()
+    const b = await openServer(db.url, 'test', { timeoutMs: 30_000, env: {}, max: 1 })
+    try {
+      await applyOperation(a.db.pool, { kind: 'topup', tenantId: 'rt-2', amount: 100 }, 'rt-2-top', keys)
+      // Another process takes everything: this pool still believes 100 are available.
+      await consume(b, 'rt-2', 100, 'rt-2-b1')
+      const refused = await settle(consume(a.db, 'rt-2', 60, 'rt-2-a1'))
+      expect(refused.ok).toBe(false)
+      expect((refused as { error: { code?: string } }).error.code).toBe('INSUFFICIENT_CREDITS')
+      expect(await account('rt-2')).toEqual({ balance: 0, reserved: 0, seq: 2 })
+      // It refused what it believed: now another process tops up 70, and this pool believes 0.
+      await applyOperation(b.pool, { kind: 'topup', tenantId: 'rt-2', amount: 70 }, 'rt-2-b2', keys)
+      const r = await consume(a.db, 'rt-2', 50, 'rt-2-a2')
+      expect(r).toMatchObject({ balance: 20, replayed: false })
+      // Once more from this pool, which now knows the account: one message again.
+      a.sent.length = 0
+      expect(await consume(a.db, 'rt-2', 20, 'rt-2-a3')).toMatchObject({ balance: 0 })
+      expect(a.sent).toHaveLength(1)
+      expect(await account('rt-2')).toEqual({ balance: 0, reserved: 0, seq: 5 })
+      await expectChainIntact()
+    } finally {
+      await Promise.all([a.db.close(), b.close()])
+    }
+  })
+
+  it('a clock an hour off: the database refuses the time, the operation goes under the lock, stamped with database time', async () => {
+    const a = await countingPool()
+    try {
+      await applyOperation(a.db.pool, { kind: 'topup', tenantId: 'rt-3', amount: 10 }, 'rt-3-top', keys)
+      // As if the database's clock had been read an hour ahead of ours.
+      knownAccounts(a.db.pool).sawDatabaseTime(Date.now() + 3_600_000)
+      a.sent.length = 0
+      await consume(a.db, 'rt-3', 1, 'rt-3-c1')
+      // The one-message write, refused, then BEGIN + lock and the write with COMMIT.
+      expect(a.sent).toHaveLength(3)
+      const { rows } = await db.query<{ skew_ms: number }>(
+        `select abs(extract(epoch from (created_at - now())) * 1000)::float8 as skew_ms
+           from credits.audit_logs where tenant_id = 'rt-3' and seq = 2`,
+      )
+      expect(rows[0]!.skew_ms).toBeLessThan(5_000)
+      // That read set the clock right: the next one is one message again.
+      a.sent.length = 0
+      await consume(a.db, 'rt-3', 1, 'rt-3-c2')
+      expect(a.sent).toHaveLength(1)
+      expect(await account('rt-3')).toEqual({ balance: 8, reserved: 0, seq: 3 })
+      await expectChainIntact()
+    } finally {
+      await a.db.close()
+    }
+  })
+
+  it('two processes on the same tenants at once: every acknowledged operation once, never below zero, the chain intact', async () => {
+    const pools = [await openServer(db.url, 'test', { timeoutMs: 30_000, env: {}, max: 4 }), ledger]
+    const tenants = ['rt-4a', 'rt-4b', 'rt-4c']
+    try {
+      for (const t of tenants)
+        await applyOperation(ledger.pool, { kind: 'topup', tenantId: t, amount: 500 }, `${t}-top`, keys)
+      let n = 0
+      const acknowledged = new Map<string, number>(tenants.map((t) => [t, 0]))
+      const refused: string[] = []
+      await Promise.all(
+        Array.from({ length: 8 }, async (_, w) => {
+          for (let i = 0; i < 40; i++) {
+            const t = tenants[(w + i) % tenants.length]!
+            const amount = 1 + ((w * 7 + i * 3) % 9)
+            const out = await settle(consume(pools[w % 2]!, t, amount, `rt-4-${w}-${i}-${n++}`))
+            if (out.ok) {
+              expect(out.value.balance).toBeGreaterThanOrEqual(0)
+              acknowledged.set(t, acknowledged.get(t)! + amount)
+            } else refused.push(out.error.code ?? out.error.message)
+          }
+        }),
+      )
+      expect(new Set(refused)).toEqual(refused.length ? new Set(['INSUFFICIENT_CREDITS']) : new Set())
+      for (const t of tenants) {
+        const acct = (await account(t))!
+        expect(acct.balance).toBe(500 - acknowledged.get(t)!)
+        const { rows } = await db.query<{ n: string }>(
+          `select count(*) as n from credits.credit_transactions where tenant_id = $1 and kind = 'consume'`,
+          [t],
+        )
+        expect(acct.seq).toBe(1 + Number(rows[0]!.n))
+      }
+      await expectChainIntact()
+    } finally {
+      await pools[0]!.close()
+    }
+  })
+})
+
+describe('KnownAccounts', () => {
+  const acct = (tenant: string, seq: number, tsMs: number) => ({
+    tenant,
+    balance: 10,
+    reserved: 0,
+    version: seq,
+    seq,
+    head: Buffer.alloc(32, seq),
+    ts: new Date(tsMs),
+    written: true,
+  })
+
+  it('knows nothing before it has read the database clock, and forgets the least recently used past its bound', () => {
+    const k = new KnownAccounts(2)
+    k.committed([acct('a', 1, 0)])
+    expect(k.get('a')).toBeUndefined()
+    k.sawDatabaseTime(Date.now())
+    k.committed([acct('b', 1, 0), acct('a', 2, 0), acct('c', 1, 0)])
+    expect(k.size).toBe(2)
+    expect(k.get('b')).toBeUndefined()
+    expect(k.get('a')?.seq).toBe(2)
+    k.committed([{ ...acct('d', 1, 0), written: false }])
+    expect(k.get('d')).toBeUndefined()
+    k.delete('a')
+    expect(k.get('a')).toBeUndefined()
+  })
+
+  it("stamps the database's time now, never before the account's newest row", () => {
+    const k = new KnownAccounts()
+    k.sawDatabaseTime(Date.now() - 60_000)
+    const future = Date.now() + 1_000
+    k.committed([acct('a', 1, future), acct('b', 1, 0)])
+    expect(k.get('a')!.ts.getTime()).toBe(future)
+    const b = k.get('b')!.ts.getTime()
+    expect(Math.abs(b - (Date.now() - 60_000))).toBeLessThan(1_000)
   })
 })

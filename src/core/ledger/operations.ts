@@ -16,6 +16,10 @@
  *      link hashed here;
  *   3. one message: one statement writing every account once and every row of every change, each
  *      conditional on its account still being where we read it; COMMIT.
+ * A set of one topup or consume on an account this pool's last commit left (known-accounts.ts)
+ * skips step 1: it is decided against that account, and its write is a statement on its own that
+ * writes nothing unless the account's chain is still where we left it (one round trip; else the
+ * two, under the lock).
  * The statements are prepared once per connection (statements.ts). A set is all-or-nothing as a
  * transaction, and each operation in it all-or-nothing on its own: a refused operation writes
  * nothing, and a failure of the whole set (a lost connection, a race on a key) commits nothing,
@@ -36,6 +40,7 @@ import { withRetry } from '../db/retry.js'
 import { ConflictError, OperationError, type ShieldxError, UsageError } from '../errors.js'
 import { chainHash, GENESIS } from '../audit/chain.js'
 import { encryptPaymentToken, maskToken } from '../crypto/payment.js'
+import { type KnownAccounts, knownAccounts } from './known-accounts.js'
 import * as sql from './statements.js'
 
 export type LedgerRequest =
@@ -240,7 +245,7 @@ async function applySetWithRetry(pool: pg.Pool, items: SetItem[], keys: LedgerKe
       const client = await pool.connect()
       let failed: unknown
       try {
-        return await applySet(client, items, keys, { transaction: 'own' })
+        return await applySet(client, items, keys, { transaction: 'own', known: knownAccounts(pool) })
       } catch (err) {
         failed = err
         throw err
@@ -267,6 +272,11 @@ export interface SetOptions {
    * key: a replay, a conflict or an expired key).
    */
   checkKeyInWrite?: boolean
+  /**
+   * The accounts as this pool's last commits left them: a set of one topup or consume on a known
+   * account goes in one round trip (WRITE_ONE_UNLOCKED), and every commit here updates them.
+   */
+  known?: KnownAccounts
 }
 
 /**
@@ -303,7 +313,11 @@ export async function applySet(
   })
   if (ops.length === 0) return outcomes
 
-  const run = async (text: string, statements: sql.Statement[] = []): Promise<pg.QueryResult[]> => {
+  const run = async (
+    text: string,
+    statements: sql.Statement[] = [],
+    { inTransaction = true } = {},
+  ): Promise<pg.QueryResult[]> => {
     const prepare =
       statements.length === 0
         ? ''
@@ -316,7 +330,7 @@ export async function applySet(
       return prepare ? results.filter((x) => x.command !== 'PREPARE') : results
     } catch (err) {
       if (prepare || sql.isStalePrepared(err)) sql.forgetPrepared(client)
-      if (!isConnectionError(err)) await client.query('rollback').catch(() => {})
+      if (inTransaction && !isConnectionError(err)) await client.query('rollback').catch(() => {})
       throw err
     }
   }
@@ -327,39 +341,47 @@ export async function applySet(
   const reservationIds = sorted(ops.map((o) => o.reservationId))
   // One topup or consume takes the scalar statements; anything else the array forms.
   const one = ops.length === 1 && (ops[0]!.req.kind === 'topup' || ops[0]!.req.kind === 'consume')
-  const batch1 = ['begin']
-  const used1: sql.Statement[] = []
-  const exec = (s: sql.Statement, args: string[]) => {
-    batch1.push(sql.execute(s, args))
-    used1.push(s)
-  }
   const checkKeyInWrite = one && options.transaction === 'own' && options.checkKeyInWrite !== false
-  if (one) {
-    const tenant = sql.textLiteral(ops[0]!.tenantId)
-    if (created.length > 0) exec(sql.ENSURE_ACCOUNT, [tenant])
-    exec(sql.LOCK_ACCOUNT, [tenant])
-    if (!checkKeyInWrite) exec(sql.READ_KEY, [tenant, sql.bytesLiteral(ops[0]!.keyHash)])
-  } else {
-    // The plans made once, not a custom plan per call: with arrays of a few elements the planner
-    // finds custom plans cheaper and would plan every call (only for this transaction).
-    batch1.push('set local plan_cache_mode = force_generic_plan')
-    if (created.length > 0) exec(sql.ENSURE_ACCOUNTS, [sql.textArray(created)])
-    if (reservationIds.length > 0) exec(sql.LOCK_RESERVATIONS, [sql.uuidArray(reservationIds)])
-    exec(sql.LOCK_ACCOUNTS, [
-      sql.textArray(sorted(ops.map((o) => o.tenantId))),
-      sql.uuidArray(reservationIds),
-    ])
-    exec(sql.READ_KEYS, [
-      sql.textArray(ops.map((o) => o.tenantId)),
-      sql.uuidArray(ops.map((o) => o.reservationId)),
-      sql.hexArray(ops.map((o) => o.keyHash)),
-    ])
+  // This pool's last commit on the account: then there is nothing to read first (one round trip).
+  const known = checkKeyInWrite ? options.known?.get(ops[0]!.tenantId!) : undefined
+  let keyRows: StoredKeyRow[] = []
+  let accountRows: AccountRow[] = []
+  let reservationRows: ReservationRow[] = []
+  if (!known) {
+    const batch1 = ['begin']
+    const used1: sql.Statement[] = []
+    const exec = (s: sql.Statement, args: string[]) => {
+      batch1.push(sql.execute(s, args))
+      used1.push(s)
+    }
+    if (one) {
+      const tenant = sql.textLiteral(ops[0]!.tenantId)
+      if (created.length > 0) exec(sql.ENSURE_ACCOUNT, [tenant])
+      exec(sql.LOCK_ACCOUNT, [tenant])
+      if (!checkKeyInWrite) exec(sql.READ_KEY, [tenant, sql.bytesLiteral(ops[0]!.keyHash)])
+    } else {
+      // The plans made once, not a custom plan per call: with arrays of a few elements the planner
+      // finds custom plans cheaper and would plan every call (only for this transaction).
+      batch1.push('set local plan_cache_mode = force_generic_plan')
+      if (created.length > 0) exec(sql.ENSURE_ACCOUNTS, [sql.textArray(created)])
+      if (reservationIds.length > 0) exec(sql.LOCK_RESERVATIONS, [sql.uuidArray(reservationIds)])
+      exec(sql.LOCK_ACCOUNTS, [
+        sql.textArray(sorted(ops.map((o) => o.tenantId))),
+        sql.uuidArray(reservationIds),
+      ])
+      exec(sql.READ_KEYS, [
+        sql.textArray(ops.map((o) => o.tenantId)),
+        sql.uuidArray(ops.map((o) => o.reservationId)),
+        sql.hexArray(ops.map((o) => o.keyHash)),
+      ])
+    }
+    const read = await run(batch1.join(';\n'), used1)
+    if (checkKeyInWrite) read.push({ rows: [] } as unknown as pg.QueryResult)
+    keyRows = read.at(-1)!.rows as StoredKeyRow[]
+    accountRows = read.at(-2)!.rows as AccountRow[]
+    if (reservationIds.length > 0) reservationRows = read.at(-3)!.rows as ReservationRow[]
+    if (one && accountRows.length === 1) options.known?.sawDatabaseTime(Number(accountRows[0]!.ts_ms))
   }
-  const read = await run(batch1.join(';\n'), used1)
-  if (checkKeyInWrite) read.push({ rows: [] } as unknown as pg.QueryResult)
-  const keyRows = read.at(-1)!.rows as StoredKeyRow[]
-  const accountRows = read.at(-2)!.rows as AccountRow[]
-  const reservationRows = reservationIds.length > 0 ? (read.at(-3)!.rows as ReservationRow[]) : []
 
   const accounts = new Map<string, Account>()
   for (const r of accountRows) {
@@ -377,6 +399,7 @@ export async function applySet(
       written: false,
     })
   }
+  if (known) accounts.set(ops[0]!.tenantId!, { ...known, seqBefore: known.seq, written: false })
   const reservations = new Map<string, Reservation>()
   for (const r of reservationRows) {
     reservations.set(r.id, {
@@ -517,6 +540,32 @@ export async function applySet(
   }
 
   // ---- round trip 2: every write in one statement; commit ---------------------------------------
+  if (known) {
+    // Decided on the account as we last left it, with no lock and no transaction open yet.
+    const tenant = known.tenant
+    // A refusal is decided under the lock, by the way with two round trips (the account may have
+    // been topped up since).
+    if (ts === null) {
+      options.known!.delete(tenant)
+      return applySet(client, items, keys, options)
+    }
+    const write = w.statementOne(accounts.get(tenant)!, ts, sql.WRITE_ONE_UNLOCKED)
+    let applied: number
+    try {
+      const [out] = await run(write.text, [write.prepared], { inTransaction: false })
+      applied = (out!.rows[0] as { applied: number }).applied
+    } catch (err) {
+      options.known!.delete(tenant)
+      throw err
+    }
+    if (applied === 1) {
+      options.known!.committed(accounts.values())
+      return outcomes
+    }
+    // Nothing was written: the account changed since, the key exists, or the clocks disagree.
+    options.known!.delete(tenant)
+    return applySet(client, items, keys, options)
+  }
   if (ts === null) {
     // Nothing to write: replays and refusals only.
     if (checkKeyInWrite) {
@@ -538,7 +587,10 @@ export async function applySet(
   if (checkKeyInWrite) {
     const write = w.statementOne(changedAccounts[0]!, ts, sql.WRITE_ONE_CHECKED)
     const [out] = await run(`${write.text};\ncommit`, [write.prepared])
-    if ((out!.rows[0] as { applied: number }).applied === 1) return outcomes
+    if ((out!.rows[0] as { applied: number }).applied === 1) {
+      options.known?.committed(accounts.values())
+      return outcomes
+    }
     // Nothing was written (the COMMIT committed nothing): the key exists, or (it cannot while we
     // hold the lock) the account changed. The long way reads the key under the lock and decides.
     return applySet(client, items, keys, { ...options, checkKeyInWrite: false })
@@ -562,6 +614,7 @@ export async function applySet(
     )
   }
   if (options.transaction === 'own' && !commitWithWrite) await run('commit')
+  if (options.transaction === 'own') options.known?.committed(accounts.values())
   return outcomes
 }
 

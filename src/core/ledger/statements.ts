@@ -116,10 +116,13 @@ const writes = new Map<string, Statement>()
  * $12-$14 description, payment masked and encrypted, $15 key id, $16 prev hash, $17 hash, $18
  * time, $19 request fingerprint. The stored response is built here from the same values the
  * client returns (transaction_id, tenant_id, kind, amount, balance, reserved, available, version).
- * Keys as in writeStatement(). `checked`: see WRITE_ONE_CHECKED.
+ * Keys as in writeStatement(). `checked`: see WRITE_ONE_CHECKED and WRITE_ONE_UNLOCKED.
  */
-export function writeOneStatement(replacesKey: boolean, checked = false): Statement {
-  const name = checked ? 'write1c' : `write1${replacesKey ? '_kx' : ''}`
+export function writeOneStatement(
+  replacesKey: boolean,
+  checked: 'checked' | 'unlocked' | false = false,
+): Statement {
+  const name = checked === 'unlocked' ? 'write1u' : checked ? 'write1c' : `write1${replacesKey ? '_kx' : ''}`
   const cached = writes.get(name)
   if (cached) return cached
   const s = statement(
@@ -134,6 +137,7 @@ export function writeOneStatement(replacesKey: boolean, checked = false): Statem
           set balance = $2, reserved = $3, version = $4, chain_seq = $6, chain_head = $7, updated_at = now()
         where tenant_id = $1 and chain_seq = $5
         ${checked ? 'and not exists (select 1 from credits.idempotency_keys where tenant_id = $1 and key_hash = $11)' : ''}
+        ${checked === 'unlocked' ? `and $18 between now() - interval '1 second' and now() + interval '1 second'` : ''}
         returning tenant_id),
      t as (
        insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id,
@@ -168,7 +172,17 @@ export function writeOneStatement(replacesKey: boolean, checked = false): Statem
  * writes nothing, the caller runs the operation again the long way (reading the key under the
  * lock: a replay, a conflict, or an expired key to replace).
  */
-export const WRITE_ONE_CHECKED = writeOneStatement(false, true)
+export const WRITE_ONE_CHECKED = writeOneStatement(false, 'checked')
+
+/**
+ * WRITE_ONE_CHECKED without a lock taken first: one round trip, a statement on its own (its own
+ * transaction), from the account as this process's last commit left it (see KnownAccounts in
+ * operations.ts). Its UPDATE takes the lock; the chain_seq condition, rechecked on the newest row
+ * once the lock is granted, makes it write nothing if anything changed the account since. The
+ * time ($18) is chosen by the client, from the database's clock as last read: the statement
+ * writes nothing unless it is within a second of the database's now().
+ */
+export const WRITE_ONE_UNLOCKED = writeOneStatement(false, 'unlocked')
 
 /** Which optional parts a write statement has: each shape is a statement of its own. */
 export interface WriteShape {
