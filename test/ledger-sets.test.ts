@@ -370,6 +370,21 @@ describe('one round trip from the account this pool last wrote', () => {
     }
   })
 
+  it('a balance changed by hand outside the ledger is not overwritten: the write finds it and goes under the lock', async () => {
+    const a = await countingPool()
+    try {
+      await applyOperation(a.db.pool, { kind: 'topup', tenantId: 'rt-5', amount: 10 }, 'rt-5-top', keys)
+      // A fix made by hand: no chain row, no version.
+      await db.query(`update credits.credit_accounts set balance = balance + 5 where tenant_id = 'rt-5'`)
+      a.sent.length = 0
+      expect(await consume(a.db, 'rt-5', 4, 'rt-5-c1')).toMatchObject({ balance: 11 })
+      expect(a.sent).toHaveLength(3)
+      expect(await account('rt-5')).toEqual({ balance: 11, reserved: 0, seq: 2 })
+    } finally {
+      await a.db.close()
+    }
+  })
+
   it('a clock an hour off: the database refuses the time, the operation goes under the lock, stamped with database time', async () => {
     const a = await countingPool()
     try {

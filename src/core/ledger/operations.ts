@@ -549,7 +549,11 @@ export async function applySet(
       options.known!.delete(tenant)
       return applySet(client, items, keys, options)
     }
-    const write = w.statementOne(accounts.get(tenant)!, ts, sql.WRITE_ONE_UNLOCKED)
+    const write = w.statementOne(accounts.get(tenant)!, ts, sql.WRITE_ONE_UNLOCKED, [
+      sql.int(known.balance),
+      sql.int(known.reserved),
+      sql.int(known.version),
+    ])
     let applied: number
     try {
       const [out] = await run(write.text, [write.prepared], { inTransaction: false })
@@ -748,7 +752,12 @@ class SetWrites {
   }
 
   /** One operation on one account, in the scalar statement. */
-  statementOne(a: Account, ts: Date, statement?: sql.Statement): { prepared: sql.Statement; text: string } {
+  statementOne(
+    a: Account,
+    ts: Date,
+    statement?: sql.Statement,
+    extra: string[] = [],
+  ): { prepared: sql.Statement; text: string } {
     const r = this.ops[0]!
     const prepared = statement ?? sql.writeOneStatement(r.replacesKey)
     return {
@@ -773,6 +782,7 @@ class SetWrites {
         sql.bytesLiteral(r.hash),
         sql.timestamp(ts),
         sql.bytesLiteral(r.requestHash),
+        ...extra,
       ]),
     }
   }

@@ -130,6 +130,7 @@ export function writeOneStatement(
     [
       ...['text', 'int8', 'int8', 'int8', 'int8', 'int8', 'bytea', 'uuid', 'text', 'int8', 'bytea'],
       ...['text', 'text', 'bytea', 'text', 'bytea', 'bytea', 'timestamptz', 'bytea'],
+      ...(checked === 'unlocked' ? ['int8', 'int8', 'int8'] : []),
     ],
     `with
      u as (
@@ -137,7 +138,12 @@ export function writeOneStatement(
           set balance = $2, reserved = $3, version = $4, chain_seq = $6, chain_head = $7, updated_at = now()
         where tenant_id = $1 and chain_seq = $5
         ${checked ? 'and not exists (select 1 from credits.idempotency_keys where tenant_id = $1 and key_hash = $11)' : ''}
-        ${checked === 'unlocked' ? `and $18 between now() - interval '1 second' and now() + interval '1 second'` : ''}
+        ${
+          checked === 'unlocked'
+            ? `and chain_head = $16 and balance = $20 and reserved = $21 and version = $22
+               and $18 between now() - interval '1 second' and now() + interval '1 second'`
+            : ''
+        }
         returning tenant_id),
      t as (
        insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id,
@@ -176,11 +182,13 @@ export const WRITE_ONE_CHECKED = writeOneStatement(false, 'checked')
 
 /**
  * WRITE_ONE_CHECKED without a lock taken first: one round trip, a statement on its own (its own
- * transaction), from the account as this process's last commit left it (see KnownAccounts in
- * operations.ts). Its UPDATE takes the lock; the chain_seq condition, rechecked on the newest row
- * once the lock is granted, makes it write nothing if anything changed the account since. The
- * time ($18) is chosen by the client, from the database's clock as last read: the statement
- * writes nothing unless it is within a second of the database's now().
+ * transaction), from the account as this process's last commit left it (known-accounts.ts). Its
+ * UPDATE takes the lock, and its conditions, rechecked on the newest row once the lock is granted,
+ * make it write nothing if anything changed the account since: chain_seq ($5) and chain_head
+ * ($16) as we left them, and balance, reserved and version too ($20-$22, as they were before this
+ * change), so that not even a change made by hand outside the ledger is overwritten. The time
+ * ($18) is chosen by the client, from the database's clock as last read: the statement writes
+ * nothing unless it is within a second of the database's now().
  */
 export const WRITE_ONE_UNLOCKED = writeOneStatement(false, 'unlocked')
 
