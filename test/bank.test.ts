@@ -86,11 +86,15 @@ interface HeldReservation {
 
 /** The server's CommandComplete for COMMIT: 'C', int32 length 11, "COMMIT\0". */
 const COMMIT_COMPLETE = Buffer.from('C\0\0\0\x0bCOMMIT\0', 'latin1')
+/** A write in one round trip (a statement that is its own transaction): its reply holds no COMMIT. */
+const ONE_ROUND_TRIP_WRITE = Buffer.from('execute shx_ledger_write1u_', 'latin1')
 
 interface LossyProxy {
   url: string
-  /** Replies to a COMMIT dropped, connections cut. */
+  /** Replies to a COMMIT or to a one-round-trip write dropped, connections cut. */
   drops: number
+  /** Of those, replies to a one-round-trip write. */
+  oneRoundTripDrops: number
   close(): Promise<void>
 }
 
@@ -106,15 +110,23 @@ async function lossyProxy(target: string, rng: () => number, rate: number): Prom
     s.on('close', () => sockets.delete(s))
     s.on('error', () => {})
   }
-  const state = { drops: 0 }
+  const state = { drops: 0, oneRoundTripDrops: 0 }
   const server = net.createServer((client) => {
     track(client)
     const up = net.connect({ host: upstream.hostname, port: Number(upstream.port || 5432) })
     track(up)
-    client.pipe(up)
+    // The next reply answers a one-round-trip write: it commits with no COMMIT statement.
+    let writeInFlight = false
+    client.on('data', (chunk: Buffer) => {
+      if (chunk.includes(ONE_ROUND_TRIP_WRITE)) writeInFlight = true
+      up.write(chunk)
+    })
     up.on('data', (chunk: Buffer) => {
-      if (chunk.includes(COMMIT_COMPLETE) && rng() < rate) {
+      const oneRoundTrip = writeInFlight
+      writeInFlight = false
+      if ((oneRoundTrip || chunk.includes(COMMIT_COMPLETE)) && rng() < rate) {
         state.drops++
+        if (oneRoundTrip) state.oneRoundTripDrops++
         up.destroy()
         client.destroy()
         return
@@ -132,6 +144,9 @@ async function lossyProxy(target: string, rng: () => number, rate: number): Prom
     url: url.toString(),
     get drops() {
       return state.drops
+    },
+    get oneRoundTripDrops() {
+      return state.oneRoundTripDrops
     },
     close: () =>
       new Promise<void>((resolve) => {
@@ -387,6 +402,7 @@ describe('the bank test', () => {
       deliberate_replays: deliberateReplays,
       kills,
       commit_replies_dropped: proxy.drops,
+      one_round_trip_replies_dropped: proxy.oneRoundTripDrops,
       kill_rounds: killRounds,
       observer_samples: samples,
       min_balance_seen: minBalance,
@@ -402,6 +418,7 @@ describe('the bank test', () => {
     expect(kills, 'the killer terminated no backend').toBeGreaterThan(0)
     expect(retried.length, 'no operation was retried').toBeGreaterThan(0)
     expect(proxy.drops, 'the proxy dropped no COMMIT reply').toBeGreaterThan(0)
+    expect(proxy.oneRoundTripDrops, 'the proxy dropped no reply to a one-round-trip write').toBeGreaterThan(0)
     expect(lostAcks.length, 'no lost COMMIT reply was answered by a replay').toBeGreaterThan(0)
     expect(samples).toBeGreaterThan(0)
     expect(ok.length).toBeGreaterThan(acks.length / 3)

@@ -370,6 +370,48 @@ describe('one round trip from the account this pool last wrote', () => {
     }
   })
 
+  it('an error of our own between the round trips leaves no transaction open for the next caller', async () => {
+    const one = await openServer(db.url, 'test', { timeoutMs: 30_000, env: {}, max: 1 })
+    try {
+      await applyOperation(one.pool, { kind: 'topup', tenantId: 'rt-6y', amount: 99 }, 'rt-6y-top', keys)
+      const max = Number.MAX_SAFE_INTEGER
+      // (Another pool: this one must not know the account, so that it takes BEGIN and the lock.)
+      await applyOperation(ledger.pool, { kind: 'topup', tenantId: 'rt-6x', amount: max }, 'rt-6x-top', keys)
+      // The balance after this one is past 2^53: refused by our own code after BEGIN and the lock.
+      const big = await settle(
+        applyOperation(one.pool, { kind: 'topup', tenantId: 'rt-6x', amount: 1 }, 'rt-6x-top2', keys),
+      )
+      expect(big.ok).toBe(false)
+      // The same (only) connection, known account: one message, which must commit on its own.
+      const r = await consume(one, 'rt-6y', 10, 'rt-6y-c1')
+      expect(r.balance).toBe(89)
+      expect(await account('rt-6y')).toEqual({ balance: 89, reserved: 0, seq: 2 })
+      const { rows } = await db.query<{ n: string }>(
+        `select count(*) as n from pg_stat_activity where datname = current_database() and state like 'idle in transaction%'`,
+      )
+      expect(Number(rows[0]!.n)).toBe(0)
+    } finally {
+      await one.close()
+    }
+  })
+
+  it('separate transactions on one account never share a time, one message or two', async () => {
+    const a = await countingPool()
+    try {
+      await applyOperation(a.db.pool, { kind: 'topup', tenantId: 'rt-7', amount: 100 }, 'rt-7-top', keys)
+      for (let i = 0; i < 8; i++) await consume(a.db, 'rt-7', 1, `rt-7-c${i}`)
+      const { rows } = await db.query<{ n: string; times: string; ordered: boolean }>(
+        `select count(*) as n, count(distinct created_at) as times,
+                bool_and(created_at > prev) filter (where prev is not null) as ordered
+           from (select created_at, lag(created_at) over (order by seq) as prev
+                   from credits.audit_logs where tenant_id = 'rt-7') x`,
+      )
+      expect(rows[0]).toEqual({ n: '9', times: '9', ordered: true })
+    } finally {
+      await a.db.close()
+    }
+  })
+
   it('a balance changed by hand outside the ledger is not overwritten: the write finds it and goes under the lock', async () => {
     const a = await countingPool()
     try {
@@ -390,7 +432,7 @@ describe('one round trip from the account this pool last wrote', () => {
     try {
       await applyOperation(a.db.pool, { kind: 'topup', tenantId: 'rt-3', amount: 10 }, 'rt-3-top', keys)
       // As if the database's clock had been read an hour ahead of ours.
-      knownAccounts(a.db.pool).sawDatabaseTime(Date.now() + 3_600_000)
+      knownAccounts(a.db.pool).sawDatabaseTime(Date.now() + 3_600_000, Date.now())
       a.sent.length = 0
       await consume(a.db, 'rt-3', 1, 'rt-3-c1')
       // The one-message write, refused, then BEGIN + lock and the write with COMMIT.
@@ -412,7 +454,8 @@ describe('one round trip from the account this pool last wrote', () => {
   })
 
   it('two processes on the same tenants at once: every acknowledged operation once, never below zero, the chain intact', async () => {
-    const pools = [await openServer(db.url, 'test', { timeoutMs: 30_000, env: {}, max: 4 }), ledger]
+    const counting = await countingPool()
+    const pools = [counting.db, ledger]
     const tenants = ['rt-4a', 'rt-4b', 'rt-4c']
     try {
       for (const t of tenants)
@@ -434,6 +477,9 @@ describe('one round trip from the account this pool last wrote', () => {
         }),
       )
       expect(new Set(refused)).toEqual(refused.length ? new Set(['INSUFFICIENT_CREDITS']) : new Set())
+      // The test proves what it claims: both ways were taken.
+      expect(counting.sent.some((t) => /^(prepare [^\n]*;\n)*execute shx_ledger_write1u_/.test(t))).toBe(true)
+      expect(counting.sent.some((t) => t.startsWith('begin'))).toBe(true)
       for (const t of tenants) {
         const acct = (await account(t))!
         expect(acct.balance).toBe(500 - acknowledged.get(t)!)
@@ -466,7 +512,7 @@ describe('KnownAccounts', () => {
     const k = new KnownAccounts(2)
     k.committed([acct('a', 1, 0)])
     expect(k.get('a')).toBeUndefined()
-    k.sawDatabaseTime(Date.now())
+    k.sawDatabaseTime(Date.now(), Date.now())
     k.committed([acct('b', 1, 0), acct('a', 2, 0), acct('c', 1, 0)])
     expect(k.size).toBe(2)
     expect(k.get('b')).toBeUndefined()
@@ -477,12 +523,13 @@ describe('KnownAccounts', () => {
     expect(k.get('a')).toBeUndefined()
   })
 
-  it("stamps the database's time now, never before the account's newest row", () => {
+  it("stamps the database's time now, always after the account's newest row", () => {
     const k = new KnownAccounts()
-    k.sawDatabaseTime(Date.now() - 60_000)
+    const sent = Date.now()
+    k.sawDatabaseTime(sent - 60_000, sent)
     const future = Date.now() + 1_000
     k.committed([acct('a', 1, future), acct('b', 1, 0)])
-    expect(k.get('a')!.ts.getTime()).toBe(future)
+    expect(k.get('a')!.ts.getTime()).toBe(future + 1)
     const b = k.get('b')!.ts.getTime()
     expect(Math.abs(b - (Date.now() - 60_000))).toBeLessThan(1_000)
   })

@@ -42,17 +42,24 @@ export class KnownAccounts {
     return this.accounts.size
   }
 
-  /** The account, stamped with the database's time now (never before its newest row); or undefined. */
+  /**
+   * The account, stamped with the database's time now, and always later than its newest row (so
+   * that separate transactions never share a time); or undefined.
+   */
   get(tenant: string): KnownAccount | undefined {
     const e = this.accounts.get(tenant)
     if (!e || this.offsetMs === null) return undefined
     const { tsMs, ...rest } = e
-    return { tenant, ...rest, ts: new Date(Math.max(Date.now() + this.offsetMs, tsMs)) }
+    return { tenant, ...rest, ts: new Date(Math.max(Date.now() + this.offsetMs, tsMs + 1)) }
   }
 
-  /** The database's now() (epoch ms), read at the start of a transaction that just answered. */
-  sawDatabaseTime(ms: number): void {
-    this.offsetMs = ms - Date.now()
+  /**
+   * The database's now() (epoch ms) of a transaction whose BEGIN we sent at `sentAt` (our clock):
+   * it ran just after, and before any wait for a lock, so the difference is the clocks' offset
+   * plus the time the message took to arrive.
+   */
+  sawDatabaseTime(ms: number, sentAt: number): void {
+    this.offsetMs = ms - sentAt
   }
 
   /** After a COMMIT: every written account as the transaction left it. */

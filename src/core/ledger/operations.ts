@@ -290,6 +290,32 @@ export async function applySet(
   keys: LedgerKeys,
   options: SetOptions,
 ): Promise<SetOutcome[]> {
+  try {
+    return await applySetOnce(client, items, keys, options)
+  } catch (err) {
+    // A failed statement has rolled back already (run() below); an error of our own between the
+    // round trips (a bad value, a bug) must not leave the transaction open on a pooled connection,
+    // where the next caller's statements would run inside it.
+    if (!isConnectionError(err) && transactionStatus(client) !== 'I') {
+      await client.query('rollback').catch(() => {})
+    }
+    throw err
+  }
+}
+
+/** pg's view of the connection: 'I' idle, 'T' in a transaction, 'E' in a failed one. */
+function transactionStatus(client: pg.ClientBase): string | null {
+  return (
+    (client as unknown as { getTransactionStatus?: () => string | null }).getTransactionStatus?.() ?? null
+  )
+}
+
+async function applySetOnce(
+  client: pg.ClientBase,
+  items: SetItem[],
+  keys: LedgerKeys,
+  options: SetOptions,
+): Promise<SetOutcome[]> {
   const outcomes: SetOutcome[] = new Array(items.length)
   const ops: Op[] = []
   items.forEach(({ req, key }, i) => {
@@ -343,7 +369,9 @@ export async function applySet(
   const one = ops.length === 1 && (ops[0]!.req.kind === 'topup' || ops[0]!.req.kind === 'consume')
   const checkKeyInWrite = one && options.transaction === 'own' && options.checkKeyInWrite !== false
   // This pool's last commit on the account: then there is nothing to read first (one round trip).
-  const known = checkKeyInWrite ? options.known?.get(ops[0]!.tenantId!) : undefined
+  // (Never on a connection inside a transaction: the write would be part of it, not its own.)
+  const known =
+    checkKeyInWrite && transactionStatus(client) === 'I' ? options.known?.get(ops[0]!.tenantId!) : undefined
   let keyRows: StoredKeyRow[] = []
   let accountRows: AccountRow[] = []
   let reservationRows: ReservationRow[] = []
@@ -375,12 +403,14 @@ export async function applySet(
         sql.hexArray(ops.map((o) => o.keyHash)),
       ])
     }
+    const sentAt = Date.now()
     const read = await run(batch1.join(';\n'), used1)
     if (checkKeyInWrite) read.push({ rows: [] } as unknown as pg.QueryResult)
     keyRows = read.at(-1)!.rows as StoredKeyRow[]
     accountRows = read.at(-2)!.rows as AccountRow[]
     if (reservationIds.length > 0) reservationRows = read.at(-3)!.rows as ReservationRow[]
-    if (one && accountRows.length === 1) options.known?.sawDatabaseTime(Number(accountRows[0]!.ts_ms))
+    // now() is the time BEGIN ran, just after we sent it (before any wait for the lock).
+    if (one && accountRows.length === 1) options.known?.sawDatabaseTime(Number(accountRows[0]!.ts_ms), sentAt)
   }
 
   const accounts = new Map<string, Account>()
@@ -547,7 +577,7 @@ export async function applySet(
     // been topped up since).
     if (ts === null) {
       options.known!.delete(tenant)
-      return applySet(client, items, keys, options)
+      return applySetOnce(client, items, keys, options)
     }
     const write = w.statementOne(accounts.get(tenant)!, ts, sql.WRITE_ONE_UNLOCKED, [
       sql.int(known.balance),
@@ -568,7 +598,7 @@ export async function applySet(
     }
     // Nothing was written: the account changed since, the key exists, or the clocks disagree.
     options.known!.delete(tenant)
-    return applySet(client, items, keys, options)
+    return applySetOnce(client, items, keys, options)
   }
   if (ts === null) {
     // Nothing to write: replays and refusals only.
@@ -597,7 +627,7 @@ export async function applySet(
     }
     // Nothing was written (the COMMIT committed nothing): the key exists, or (it cannot while we
     // hold the lock) the account changed. The long way reads the key under the lock and decides.
-    return applySet(client, items, keys, { ...options, checkKeyInWrite: false })
+    return applySetOnce(client, items, keys, { ...options, checkKeyInWrite: false })
   }
   const write =
     changedAccounts.length === 1 && changedReservations.length === 0 && w.size === 1
