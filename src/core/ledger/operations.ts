@@ -293,9 +293,10 @@ export async function applySet(
   try {
     return await applySetOnce(client, items, keys, options)
   } catch (err) {
-    // A failed statement has rolled back already (run() below); an error of our own between the
-    // round trips (a bad value, a bug) must not leave the transaction open on a pooled connection,
-    // where the next caller's statements would run inside it.
+    // Whatever failed, a failed statement or an error of our own between the round trips (a bad
+    // value, a bug), the transaction must not stay open on a pooled connection, where the next
+    // caller's statements would run inside it. pg knows whether one is open (a statement that is
+    // its own transaction leaves none).
     if (!isConnectionError(err) && transactionStatus(client) !== 'I') {
       await client.query('rollback').catch(() => {})
     }
@@ -339,11 +340,7 @@ async function applySetOnce(
   })
   if (ops.length === 0) return outcomes
 
-  const run = async (
-    text: string,
-    statements: sql.Statement[] = [],
-    { inTransaction = true } = {},
-  ): Promise<pg.QueryResult[]> => {
+  const run = async (text: string, statements: sql.Statement[] = []): Promise<pg.QueryResult[]> => {
     const prepare =
       statements.length === 0
         ? ''
@@ -355,8 +352,8 @@ async function applySetOnce(
       // Without the PREPAREs' own (empty) results: one result per statement of `text`.
       return prepare ? results.filter((x) => x.command !== 'PREPARE') : results
     } catch (err) {
+      // (applySet rolls back.)
       if (prepare || sql.isStalePrepared(err)) sql.forgetPrepared(client)
-      if (inTransaction && !isConnectionError(err)) await client.query('rollback').catch(() => {})
       throw err
     }
   }
@@ -586,7 +583,7 @@ async function applySetOnce(
     ])
     let applied: number
     try {
-      const [out] = await run(write.text, [write.prepared], { inTransaction: false })
+      const [out] = await run(write.text, [write.prepared])
       applied = (out!.rows[0] as { applied: number }).applied
     } catch (err) {
       options.known!.delete(tenant)
