@@ -294,6 +294,40 @@ describe('credits apply: sets with reservations and keys', () => {
   })
 })
 
+describe('credits apply on a new database', () => {
+  it('finds the stored keys by index from the first chunk on, not by reading the whole key table', async () => {
+    // The plans are made on the first chunk, while the tables are nearly empty, and kept: one that
+    // reads every stored key per chunk makes a first big import quadratic until autovacuum runs.
+    const fresh = await createTestDatabase('ledger_fresh')
+    try {
+      const env = cleanEnv({ CREDITS_DATABASE_URL: fresh.url, SHIELDX_HOME: home, AUDIT_HMAC_KEY: auditKey })
+      expect((await runCli(['migrate', 'up', '--no-backup'], { env })).code).toBe(0)
+      const ops = 4000
+      const lines = Array.from({ length: ops }, (_, i) =>
+        JSON.stringify({ op: 'topup', tenant: `fresh-${i % 100}`, amount: 1, idempotency_key: `f-${i}` }),
+      )
+      const r = await runCli(['credits', 'apply'], { env, input: lines.join('\n') + '\n' })
+      expect(r.code).toBe(0)
+      expect(r.stderr).toContain(`${ops} operation(s): ${ops} applied, 0 replayed, 0 failed.`)
+      // The CLI's sessions report their counts as they end; wait until they are in.
+      let stats: { seq_tup_read: string; idx_scan: string } | undefined
+      for (let i = 0; i < 50; i++) {
+        const { rows } = await fresh.query<{ seq_tup_read: string; idx_scan: string }>(
+          `select seq_tup_read, coalesce(idx_scan, 0) as idx_scan
+             from pg_stat_user_tables where schemaname = 'credits' and relname = 'idempotency_keys'`,
+        )
+        stats = rows[0]
+        if (Number(stats?.idx_scan) >= ops) break
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      expect(Number(stats!.idx_scan)).toBeGreaterThanOrEqual(ops)
+      expect(Number(stats!.seq_tup_read)).toBe(0)
+    } finally {
+      await fresh.drop()
+    }
+  })
+})
+
 describe('one round trip from the account this pool last wrote', () => {
   /** Pools of each test's own (each knows only what it wrote), closed after the test. */
   const opened: Database[] = []
