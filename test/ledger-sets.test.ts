@@ -265,6 +265,19 @@ describe('credits apply: sets with reservations and keys', () => {
     // The stored responses (one sent, one built by the statement) are the results first printed.
     expect(again.out[0].result).toEqual({ ...second.out[0].result, replayed: true })
     expect(again.out[1].result).toEqual({ ...second.out[2].result, replayed: true })
+    // ... printed in the same field order as the first answers, whatever order jsonb stored them in.
+    expect(Object.keys(again.out[0].result)).toEqual(Object.keys(second.out[0].result))
+    expect(Object.keys(again.out[1].result)).toEqual([
+      'transaction_id',
+      'tenant_id',
+      'kind',
+      'amount',
+      'balance',
+      'reserved',
+      'available',
+      'replayed',
+      'idempotency_key',
+    ])
     expect(await account(t)).toEqual({ balance: 0, reserved: 0, seq: 6 })
     await expectChainIntact()
   })

@@ -8,7 +8,12 @@ import { validatePaymentToken } from '../core/crypto/payment.js'
 import { openReadStream } from '../core/fs/read-stream.js'
 import { applyLines } from '../core/ledger/apply.js'
 import { type Ledger, openLedger } from '../core/ledger/ledger.js'
-import { applyOperation, type LedgerRequest, type LedgerResult } from '../core/ledger/operations.js'
+import {
+  applyOperation,
+  type LedgerRequest,
+  type LedgerResult,
+  printedResult,
+} from '../core/ledger/operations.js'
 import { collectGarbage, fromCache, parseSince, readBalance, readHistory } from '../core/ledger/queries.js'
 import * as v from '../core/ledger/validate.js'
 import { renderTable } from '../ui/table.js'
@@ -52,8 +57,7 @@ async function write(ctx: Context, l: Ledger, req: LedgerRequest, opts: WriteOpt
 }
 
 function print(ctx: Context, r: LedgerResult): void {
-  const { version: _version, ...doc } = r
-  if (ctx.out.json) return ctx.out.document(doc)
+  if (ctx.out.json) return ctx.out.document(printedResult(r))
   const sign = r.kind === 'topup' ? '+' : r.kind === 'consume' || r.kind === 'commit' ? '-' : ''
   const what =
     r.kind === 'reserve'

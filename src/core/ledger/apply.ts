@@ -21,14 +21,15 @@ import {
   isRetryableSetError,
   type LedgerKeys,
   type LedgerRequest,
-  type LedgerResult,
+  type PrintedResult,
+  printedResult,
 } from './operations.js'
 import * as v from './validate.js'
 
 export interface ApplyLineResult {
   line: number
   ok: boolean
-  result?: Omit<LedgerResult, 'version'>
+  result?: PrintedResult
   error?: { code: string; message: string }
 }
 
@@ -252,8 +253,7 @@ async function runChunk(pool: pg.Pool, chunk: ParsedLine[], keys: LedgerKeys): P
           const o = outcomes[next++]!
           if (!o.ok)
             return { line: p.line, ok: false, error: { code: o.error.code, message: o.error.message } }
-          const { version: _version, ...result } = o.result
-          return { line: p.line, ok: true, result }
+          return { line: p.line, ok: true, result: printedResult(o.result) }
         })
       } catch (err) {
         failed = err

@@ -76,6 +76,8 @@ export interface LedgerResult {
   version: number
 }
 
+export type PrintedResult = Omit<LedgerResult, 'version'>
+
 export interface LedgerKeys {
   audit: Keyring
   /** Needed only for a topup that carries a payment token. */
@@ -547,10 +549,10 @@ async function applySetOnce(
       balance,
       reserved,
       available: balance - reserved,
-      ...(reservationOut ? { reservation_id: reservationOut } : {}),
-      ...(expiresAt ? { expires_at: expiresAt.toISOString() } : {}),
       version,
     }
+    if (reservationOut) response.reservation_id = reservationOut
+    if (expiresAt) response.expires_at = expiresAt.toISOString()
     let paymentMasked: string | null = null
     let paymentEncrypted: Buffer | null = null
     if (req.kind === 'topup' && req.paymentToken && keys.payment) {
@@ -579,7 +581,7 @@ async function applySetOnce(
     })
     Object.assign(account, { balance, reserved, seq, version, head: hash, written: true })
     if (id !== null) written.set(id, { request_hash: o.fingerprint, response, expired: false })
-    outcomes[o.i] = { ok: true, result: { ...response, replayed: false, idempotency_key: o.key } }
+    outcomes[o.i] = { ok: true, result: ledgerResult(response, false, o.key) }
   }
 
   // ---- round trip 2: every write in one statement; commit ---------------------------------------
@@ -690,7 +692,40 @@ function replay(o: Op, prior: StoredKey): SetOutcome {
       ),
     }
   }
-  return { ok: true, result: { ...prior.response, replayed: true, idempotency_key: o.key } }
+  return { ok: true, result: ledgerResult(prior.response, true, o.key) }
+}
+
+/**
+ * A result with its fields in the order they are printed, the same for a first answer and its
+ * replay (whose stored response comes back from jsonb in jsonb's own key order). Built field by
+ * field: spreading the response was a tenth of `credits apply`'s own CPU.
+ */
+function ledgerResult(r: StoredResponse, replayed: boolean, key: string): LedgerResult {
+  const out = resultFields(r, replayed, key) as LedgerResult
+  out.version = r.version
+  return out
+}
+
+/** A result as `--json` and `credits apply` print it: without the account version. */
+export function printedResult(r: LedgerResult): PrintedResult {
+  return resultFields(r, r.replayed, r.idempotency_key)
+}
+
+function resultFields(r: Omit<StoredResponse, 'version'>, replayed: boolean, key: string): PrintedResult {
+  const out: PrintedResult = {
+    transaction_id: r.transaction_id,
+    tenant_id: r.tenant_id,
+    kind: r.kind,
+    amount: r.amount,
+    balance: r.balance,
+    reserved: r.reserved,
+    available: r.available,
+    replayed,
+    idempotency_key: key,
+  }
+  if (r.reservation_id !== undefined) out.reservation_id = r.reservation_id
+  if (r.expires_at !== undefined) out.expires_at = r.expires_at
+  return out
 }
 
 interface Op {
