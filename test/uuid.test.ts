@@ -12,6 +12,13 @@ describe('uuidV7', () => {
     expect('89ab').toContain(id[19])
   })
 
+  it('holds the first and the last millisecond of 48 bits, and refuses times outside them', () => {
+    expect(uuidV7(0)).toMatch(/^00000000-0000-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/)
+    expect(uuidV7(2 ** 48 - 1)).toMatch(/^ffffffff-ffff-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/)
+    for (const bad of [-1, 2 ** 48, Number.NaN, Number.POSITIVE_INFINITY])
+      expect(() => uuidV7(bad)).toThrow(RangeError)
+  })
+
   it('sorts as text in time order across milliseconds, and never repeats', () => {
     const ids = Array.from({ length: 3000 }, (_, i) => uuidV7(1_700_000_000_000 + Math.floor(i / 3)))
     // (within one millisecond the order is random: only across them is it fixed)

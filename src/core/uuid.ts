@@ -4,24 +4,26 @@ import { randomFillSync } from 'node:crypto'
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
-/** Random bytes drawn in bulk: one call to the CSPRNG per 256 ids, as randomUUID does. */
+/** Random bytes drawn in bulk (one call to the CSPRNG per 256 ids), as randomUUID does too. */
 const pool = Buffer.alloc(10 * 256)
 let poolAt = pool.length
 
 /**
- * A version 7 UUID (RFC 9562): the Unix time in milliseconds, then 74 random bits. Ledger rows
- * are keyed by these so that a new row's primary-key entry lands at the right edge of the
- * btree, as time-ordered keys do, instead of on a random leaf page of an index that outgrows
- * the cache (a v4 key dirties, and after each checkpoint logs in full, a page per insert).
+ * A version 7 UUID (RFC 9562): the Unix time in milliseconds, then 74 random bits. Transaction
+ * ids are these, so that a new row's primary-key entry lands at the right edge of the btree, as
+ * time-ordered keys do, instead of on a random leaf page of an index that outgrows the cache (a
+ * v4 key dirties, and after each checkpoint logs in full, a page per insert).
  */
 export function uuidV7(ms: number): string {
+  if (!(ms >= 0 && ms < 2 ** 48))
+    throw new RangeError(`uuidV7: ${ms} is not a time in 48 bits of milliseconds`)
   if (poolAt === pool.length) {
     randomFillSync(pool)
     poolAt = 0
   }
   const r = poolAt
   poolAt += 10
-  const t = Math.max(0, Math.floor(ms))
+  const t = Math.floor(ms)
   const hi = Math.floor(t / 0x10000) // the top 32 of the 48 bits
   const lo = t % 0x10000
   return (

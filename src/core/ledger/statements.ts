@@ -203,7 +203,11 @@ export interface WriteShape {
 /**
  * Every write of a set of operations in one statement. Each account is updated once, to its
  * final state, on condition that its chain is still where we read it; every other row is written
- * only for accounts that update matched. Returns how many accounts it updated.
+ * only if that update matched. Returns how many accounts it updated: with one account, a miss
+ * writes nothing (so COMMIT can travel with it); with several, the caller rolls back unless all
+ * matched (they cannot miss while we hold their locks). The filter is "any matched", not a join
+ * with u: a set's statements run with hash and merge joins off (see applySetOnce), and a nested
+ * loop would compare every operation with every account.
  *
  * The rows come as JSON arrays of objects, with short field names (spelt out in the statement)
  * and bytes in base64, a field left out for null. The stored response of a topup or consume is
@@ -213,6 +217,10 @@ export interface WriteShape {
  * written). A JSON literal costs the client one JSON.stringify and the server one
  * parse, where arrays of literals cost an escape per element on one side and an array parse per
  * column on the other: for a chunk of `credits apply` that was most of the client's work.
+ *
+ * A settled reservation (rs) is only ever one still held: settled_at is null exactly when the
+ * status is 'held' (a CHECK says so), and unlike the status it does not match the partial index
+ * of held reservations, which a plan made on a new database would read whole per set.
  *
  * A new key (k) is a plain insert: its unique key is the last guard against applying twice. A key
  * past its TTL names a new operation (kx): it is replaced (we hold the lock that guards it).
@@ -245,7 +253,7 @@ export function writeStatement(shape: WriteShape): Statement {
          from json_to_recordset($2)
               o(i uuid, t text, k text, a int8, b int8, r int8, rid uuid, kh text, d text, pm text, pe text,
                 s int8, ki text, p text, h text, rh text, o jsonb, v int8, x bool)
-        where o.t in (select tenant_id from u))`,
+        where exists (select from u))`,
     `t as (
        insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, reservation_id,
                    idempotency_key_hash, description, payment_masked, payment_encrypted, created_at)
@@ -268,7 +276,7 @@ export function writeStatement(shape: WriteShape): Statement {
       `rv as (
          select * from json_to_recordset($4)
            r(id uuid, tenant_id text, amount int8, status text, expires_at timestamptz, committed_amount int8, is_new bool)
-          where r.tenant_id in (select tenant_id from u))`,
+          where exists (select from u))`,
       `rn as (
          insert into credits.reservations (id, tenant_id, amount, committed_amount, status, expires_at, created_at, settled_at)
          select id, tenant_id, amount, committed_amount, status, expires_at, $3,
@@ -278,7 +286,7 @@ export function writeStatement(shape: WriteShape): Statement {
          update credits.reservations s
             set status = rv.status, committed_amount = rv.committed_amount, settled_at = $3
            from rv
-          where not rv.is_new and s.id = rv.id and s.status = 'held')`,
+          where not rv.is_new and s.id = rv.id and s.settled_at is null)`,
     )
   }
   const s = statement(
