@@ -200,6 +200,19 @@ describe('prepared statements', () => {
   })
 })
 
+/** A write's result fields in the issue's order (what `--json` and `credits apply` print). */
+const PRINTED_FIELDS = [
+  'transaction_id',
+  'tenant_id',
+  'kind',
+  'amount',
+  'balance',
+  'reserved',
+  'available',
+  'replayed',
+  'idempotency_key',
+]
+
 describe('credits apply: sets with reservations and keys', () => {
   const run = async (lines: object[]) => {
     const file = path.join(os.tmpdir(), `shx-sets-${randomBytes(4).toString('hex')}.jsonl`)
@@ -237,19 +250,7 @@ describe('credits apply: sets with reservations and keys', () => {
     expect(await account(t)).toEqual({ balance: 35, reserved: 30, seq: 4 })
     const reservation = first.out[1].result.reservation_id as string
     // The issue's fields in its order, then what a reservation adds.
-    expect(Object.keys(first.out[1].result)).toEqual([
-      'transaction_id',
-      'tenant_id',
-      'kind',
-      'amount',
-      'balance',
-      'reserved',
-      'available',
-      'replayed',
-      'idempotency_key',
-      'reservation_id',
-      'expires_at',
-    ])
+    expect(Object.keys(first.out[1].result)).toEqual([...PRINTED_FIELDS, 'reservation_id', 'expires_at'])
 
     // Settle the reservation twice and spend in one file: the second settle finds it committed.
     const second = await run([
@@ -281,17 +282,7 @@ describe('credits apply: sets with reservations and keys', () => {
     expect(again.out[1].result).toEqual({ ...second.out[2].result, replayed: true })
     // ... printed in the same field order as the first answers, whatever order jsonb stored them in.
     expect(Object.keys(again.out[0].result)).toEqual(Object.keys(second.out[0].result))
-    expect(Object.keys(again.out[1].result)).toEqual([
-      'transaction_id',
-      'tenant_id',
-      'kind',
-      'amount',
-      'balance',
-      'reserved',
-      'available',
-      'replayed',
-      'idempotency_key',
-    ])
+    expect(Object.keys(again.out[1].result)).toEqual(PRINTED_FIELDS)
     expect(await account(t)).toEqual({ balance: 0, reserved: 0, seq: 6 })
     await expectChainIntact()
   })
