@@ -10,10 +10,13 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { Writable } from 'node:stream'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { checkChains } from '../src/core/backup/chain-check.js'
-import { keysToWire, parseKeyring } from '../src/core/config/secrets.js'
+import { startChainCheck } from '../src/core/backup/chain-check.js'
+import { ChunkReader, type TableData, TableDataFinder } from '../src/core/backup/custom-format.js'
+import { streamDump } from '../src/core/backup/restore.js'
+import { parseKeyring } from '../src/core/config/secrets.js'
 import { BIN, type CliResult, ROOT, runCli } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { adminUrl, cleanEnv } from './helpers/env.js'
@@ -483,30 +486,6 @@ describe('restore', () => {
     })
   })
 
-  it('the chain check beside a restore vouches only for the file its manifest describes, and answers (never hangs) when it cannot read it', async () => {
-    const wire = (text: string, name: string) =>
-      keysToWire(parseKeyring(text, { envName: name, bytes: { min: 32 } }, 'test'))
-    const input = {
-      file: smallFile,
-      manifest: readManifest(smallFile),
-      backupKeys: wire(backupKey, 'BACKUP_KEY'),
-      auditKeys: wire(auditKey, 'AUDIT_HMAC_KEY'),
-      pgRestore: 'pg_restore',
-    }
-    expect(await checkChains(input)).toMatchObject({ intact: true, rows: 5, tenants: 3 })
-    // Another file than the one restored (same key, other bytes): the digest tells.
-    const other = { ...input, manifest: { ...input.manifest, sha256: '0'.repeat(64) } }
-    expect(await checkChains(other)).toMatchObject({
-      intact: false,
-      why: 'the file read does not match its manifest',
-    })
-    // Gone between the restore's read and the check's (pruned, moved).
-    expect(await checkChains({ ...input, file: `${smallFile}.gone` })).toMatchObject({
-      intact: false,
-      why: expect.stringMatching(/^cannot read the backup/),
-    })
-  })
-
   it('without --yes and without a terminal: exit 3, the target stays empty', async () => {
     const t = await createEmptyDatabase('noyes')
     const r = await cli(['restore', smallFile, '--target', t.url])
@@ -696,6 +675,178 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
     expect(await creditsTables(t.url)).toBe(0)
   })
 })
+
+describe("restore's chain check reads the audit table from the restore's own stream", () => {
+  /** A pg_dump custom archive of `db` as `backup create` takes it (-Z0), or compressed. */
+  const dumpOf = (url: string, level = 0) =>
+    execFileSync('pg_dump', ['-Fc', `-Z${level}`, '--schema=credits', '--no-password', '-d', url], {
+      maxBuffer: 1 << 28,
+    })
+
+  /** What TableDataFinder finds in `dump` fed in pieces of the given sizes, in turn. */
+  function find(dump: Buffer, sizes: number[]) {
+    let table: TableData | null = null
+    let none: string | null = null
+    let ended = false
+    const block: Buffer[] = []
+    const finder = new TableDataFinder('credits', 'audit_logs', {
+      found: (t) => (table = t),
+      bytes: (b) => block.push(Buffer.from(b)),
+      end: () => (ended = true),
+      none: (why) => (none = why),
+    })
+    for (let at = 0, i = 0; at < dump.length; at += sizes[i++ % sizes.length]!)
+      finder.write(dump.subarray(at, at + sizes[i % sizes.length]!))
+    finder.end()
+    return {
+      table: table as TableData | null,
+      none: none as string | null,
+      ended,
+      block: Buffer.concat(block),
+    }
+  }
+
+  it("finds the audit table's COPY in a real pg_dump archive, split anywhere: the text pg_restore prints for it", async () => {
+    const dump = dumpOf(db.url)
+    const printed = execFileSync(
+      'pg_restore',
+      ['--data-only', '--schema=credits', '--table=audit_logs', '--file=-'],
+      { input: dump },
+    ).toString('utf8')
+    for (const sizes of [[dump.length], [1], [3, 1, 7, 2], [4096, 5, 6]]) {
+      const { table, none, ended, block } = find(dump, sizes)
+      expect(none).toBeNull()
+      expect(ended).toBe(true)
+      expect(table!.copyStmt).toMatch(/^COPY credits\.audit_logs \(id, tenant_id, seq, .*\) FROM stdin;\n$/)
+      const rows: Buffer[] = []
+      const reader = new ChunkReader(table!.intSize, (b) => rows.push(Buffer.from(b)))
+      // The block ends with its 0 length, and nothing of the next block is in it.
+      expect(reader.write(block)).toBe(true)
+      const text = table!.copyStmt + Buffer.concat(rows).toString('utf8')
+      expect(text.split('\n').filter((l) => /^\d+\t(acme|beta|gamma)\t/.test(l))).toHaveLength(5)
+      expect(text).toMatch(/\n\\\.\n/)
+      expect(printed).toContain(text)
+    }
+  })
+
+  it('gives up, and says why, on an archive it does not read: compressed, cut short, not an archive', async () => {
+    expect(find(dumpOf(db.url, 6), [8192]).none).toBe('a compressed archive')
+    const dump = dumpOf(db.url)
+    const { block } = find(dump, [dump.length])
+    const cut = dump.indexOf(block) + Math.floor(block.length / 2)
+    expect(find(dump.subarray(0, cut), [1000])).toMatchObject({
+      none: 'the archive ends before the data of credits.audit_logs',
+      ended: false,
+    })
+    expect(find(Buffer.from('-- PostgreSQL database dump\n'), [10]).none).toBe('not a custom-format archive')
+  })
+
+  const keyring = (text: string, name: string) =>
+    parseKeyring(text, { envName: name, bytes: { min: 32 } }, 'test')
+
+  /** The backup streamed as the restore streams it, into nothing, with `check` tapping it. */
+  async function streamed(file: string, check: ReturnType<typeof startChainCheck>, onChunk = () => {}) {
+    const sink = new Writable({ write: (_c, _e, cb) => cb() })
+    await streamDump(file, readManifest(file), keyring(backupKey, 'BACKUP_KEY'), sink, {
+      tap: (chunk) => {
+        onChunk()
+        check.tap(chunk)
+      },
+    })
+    check.finish()
+    return check.answer()
+  }
+
+  it('verifies the chains from the stream, and leaves no spill file behind, from the moment it starts', async () => {
+    const dir = tmp('spill')
+    const check = startChainCheck(keyring(auditKey, 'AUDIT_HMAC_KEY'), readManifest(smallFile), {
+      ...process.env,
+      TMPDIR: dir,
+    })
+    expect(fs.readdirSync(dir)).toEqual([])
+    expect(await streamed(smallFile, check)).toEqual({ intact: true, why: null, rows: 5, tenants: 3 })
+    expect(fs.readdirSync(dir)).toEqual([])
+    // Against heads the rows do not end at (another backup's manifest): not vouched for.
+    const other = { ...readManifest(smallFile), chains: { ...readManifest(smallFile).chains } }
+    other.chains.acme = { ...other.chains.acme, seq: other.chains.acme.seq + 1 }
+    const result = await streamed(
+      smallFile,
+      startChainCheck(keyring(auditKey, 'AUDIT_HMAC_KEY'), other, process.env),
+    )
+    expect(result).toMatchObject({ intact: false, why: 'acme: the chain does not verify' })
+  })
+
+  it('a checker killed mid-way makes the answer not intact, and the stream goes on to its end unharmed', async () => {
+    const check = startChainCheck(keyring(auditKey, 'AUDIT_HMAC_KEY'), readManifest(smallFile), process.env)
+    // Our own child: the checker under nice, waiting for the first bytes.
+    const pid = await until(
+      () =>
+        execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)])
+          .toString()
+          .split('\n')
+          .find((l) => l.includes('chain-check-process.js'))
+          ?.trim()
+          .split(' ')[0],
+    )
+    process.kill(Number(pid), 'SIGKILL')
+    expect(await streamed(smallFile, check)).toMatchObject({
+      intact: false,
+      why: 'the chain check stopped (SIGKILL)',
+    })
+  })
+
+  it('an edited audit row in a backup whose file is intact: the chain check cannot vouch, verify-chain names the row, exit 4, no spill file left', async () => {
+    // A database with one audit amount changed behind the triggers' back, backed up as it is.
+    const edited = urlFor(targetName('edited_row'))
+    const first = await json(['--yes', 'restore', smallFile, '--target', edited, '--create'])
+    expect(first.code, first.stderr).toBe(0)
+    await withClient(edited, async (c) => {
+      await c.query('set session_replication_role = replica')
+      await c.query("update credits.audit_logs set amount = amount + 1 where tenant_id = 'acme' and seq = 2")
+    })
+    const b = await json(['backup', 'create', '--dir', tmp('edited'), '--label', 'edited'], { url: edited })
+    expect(b.code, b.stderr).toBe(0)
+    const dir = tmp('spill-edited')
+    const r = await json(
+      ['--yes', 'restore', b.doc.file, '--target', urlFor(targetName('edited_again')), '--create'],
+      {
+        env: { TMPDIR: dir },
+      },
+    )
+    expect(r.code, r.stderr).toBe(4)
+    const chain = r.doc.checks.find((c: { name: string }) => c.name === 'verify_chain')
+    expect(chain).toMatchObject({ ok: false, detail: expect.stringMatching(/^broken: acme@2 /) })
+    expect(fs.readdirSync(dir)).toEqual([])
+  })
+
+  it('interrupted mid-restore: exit 130, the checker stopped with it, no spill file left', async () => {
+    const dir = tmp('spill-interrupted')
+    const stop = new AbortController()
+    const run = runCli(
+      ['--json', '--yes', 'restore', bigFile, '--target', urlFor(targetName('interrupted')), '--create'],
+      {
+        env: env({ TMPDIR: dir }, big.url),
+        signal: stop.signal,
+      },
+    )
+    const children = () => execFileSync('ps', ['-o', 'args=', '--ppid', String(process.pid)]).toString()
+    await until(() => children().includes('chain-check-process.js') || undefined)
+    stop.abort()
+    expect((await run).code).toBe(130)
+    expect(children()).not.toContain('chain-check-process.js')
+    expect(fs.readdirSync(dir)).toEqual([])
+  })
+})
+
+/** Polls `fn` every 10 ms until it returns something, for up to 10 s. */
+async function until<T>(fn: () => T | undefined): Promise<T> {
+  for (let i = 0; i < 1000; i++) {
+    const v = fn()
+    if (v !== undefined) return v
+    await new Promise((r) => setTimeout(r, 10))
+  }
+  throw new Error('timed out waiting')
+}
 
 describe('a backup that cannot finish leaves nothing that looks complete', () => {
   it('killed mid-backup (SIGKILL): only a .partial remains, list shows no backup, and the next create removes it', async () => {

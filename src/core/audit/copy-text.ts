@@ -1,5 +1,5 @@
 /**
- * Checking the audit chains in the text of a COPY, as pg_restore writes a table's data: `restore`
+ * Checking the audit chains in the text of a COPY, as pg_dump writes a table's data: `restore`
  * verifies the rows of the backup while it restores them, instead of reading them back after the
  * commit (core/backup/chain-check.ts). It only ever vouches for intact chains. A break, a value it does not read, a row
  * too far out of order or too many tenants at once make it give up (`intact: false`), and the
@@ -101,7 +101,7 @@ export class TextChainChecker {
     this.chainKeys = new ChainKeys(keys)
   }
 
-  /** pg_restore's output, in chunks of any size. */
+  /** The COPY statement, then its rows, in chunks of any size. */
   write(chunk: Buffer): void {
     if (this.why !== null || this.state === 'after') return
     let start = 0
@@ -164,7 +164,7 @@ export class TextChainChecker {
     return result(null)
   }
 
-  /** One line of pg_restore's output; true at the end of the table's data. */
+  /** One line of the COPY; true at the end of the table's data. */
   private line(buf: Buffer, start: number, end: number): boolean {
     if (this.state === 'before') {
       const text = buf.toString('utf8', start, end)

@@ -1,123 +1,314 @@
 /**
- * The audit chains of a backup, verified from the file: every chunk authenticated on the way, a
- * second `pg_restore --data-only` turns the audit table into COPY text, and TextChainChecker checks
- * it against the manifest's heads. `restore` runs this in a process of its own at the lowest CPU
- * priority (src/chain-check-process.ts), beside the restore.
+ * The audit chains of a backup, verified while it is restored, from the restore's own stream: the
+ * audit table's data block is found in the dump on its way to pg_restore (custom-format.ts) and
+ * spilled to a temporary file, which a process at the lowest CPU priority
+ * (src/chain-check-process.ts) reads behind it and checks with TextChainChecker against the
+ * manifest's heads. The file, not a pipe, is what lets the check fall behind without ever slowing
+ * the restore, and it is unlinked as soon as both processes hold it open, so nothing is left on
+ * disk however either of them ends.
  *
- * The whole file is hashed and must match the manifest's SHA-256, as the restore's own read must:
- * so the bytes checked here are the bytes restored, even though the two read the file apart. Only
- * as much of it is decrypted as pg_restore needs to write the table.
+ * The bytes checked are the bytes restored: the same stream, authenticated chunk by chunk and
+ * hashed against the manifest before pg_restore sees its end. The caller uses the answer only when
+ * that stream completed. Anything that goes wrong with the check only makes the answer not intact,
+ * and the caller then runs verify-chain on the restored database.
  */
 import { spawn } from 'node:child_process'
-import { createHash } from 'node:crypto'
 import fs from 'node:fs'
-import { pipeline } from 'node:stream/promises'
-import zlib from 'node:zlib'
+import os from 'node:os'
+import path from 'node:path'
+import readline from 'node:readline'
 import { notIntact, TextChainChecker, type TextChainResult } from '../audit/copy-text.js'
-import { type Keyring, keysFromWire, type WireKeys } from '../config/secrets.js'
-import { createDecryptStream } from './envelope.js'
+import { PACKAGE_ROOT } from '../config/paths.js'
+import { type Keyring, keysFromWire, keysToWire, type WireKeys } from '../config/secrets.js'
+import { InterruptedError } from '../errors.js'
+import { ChunkReader, type TableData, TableDataFinder } from './custom-format.js'
 import type { Manifest } from './manifest.js'
-
-export interface ChainCheckInput {
-  file: string
-  manifest: Manifest
-  backupKeys: WireKeys
-  auditKeys: WireKeys
-  pgRestore: string
-}
 
 export const AUDIT_TABLE = { schema: 'credits', table: 'audit_logs' }
 
-/** pg_restore's output between two calls of `collect`. */
-const COLLECT_EVERY = 16 << 20
+/** What the restore tells the check, one JSON line each on its stdin; the first is the input. */
+export type Message =
+  | { input: { auditKeys: WireKeys; heads: Manifest['chains'] } }
+  | { table: TableData }
+  /** The spill file holds this many bytes of the table's block. */
+  | { written: number }
+  /** All of the block is in the spill file. */
+  | { end: true }
+  | { none: string }
 
 /**
- * `signal`: stop (the restore failed or was interrupted); pg_restore is killed and waited for.
- * `collect`: a full garbage collection, called every 16 MiB of pg_restore's output. Every read of
- * its pipe is a new buffer, and V8 lets some 64 MB of them pile up before it collects: without
- * this, memory would grow with the table up to that much.
+ * Spilled bytes not yet written before the check is given up: the page cache takes them far
+ * faster than the dump is decompressed, so this is only reached when the disk is in trouble, and
+ * then the restore goes on without the check rather than wait or hold them.
  */
-export async function checkChains(
-  input: ChainCheckInput,
-  options: { signal?: AbortSignal; collect?: () => void } = {},
-): Promise<TextChainResult> {
-  const { signal, collect } = options
-  const byId = keysFromWire(input.backupKeys)
-  const backupKeys: Keyring = { current: [...byId.values()][0]!, byId }
-  const checker = new TextChainChecker(
-    keysFromWire(input.auditKeys),
-    `${AUDIT_TABLE.schema}.${AUDIT_TABLE.table}`,
-    input.manifest.chains,
-  )
-  const child = spawn(
-    input.pgRestore,
-    ['--data-only', `--schema=${AUDIT_TABLE.schema}`, `--table=${AUDIT_TABLE.table}`, '--file=-'],
-    { stdio: ['pipe', 'pipe', 'ignore'] },
-  )
-  const exited = new Promise<number | null>((resolve) => {
-    child.on('error', () => resolve(-1))
-    child.on('close', (code) => resolve(code))
-  })
-  let running = true
-  void exited.then(() => (running = false))
-  const stop = () => child.kill('SIGKILL')
-  signal?.addEventListener('abort', stop, { once: true })
-  child.stdin.on('error', () => {}) // EPIPE: it has what it needs
-  let uncollected = 0
-  child.stdout.on('data', (chunk: Buffer) => {
-    checker.write(chunk)
-    if (checker.gaveUp) stop()
-    uncollected += chunk.length
-    if (collect && uncollected >= COLLECT_EVERY) {
-      uncollected = 0
-      collect()
-    }
-  })
+const MAX_UNWRITTEN = 32 << 20
 
-  // The plaintext goes to pg_restore while it runs; the raw file is hashed to its end either way.
-  const decrypt = createDecryptStream(backupKeys)
-  const fed = pipeline(decrypt, zlib.createGunzip({ chunkSize: 1 << 20 }), child.stdin).catch(() => {
-    // A chunk that does not authenticate ends pg_restore's input early: it fails, and so does this.
-    stop()
-  })
-  const hash = createHash('sha256')
-  // One buffer for every read: once pg_restore is done, the rest of the file is only hashed, and
-  // a new buffer per read would only be garbage the size of the file.
-  const buf = Buffer.alloc(1 << 20)
+/** Where the compiled chain check is: dist/, also when the caller runs from source (tests). */
+const CHAIN_CHECK_PROCESS = path.join(PACKAGE_ROOT, 'dist/chain-check-process.js')
+
+/** The restore's side: `tap` sees every byte of the dump on its way to pg_restore. */
+export interface StreamedChainCheck {
+  tap(chunk: Buffer): void
+  /** The dump ended, every byte of it authenticated and the file's checksum matched. */
+  finish(): void
+  /** The restore failed or was interrupted: the check stops and its spill file is closed. */
+  stop(): void
+  /** Its answer; interrupted by `signal`, the check is stopped and this rejects. */
+  answer(signal?: AbortSignal): Promise<TextChainResult>
+}
+
+export function startChainCheck(
+  auditKeys: Keyring,
+  manifest: Manifest,
+  env: NodeJS.ProcessEnv,
+): StreamedChainCheck {
+  let fd: number
+  let child: ReturnType<typeof spawn>
+  const dir = fs.mkdtempSync(path.join(env.TMPDIR || os.tmpdir(), 'shieldx-restore-'))
   try {
-    const file = await fs.promises.open(input.file, 'r')
+    const file = path.join(dir, 'audit-block')
+    fd = fs.openSync(file, 'w+', 0o600)
     try {
-      for (;;) {
-        const { bytesRead } = await file.read(buf, 0, buf.length, null)
-        if (bytesRead === 0) break
-        const chunk = buf.subarray(0, bytesRead)
-        hash.update(chunk)
-        if (!running || decrypt.destroyed) continue
-        // A copy: the decryption holds on to what it is given.
-        if (!decrypt.write(Buffer.from(chunk))) {
-          await new Promise<void>((resolve) => {
-            decrypt.once('drain', resolve)
-            decrypt.once('close', resolve)
-            void exited.then(() => resolve())
-          })
-        }
-      }
-    } finally {
-      await file.close()
+      // Through nice(1), so that every thread of it starts at the lowest priority; with no secrets
+      // in its environment (the keys go on stdin, never on a command line or in an environment).
+      child = spawn('nice', ['-n', '19', process.execPath, CHAIN_CHECK_PROCESS], {
+        stdio: ['pipe', 'pipe', 'ignore', fd],
+        env: { PATH: env.PATH ?? '/usr/bin:/bin' },
+      })
+    } catch (err) {
+      fs.closeSync(fd)
+      throw err
     }
   } catch (err) {
-    stop()
-    await exited
-    return notIntact(`cannot read the backup: ${(err as Error).message}`)
+    // It only ever speeds the restore up: if it cannot run, verify-chain runs after the restore.
+    return unavailable(notIntact(`the chain check could not start: ${(err as Error).message}`))
+  } finally {
+    // Both hold it open now (or it failed): the name is not needed any more.
+    fs.rmSync(dir, { recursive: true, force: true })
   }
-  if (running) decrypt.end()
-  else decrypt.destroy()
-  const code = await exited
-  await fed
-  const result = checker.end()
-  if (!result.intact) return result
-  if (code !== 0) return notIntact(`pg_restore stopped (exit ${code})`, result)
-  if (hash.digest('hex') !== input.manifest.sha256)
-    return notIntact('the file read does not match its manifest', result)
-  return result
+
+  const stdin = child.stdin!
+  stdin.on('error', () => {}) // EPIPE when it has given up and gone
+  const send = (m: Message) => {
+    if (!stdin.destroyed) stdin.write(`${JSON.stringify(m)}\n`)
+  }
+  send({ input: { auditKeys: keysToWire(auditKeys), heads: manifest.chains } })
+
+  let out = ''
+  child.stdout!.setEncoding('utf8')
+  child.stdout!.on('data', (d: string) => (out += d))
+  let answered = false
+  const result = new Promise<TextChainResult>((resolve) => {
+    child.on('error', (err) => resolve(notIntact(`the chain check could not start: ${err.message}`)))
+    child.on('close', (code, signal) => {
+      try {
+        resolve(JSON.parse(out) as TextChainResult)
+      } catch {
+        resolve(notIntact(`the chain check stopped (${signal ?? `exit ${code}`})`))
+      }
+    })
+  }).finally(() => {
+    answered = true
+    spill.close()
+  })
+
+  const spill = new Spill(
+    fd,
+    (written) => send({ written }),
+    () => {
+      send({ none: 'its spill file fell behind' })
+      stdin.end()
+    },
+  )
+  let blockEnded = false
+  const finder = new TableDataFinder(AUDIT_TABLE.schema, AUDIT_TABLE.table, {
+    found: (table) => send({ table }),
+    bytes: (slice) => spill.push(slice),
+    end: () => {
+      blockEnded = true
+      spill.whenWritten(() => {
+        send({ end: true })
+        stdin.end()
+      })
+    },
+    none: (why) => {
+      send({ none: why })
+      stdin.end()
+    },
+  })
+
+  const stop = () => {
+    spill.close()
+    if (!answered) child.kill('SIGKILL')
+  }
+  return {
+    tap: (chunk) => {
+      if (!finder.done && !answered) finder.write(chunk)
+    },
+    finish: () => {
+      if (!blockEnded) finder.end()
+    },
+    stop,
+    answer: (signal) => untilAnswered(result, stop, signal),
+  }
+}
+
+/** A check that cannot run: it answers at once, and verify-chain does the work. */
+function unavailable(answer: TextChainResult): StreamedChainCheck {
+  return { tap: () => {}, finish: () => {}, stop: () => {}, answer: async () => answer }
+}
+
+/**
+ * Appends slices to the spill file in order, a batch per write, never holding the caller up:
+ * past MAX_UNWRITTEN bytes waiting it gives up instead (`onOverflow`) and drops what it holds.
+ */
+class Spill {
+  private queue: Buffer[] = []
+  private unwritten = 0
+  private written = 0
+  private writing = false
+  private closed = false
+  private onIdle: (() => void) | null = null
+
+  constructor(
+    private readonly fd: number,
+    private readonly onWritten: (bytes: number) => void,
+    private readonly onOverflow: () => void,
+  ) {}
+
+  push(slice: Buffer): void {
+    if (this.closed) return
+    this.queue.push(slice)
+    this.unwritten += slice.length
+    if (this.unwritten > MAX_UNWRITTEN) {
+      this.close()
+      this.onOverflow()
+      return
+    }
+    this.flush()
+  }
+
+  /** `fn` once everything pushed so far is written (not if it is closed first). */
+  whenWritten(fn: () => void): void {
+    if (this.closed) return
+    if (!this.writing && this.queue.length === 0) fn()
+    else this.onIdle = fn
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    this.queue = []
+    this.onIdle = null
+    if (!this.writing) fs.close(this.fd, () => {})
+  }
+
+  private flush(): void {
+    if (this.writing || this.queue.length === 0) return
+    const batch = this.queue
+    const bytes = this.unwritten
+    this.queue = []
+    this.writing = true
+    fs.writev(this.fd, batch, this.written, (err, n) => {
+      this.writing = false
+      if (this.closed) {
+        fs.close(this.fd, () => {})
+        return
+      }
+      if (err || n !== bytes) {
+        this.close()
+        this.onOverflow()
+        return
+      }
+      this.written += n
+      this.unwritten -= n
+      this.onWritten(this.written)
+      if (this.queue.length > 0) this.flush()
+      else if (this.onIdle) {
+        const fn = this.onIdle
+        this.onIdle = null
+        fn()
+      }
+    })
+  }
+}
+
+/** The check's answer, unless the command is interrupted first (then the check is stopped too). */
+async function untilAnswered(
+  result: Promise<TextChainResult>,
+  stop: () => void,
+  signal: AbortSignal | undefined,
+): Promise<TextChainResult> {
+  if (!signal) return result
+  let onAbort = () => {}
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => {
+      stop()
+      reject(new InterruptedError())
+    }
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+  })
+  try {
+    return await Promise.race([result, aborted])
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+  }
+}
+
+/** Bytes read from the spill file at a time, into one buffer reused for every read. */
+const READ_BYTES = 1 << 20
+
+/**
+ * The check's side, in the child: reads the spill file (`fd`) behind the restore as `messages`
+ * say how far it is written, and checks the rows. Stops reading as soon as the answer is known.
+ */
+export async function checkSpilledChains(
+  fd: number,
+  messages: AsyncIterable<Message>,
+): Promise<TextChainResult> {
+  const incoming = messages[Symbol.asyncIterator]()
+  const first = await incoming.next()
+  if (first.done || !('input' in first.value)) return notIntact('no input')
+  const { auditKeys, heads } = first.value.input
+  const table = `${AUDIT_TABLE.schema}.${AUDIT_TABLE.table}`
+  const checker = new TextChainChecker(keysFromWire(auditKeys), table, heads)
+  let reader: ChunkReader | null = null
+  let written = 0
+  let ended = false
+  let read = 0
+  const buf = Buffer.alloc(READ_BYTES)
+  for (;;) {
+    if (reader && read < written) {
+      // Blocking is fine here: this process does nothing else, and its messages wait in the pipe.
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, written - read), read)
+      if (n === 0) return notIntact('the spill file ends early', countedBy(checker))
+      read += n
+      if (reader.write(buf.subarray(0, n)) || checker.gaveUp) break
+      continue
+    }
+    if (ended) return notIntact('the spill file ends before the table data does', countedBy(checker))
+    const next = await incoming.next()
+    if (next.done) return notIntact('the restore stopped', countedBy(checker))
+    const m = next.value
+    if ('table' in m) {
+      reader = new ChunkReader(m.table.intSize, (slice) => checker.write(slice))
+      checker.write(Buffer.from(m.table.copyStmt))
+    } else if ('written' in m) written = m.written
+    else if ('end' in m) ended = true
+    else if ('none' in m) return notIntact(m.none, countedBy(checker))
+  }
+  return checker.end()
+}
+
+function countedBy(checker: TextChainChecker): { rows: number; tenants: number } {
+  const { rows, tenants } = checker.end()
+  return { rows, tenants }
+}
+
+/** Messages as the child reads them from its stdin. */
+export async function* readMessages(input: NodeJS.ReadableStream): AsyncIterable<Message> {
+  for await (const line of readline.createInterface({ input, crlfDelay: Infinity })) {
+    if (line) yield JSON.parse(line) as Message
+  }
 }

@@ -6,20 +6,18 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
-import path from 'node:path'
 import { Transform, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
 import type pg from 'pg'
-import { notIntact, type TextChainResult } from '../audit/copy-text.js'
+import type { TextChainResult } from '../audit/copy-text.js'
 import { type VerifyOptions, verifyChain } from '../audit/verify.js'
-import { PACKAGE_ROOT } from '../config/paths.js'
-import { type Keyring, keysToWire } from '../config/secrets.js'
+import type { Keyring } from '../config/secrets.js'
 import type { Database } from '../db/pool.js'
-import { IntegrityError, InterruptedError, OperationError } from '../errors.js'
+import { IntegrityError, OperationError } from '../errors.js'
 import { createDecryptStream } from './envelope.js'
 import { type Facts, type Manifest, readFacts } from './manifest.js'
-import type { ChainCheckInput } from './chain-check.js'
+import { startChainCheck } from './chain-check.js'
 import { findTool, toolConnection } from './pgtools.js'
 
 export interface Check {
@@ -40,6 +38,8 @@ export async function streamDump(
   sink: Writable,
   options: {
     onProgress?: (bytes: number) => void
+    /** Each chunk of the dump, as it goes to the sink. */
+    tap?: (chunk: Buffer) => void
     signal?: AbortSignal
   } = {},
 ): Promise<{ fileBytes: number; dumpBytes: number }> {
@@ -57,6 +57,7 @@ export async function streamDump(
   const count = new Transform({
     transform(chunk: Buffer, _e, cb) {
       dumpBytes += chunk.length
+      options.tap?.(chunk)
       cb(null, chunk)
     },
     // Withhold the end of the dump until the whole file's checksum is known: a sink that
@@ -269,25 +270,16 @@ export async function restoreInto(
     const tool = await findTool('pg_restore', options.serverMajor, env)
     const args = ['--exit-on-error', '--single-transaction', '--no-owner', '--no-privileges', '--no-password']
     const sink = toolSink(tool.path, [...args, `--dbname=${conn.dbname}`], conn.env, 'pg_restore')
-    const check = options.chainCheck
-      ? startChainCheck(
-          {
-            file,
-            manifest,
-            backupKeys: keysToWire(keys),
-            auditKeys: keysToWire(options.chainCheck.keys),
-            pgRestore: tool.path,
-          },
-          env,
-        )
-      : null
+    const check = options.chainCheck ? startChainCheck(options.chainCheck.keys, manifest, env) : null
     try {
-      await both(streamDump(file, manifest, keys, sink.stdin, options), sink.done)
+      const tap = check ? { tap: check.tap } : {}
+      await both(streamDump(file, manifest, keys, sink.stdin, { ...options, ...tap }), sink.done)
     } catch (err) {
       check?.stop()
       throw err
     }
-    return check ? await untilAnswered(check, options.signal) : null
+    check?.finish()
+    return check ? await check.answer(options.signal) : null
   }
   // Replacing a schema, or a plain dump: psql in one transaction that first drops the schema with
   // everything in it (pg_restore --clean drops only what the backup has, so a table added since,
@@ -321,72 +313,6 @@ export async function restoreInto(
   psql.stdin.end()
   await psql.done
   return null
-}
-
-/** Where the compiled chain check is: dist/, also when the caller runs from source (tests). */
-const CHAIN_CHECK_PROCESS = path.join(PACKAGE_ROOT, 'dist/chain-check-process.js')
-
-/**
- * The audit chains verified beside the restore, by a process at the lowest CPU priority that reads
- * the backup file itself (core/backup/chain-check.ts). It takes what the restore leaves idle, so it
- * hardly slows it, and on two cores it has usually finished before the restore. Anything that goes
- * wrong with it only makes the result not intact: the caller then runs verify-chain on the
- * restored database.
- */
-function startChainCheck(
-  input: ChainCheckInput,
-  env: NodeJS.ProcessEnv,
-): { result: Promise<TextChainResult>; stop(): void } {
-  try {
-    // Through nice(1), so that every thread of it starts at the lowest priority; with no secrets
-    // in its environment (the keys go on stdin, never on a command line or in an environment).
-    const child = spawn('nice', ['-n', '19', process.execPath, '--expose-gc', CHAIN_CHECK_PROCESS], {
-      stdio: ['pipe', 'pipe', 'ignore'],
-      env: { PATH: env.PATH ?? '/usr/bin:/bin', ...(env.TMPDIR ? { TMPDIR: env.TMPDIR } : {}) },
-    })
-    child.stdin.on('error', () => {})
-    child.stdin.end(JSON.stringify(input))
-    let out = ''
-    child.stdout.setEncoding('utf8')
-    child.stdout.on('data', (d: string) => (out += d))
-    const result = new Promise<TextChainResult>((resolve) => {
-      child.on('error', (err) => resolve(notIntact(`the chain check could not start: ${err.message}`)))
-      child.on('close', (code, signal) => {
-        try {
-          resolve(JSON.parse(out) as TextChainResult)
-        } catch {
-          resolve(notIntact(`the chain check stopped (${signal ?? `exit ${code}`})`))
-        }
-      })
-    })
-    // SIGTERM: it stops its pg_restore and waits for it, so that nothing is left behind.
-    return { result, stop: () => child.kill('SIGTERM') }
-  } catch (err) {
-    // It only ever speeds the restore up: if it cannot run, verify-chain runs after the restore.
-    return { result: Promise.resolve(notIntact((err as Error).message)), stop: () => {} }
-  }
-}
-
-/** The check's answer, unless the command is interrupted first (then the check is stopped too). */
-async function untilAnswered(
-  check: { result: Promise<TextChainResult>; stop(): void },
-  signal: AbortSignal | undefined,
-): Promise<TextChainResult> {
-  if (!signal) return check.result
-  let onAbort = () => {}
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => {
-      check.stop()
-      reject(new InterruptedError())
-    }
-    if (signal.aborted) onAbort()
-    else signal.addEventListener('abort', onAbort, { once: true })
-  })
-  try {
-    return await Promise.race([check.result, aborted])
-  } finally {
-    signal.removeEventListener('abort', onAbort)
-  }
 }
 
 /** Forwards to a stream without ever ending it (the caller ends it once everything checked out). */
