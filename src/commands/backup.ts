@@ -8,6 +8,7 @@ import {
   planPrune,
 } from '../core/backup/catalog.js'
 import { createBackup, type CreateResult } from '../core/backup/create.js'
+import { AUDIT_KEY_SPEC } from '../core/audit/chain.js'
 import { readManifest } from '../core/backup/manifest.js'
 import {
   assertRestorable,
@@ -21,8 +22,6 @@ import { type Keyring, loadKeyring } from '../core/config/secrets.js'
 import type { Settings } from '../core/config/settings.js'
 import type { Database } from '../core/db/pool.js'
 import { EXIT, OperationError, UsageError } from '../core/errors.js'
-import { createBalanceCache } from '../core/ledger/cache.js'
-import { AUDIT_KEY_SPEC } from '../core/ledger/ledger.js'
 import type { SchemaName } from '../core/migrations/files.js'
 import { byteRate } from '../ui/progress.js'
 import { confirm } from '../ui/prompt.js'
@@ -338,6 +337,8 @@ async function dropCachedBalances(
   manifest: { database: string },
 ): Promise<void> {
   if (manifest.database !== 'credits' || settings.redis.value === null) return
+  // Imported here: the cache's circuit breaker (cockatiel) costs every restore 30 ms to load.
+  const { createBalanceCache } = await import('../core/ledger/cache.js')
   const cache = createBalanceCache({ url: settings.redis.value, onWarning: (m) => ctx.out.warn(m) })
   try {
     await cache.invalidateAll()

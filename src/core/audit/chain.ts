@@ -7,6 +7,9 @@
 import { createHash, createHmac } from 'node:crypto'
 import type { Key } from '../config/secrets.js'
 
+/** The audit HMAC key: here, not with the ledger, so that reading a key does not load the ledger. */
+export const AUDIT_KEY_SPEC = { envName: 'AUDIT_HMAC_KEY', bytes: { min: 32 } } as const
+
 export const GENESIS = Buffer.alloc(32)
 export const CANONICAL_VERSION = 'shieldx.audit.v1'
 

@@ -2,6 +2,7 @@
  * The ledger as the commands use it: the credits database checked to be at the schema version
  * this shieldx expects, the audit (and payment) keys, and the balance cache.
  */
+import { AUDIT_KEY_SPEC } from '../audit/chain.js'
 import { loadKeyring } from '../config/secrets.js'
 import type { Settings } from '../config/settings.js'
 import type { Database } from '../db/pool.js'
@@ -9,7 +10,7 @@ import { assertSchemaCurrent } from '../migrations/current.js'
 import { type BalanceCache, createBalanceCache } from './cache.js'
 import type { LedgerKeys } from './operations.js'
 
-export const AUDIT_KEY_SPEC = { envName: 'AUDIT_HMAC_KEY', bytes: { min: 32 } } as const
+export { AUDIT_KEY_SPEC }
 export const PAYMENT_KEY_SPEC = { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } } as const
 
 export interface Ledger {
