@@ -51,8 +51,8 @@ export interface StreamedChainCheck {
   tap(chunk: Buffer): void
   /** The dump ended, every byte of it authenticated and the file's checksum matched. */
   finish(): void
-  /** The restore failed or was interrupted: the check stops and its spill file is closed. */
-  stop(): void
+  /** The restore failed or was interrupted: the check is killed, and this resolves once it is gone. */
+  stop(): Promise<void>
   /** Its answer; interrupted by `signal`, the check is stopped and this rejects. */
   answer(signal?: AbortSignal): Promise<TextChainResult>
 }
@@ -137,9 +137,10 @@ export function startChainCheck(
     },
   })
 
-  const stop = () => {
+  const stop = async () => {
     spill.close()
     if (!answered) child.kill('SIGKILL')
+    await result
   }
   return {
     tap: (chunk) => {
@@ -155,7 +156,7 @@ export function startChainCheck(
 
 /** A check that cannot run: it answers at once, and verify-chain does the work. */
 function unavailable(answer: TextChainResult): StreamedChainCheck {
-  return { tap: () => {}, finish: () => {}, stop: () => {}, answer: async () => answer }
+  return { tap: () => {}, finish: () => {}, stop: async () => {}, answer: async () => answer }
 }
 
 /**
@@ -236,21 +237,21 @@ class Spill {
 /** The check's answer, unless the command is interrupted first (then the check is stopped too). */
 async function untilAnswered(
   result: Promise<TextChainResult>,
-  stop: () => void,
+  stop: () => Promise<void>,
   signal: AbortSignal | undefined,
 ): Promise<TextChainResult> {
   if (!signal) return result
   let onAbort = () => {}
   const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => {
-      stop()
-      reject(new InterruptedError())
-    }
+    onAbort = () => reject(new InterruptedError())
     if (signal.aborted) onAbort()
     else signal.addEventListener('abort', onAbort, { once: true })
   })
   try {
     return await Promise.race([result, aborted])
+  } catch (err) {
+    await stop()
+    throw err
   } finally {
     signal.removeEventListener('abort', onAbort)
   }

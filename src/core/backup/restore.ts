@@ -276,7 +276,7 @@ export async function restoreInto(
       const tap = check ? { tap: check.tap } : {}
       await both(streamDump(file, manifest, keys, sink.stdin, { ...options, ...tap }), sink.done)
     } catch (err) {
-      check?.stop()
+      await check?.stop()
       throw err
     }
     check?.finish()
