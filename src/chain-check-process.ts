@@ -11,7 +11,9 @@ const SPILL_FD = 3
 
 async function main(): Promise<TextChainResult> {
   try {
-    return await checkSpilledChains(SPILL_FD, readMessages(process.stdin))
+    // How far it has read, so that the restore can tell a slow check from one that stands still.
+    const onRead = (bytes: number) => process.stdout.write(`{"read":${bytes}}\n`)
+    return await checkSpilledChains(SPILL_FD, readMessages(process.stdin), onRead)
   } catch (err) {
     // Not a parser's message: it may quote the input, and the input holds keys.
     return notIntact(err instanceof SyntaxError ? 'unreadable input' : (err as Error).message)

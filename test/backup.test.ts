@@ -778,21 +778,27 @@ describe("restore's chain check reads the audit table from the restore's own str
 
   it('a checker killed mid-way makes the answer not intact, and the stream goes on to its end unharmed', async () => {
     const check = startChainCheck(keyring(auditKey, 'AUDIT_HMAC_KEY'), readManifest(smallFile), process.env)
-    // Our own child: the checker under nice, waiting for the first bytes.
-    const pid = await until(
-      () =>
-        execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)])
-          .toString()
-          .split('\n')
-          .find((l) => l.includes('chain-check-process.js'))
-          ?.trim()
-          .split(' ')[0],
-    )
-    process.kill(Number(pid), 'SIGKILL')
+    // The checker, waiting for the first bytes.
+    process.kill(Number(await checkerPid()), 'SIGKILL')
     expect(await streamed(smallFile, check)).toMatchObject({
       intact: false,
       why: 'the chain check stopped (SIGKILL)',
     })
+  })
+
+  it('a checker that stands still once the restore has streamed everything is given up: not intact, and gone', async () => {
+    const check = startChainCheck(keyring(auditKey, 'AUDIT_HMAC_KEY'), readManifest(smallFile), process.env, {
+      stallMs: 300,
+    })
+    const pid = Number(await checkerPid())
+    process.kill(pid, 'SIGSTOP')
+    const started = Date.now()
+    expect(await streamed(smallFile, check)).toMatchObject({
+      intact: false,
+      why: 'the chain check read nothing for 0.3 s',
+    })
+    expect(Date.now() - started).toBeLessThan(5000)
+    expect(() => process.kill(pid, 0)).toThrow()
   })
 
   it('an edited audit row in a backup whose file is intact: the chain check cannot vouch, verify-chain names the row, exit 4, no spill file left', async () => {
@@ -837,6 +843,19 @@ describe("restore's chain check reads the audit table from the restore's own str
     expect(fs.readdirSync(dir)).toEqual([])
   })
 })
+
+/** Our own child: the chain check under nice (the test process runs the restore in-process). */
+function checkerPid(): Promise<string> {
+  return until(
+    () =>
+      execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)])
+        .toString()
+        .split('\n')
+        .find((l) => l.includes('chain-check-process.js'))
+        ?.trim()
+        .split(' ')[0],
+  )
+}
 
 /** Polls `fn` every 10 ms until it returns something, for up to 10 s. */
 async function until<T>(fn: () => T | undefined): Promise<T> {

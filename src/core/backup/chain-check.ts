@@ -43,6 +43,12 @@ export type Message =
  */
 const MAX_UNWRITTEN = 32 << 20
 
+/**
+ * Once the restore's stream has ended, how long the check may go without reading anything before
+ * it is given up for verify-chain: a checker that is stopped or starved must not hold the restore.
+ */
+const STALL_MS = 10_000
+
 /** Where the compiled chain check is: dist/, also when the caller runs from source (tests). */
 const CHAIN_CHECK_PROCESS = path.join(PACKAGE_ROOT, 'dist/chain-check-process.js')
 
@@ -61,11 +67,13 @@ export function startChainCheck(
   auditKeys: Keyring,
   manifest: Manifest,
   env: NodeJS.ProcessEnv,
+  options: { stallMs?: number } = {},
 ): StreamedChainCheck {
   let fd: number
   let child: ReturnType<typeof spawn>
-  const dir = fs.mkdtempSync(path.join(env.TMPDIR || os.tmpdir(), 'shieldx-restore-'))
+  let dir: string | null = null
   try {
+    dir = fs.mkdtempSync(path.join(env.TMPDIR || os.tmpdir(), 'shieldx-restore-'))
     const file = path.join(dir, 'audit-block')
     fd = fs.openSync(file, 'w+', 0o600)
     try {
@@ -84,7 +92,7 @@ export function startChainCheck(
     return unavailable(notIntact(`the chain check could not start: ${(err as Error).message}`))
   } finally {
     // Both hold it open now (or it failed): the name is not needed any more.
-    fs.rmSync(dir, { recursive: true, force: true })
+    if (dir) fs.rmSync(dir, { recursive: true, force: true })
   }
 
   const stdin = child.stdin!
@@ -94,15 +102,37 @@ export function startChainCheck(
   }
   send({ input: { auditKeys: keysToWire(auditKeys), heads: manifest.chains } })
 
+  /** When the check last moved: the restore spilled more, or the checker read more. */
+  let moved = Date.now()
+  const spill = new Spill(
+    fd,
+    (written) => {
+      moved = Date.now()
+      send({ written })
+    },
+    () => {
+      send({ none: 'its spill file fell behind' })
+      stdin.end()
+    },
+  )
+
+  // Its stdout: a line {"read": bytes} now and then, and its answer as the last line.
   let out = ''
   child.stdout!.setEncoding('utf8')
-  child.stdout!.on('data', (d: string) => (out += d))
+  child.stdout!.on('data', (d: string) => {
+    out += d
+    const lines = out.split('\n')
+    out = lines.pop()!
+    if (lines.length > 0) moved = Date.now()
+    for (const line of lines) if (!line.startsWith('{"read"')) answer = line
+  })
+  let answer = ''
   let answered = false
   const result = new Promise<TextChainResult>((resolve) => {
     child.on('error', (err) => resolve(notIntact(`the chain check could not start: ${err.message}`)))
     child.on('close', (code, signal) => {
       try {
-        resolve(JSON.parse(out) as TextChainResult)
+        resolve(JSON.parse(answer) as TextChainResult)
       } catch {
         resolve(notIntact(`the chain check stopped (${signal ?? `exit ${code}`})`))
       }
@@ -111,15 +141,6 @@ export function startChainCheck(
     answered = true
     spill.close()
   })
-
-  const spill = new Spill(
-    fd,
-    (written) => send({ written }),
-    () => {
-      send({ none: 'its spill file fell behind' })
-      stdin.end()
-    },
-  )
   let blockEnded = false
   const finder = new TableDataFinder(AUDIT_TABLE.schema, AUDIT_TABLE.table, {
     found: (table) => send({ table }),
@@ -142,6 +163,26 @@ export function startChainCheck(
     if (!answered) child.kill('SIGKILL')
     await result
   }
+  const stallMs = options.stallMs ?? STALL_MS
+  /** The answer, or not intact once the check stands still for stallMs. */
+  const unlessStalled = async (): Promise<TextChainResult> => {
+    moved = Date.now()
+    let stalled = false
+    const watch = setInterval(
+      () => {
+        if (Date.now() - moved < stallMs) return
+        stalled = true
+        void stop()
+      },
+      Math.min(1000, stallMs / 4),
+    )
+    try {
+      const r = await result
+      return stalled ? notIntact(`the chain check read nothing for ${stallMs / 1000} s`, r) : r
+    } finally {
+      clearInterval(watch)
+    }
+  }
   return {
     tap: (chunk) => {
       if (!finder.done && !answered) finder.write(chunk)
@@ -150,7 +191,7 @@ export function startChainCheck(
       if (!blockEnded) finder.end()
     },
     stop,
-    answer: (signal) => untilAnswered(result, stop, signal),
+    answer: (signal) => untilAnswered(unlessStalled(), stop, signal),
   }
 }
 
@@ -267,6 +308,7 @@ const READ_BYTES = 1 << 20
 export async function checkSpilledChains(
   fd: number,
   messages: AsyncIterable<Message>,
+  onRead: (bytes: number) => void = () => {},
 ): Promise<TextChainResult> {
   const incoming = messages[Symbol.asyncIterator]()
   const first = await incoming.next()
@@ -286,6 +328,9 @@ export async function checkSpilledChains(
       if (n === 0) return notIntact('the spill file ends early', countedBy(checker))
       read += n
       if (reader.write(buf.subarray(0, n)) || checker.gaveUp) break
+      onRead(read)
+      // A turn of the event loop, so that what onRead wrote goes out while it catches up.
+      await new Promise(setImmediate)
       continue
     }
     if (ended) return notIntact('the spill file ends before the table data does', countedBy(checker))
