@@ -185,7 +185,13 @@ export function startChainCheck(
   }
   return {
     tap: (chunk) => {
-      if (!finder.done && !answered) finder.write(chunk)
+      if (finder.done || answered) return
+      try {
+        finder.write(chunk)
+      } catch {
+        // Whatever goes wrong here costs the check, never the restore it watches.
+        void stop()
+      }
     },
     finish: () => {
       if (!blockEnded) finder.end()

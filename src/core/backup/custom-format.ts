@@ -129,7 +129,7 @@ export class TableDataFinder {
   private intSize = 4
   /** In the blocks: what the bytes being read are. */
   private at: 'block' | 'length' | 'data' = 'block'
-  /** Bytes of the current prefix read so far, and its value as far as read. */
+  /** The bytes of the current block header or length prefix read so far. */
   private prefix: number[] = []
   /** Data bytes still to skip. */
   private skip = 0
@@ -167,7 +167,13 @@ export class TableDataFinder {
           return
         }
         this.head = []
-        return this.giveUp(err instanceof NotReadable ? err.message : 'the table of contents is too large')
+        return this.giveUp(
+          err instanceof NotReadable
+            ? err.message
+            : err instanceof NeedMore
+              ? 'the table of contents is too large'
+              : 'an unreadable table of contents',
+        )
       }
       this.head = []
       this.dumpId = toc.dumpId
