@@ -12,7 +12,7 @@
  * that stream completed. Anything that goes wrong with the check only makes the answer not intact,
  * and the caller then runs verify-chain on the restored database.
  */
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -87,6 +87,11 @@ export function startChainCheck(
       fs.closeSync(fd)
       throw err
     }
+    // Then, where chrt(1) may, SCHED_IDLE for all its threads: it runs only on a CPU nothing else
+    // wants and gives way at once when the restore's processes wake. Against nice 19 alone the
+    // restore measured 1-4% faster (paired medians of 10-12 rounds, four runs, all one way). If
+    // chrt is missing or refused, nice 19 is what it keeps.
+    if (child.pid) execFile('chrt', ['--all-tasks', '--idle', '--pid', '0', String(child.pid)], () => {})
   } catch (err) {
     // It only ever speeds the restore up: if it cannot run, verify-chain runs after the restore.
     return unavailable(notIntact(`the chain check could not start: ${(err as Error).message}`))
