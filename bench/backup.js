@@ -61,7 +61,8 @@ export const about =
   `data in the page cache). Create: \`shieldx backup create --dir D --json\` (pg_dump -Fc -Z0 in an exported ` +
   `snapshot → gzip 6 → chunked AES-256-GCM → fsync → rename, manifest) against \`pg_dump -Fc --schema=credits -f FILE\`, ` +
   `each writing a new file every run. Restore: \`shieldx restore FILE --target URL --yes --json\` (it also ` +
-  `checks the manifest and verifies the audit chains) against \`pg_restore --single-transaction --no-owner -d DB FILE\` ` +
+  `checks the manifest and verifies the audit chains, from the audit table's COPY block taken off its own stream to ` +
+  `pg_restore by a low-priority process beside it) against \`pg_restore --single-transaction --no-owner -d DB FILE\` ` +
   `of the bare dump, each into a new empty database created before the clock starts; a CHECKPOINT before every run, the ` +
   `database dropped after it, neither timed. The restore is split into phases by polling pg_stat_activity ` +
   `every 50 ms for pg_restore's session on the target. Verify: \`shieldx backup verify FILE --json\` ` +
