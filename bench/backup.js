@@ -74,7 +74,6 @@ export const about =
 /** Filled during run(): what the harness prints under the table (report.js). */
 export const notes = []
 
-const AUDIT_KEY_SPEC = { envName: 'AUDIT_HMAC_KEY', bytes: { min: 32 } }
 const tenantIds = (prefix, n) => Array.from({ length: n }, (_, i) => `${prefix}${String(i).padStart(4, '0')}`)
 
 async function dist() {
@@ -191,7 +190,7 @@ export async function run({ progress }) {
   fs.mkdirSync(home)
   const auditKey = `bench:${randomBytes(32).toString('base64')}`
   const backupKey = `bench:${randomBytes(32).toString('base64')}`
-  const keyring = d.parseKeyring(auditKey, AUDIT_KEY_SPEC, 'bench')
+  const keyring = d.parseKeyring(auditKey, d.AUDIT_KEY_SPEC, 'bench')
   const env = (url) => ({
     ...(url ? { CREDITS_DATABASE_URL: url } : {}),
     AUDIT_HMAC_KEY: auditKey,

@@ -73,7 +73,6 @@ export const about =
 /** Filled during run(): what the harness prints under the table (report.js). */
 export const notes = []
 
-const AUDIT_KEY_SPEC = { envName: 'AUDIT_HMAC_KEY', bytes: { min: 32 } }
 const tenantIds = (prefix, n) => Array.from({ length: n }, (_, i) => `${prefix}${String(i).padStart(4, '0')}`)
 const redisUrl = () => process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379'
 const fmt = (x) => Math.round(x).toLocaleString('en-US')
@@ -248,7 +247,7 @@ export async function run({ progress }) {
   const d = await dist()
   const home = scratchDir('ledger-home')
   const auditKey = `bench:${randomBytes(32).toString('base64')}`
-  const keyring = d.parseKeyring(auditKey, AUDIT_KEY_SPEC, 'bench')
+  const keyring = d.parseKeyring(auditKey, d.AUDIT_KEY_SPEC, 'bench')
   const cliEnv = (url) => ({ CREDITS_DATABASE_URL: url, AUDIT_HMAC_KEY: auditKey, SHIELDX_HOME: home.dir })
   const rows = []
 

@@ -10,7 +10,6 @@ import { assertSchemaCurrent } from '../migrations/current.js'
 import { type BalanceCache, createBalanceCache } from './cache.js'
 import type { LedgerKeys } from './operations.js'
 
-export { AUDIT_KEY_SPEC }
 export const PAYMENT_KEY_SPEC = { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } } as const
 
 export interface Ledger {
