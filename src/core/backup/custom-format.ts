@@ -27,6 +27,16 @@ export interface TableData {
 /** Thrown by the header reader when the bytes so far end before the table of contents does. */
 class NeedMore extends Error {}
 
+/**
+ * The archive's int whose sign byte is b[at]: the bytes after it, to the end of b, are its
+ * magnitude, least significant first.
+ */
+function archiveInt(b: ArrayLike<number>, at: number): number {
+  let v = 0
+  for (let k = b.length - 1; k > at; k--) v = v * 256 + b[k]!
+  return b[at] !== 0 ? -v : v
+}
+
 /** A cursor over the archive's first bytes. */
 class HeadReader {
   pos = 0
@@ -43,11 +53,7 @@ class HeadReader {
     return this.b.subarray(this.pos - n, this.pos)
   }
   int(): number {
-    const negative = this.byte() !== 0
-    const b = this.bytes(this.intSize)
-    let v = 0
-    for (let i = b.length - 1; i >= 0; i--) v = v * 256 + b[i]!
-    return negative ? -v : v
+    return archiveInt(this.bytes(1 + this.intSize), 0)
   }
   str(): string | null {
     const n = this.int()
@@ -212,7 +218,7 @@ export class TableDataFinder {
       const need = this.at === 'block' ? 1 + width : width
       while (this.prefix.length < need && i < b.length) this.prefix.push(b[i++]!)
       if (this.prefix.length < need) break
-      const value = this.prefixValue(this.at === 'block' ? 1 : 0)
+      const value = archiveInt(this.prefix, this.at === 'block' ? 1 : 0)
       if (this.at === 'block') {
         if (this.prefix[0] !== BLK_DATA) return this.giveUp('large objects before the table data')
         this.prefix = []
@@ -240,13 +246,6 @@ export class TableDataFinder {
       }
     }
     if (this.inTable && from < b.length) this.sink.bytes(b.subarray(from, b.length))
-  }
-
-  private prefixValue(start: number): number {
-    const p = this.prefix
-    let v = 0
-    for (let k = p.length - 1; k > start; k--) v = v * 256 + p[k]!
-    return p[start] !== 0 ? -v : v
   }
 }
 
@@ -277,9 +276,8 @@ export class ChunkReader {
       }
       while (this.prefix.length < 1 + this.intSize && i < b.length) this.prefix.push(b[i++]!)
       if (this.prefix.length < 1 + this.intSize) break
-      let v = 0
-      for (let k = this.intSize; k > 0; k--) v = v * 256 + this.prefix[k]!
       if (this.prefix[0] !== 0) throw new NotReadable('a negative chunk length')
+      const v = archiveInt(this.prefix, 0)
       this.prefix = []
       if (v === 0) this.ended = true
       this.left = v
