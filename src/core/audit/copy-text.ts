@@ -1,9 +1,10 @@
 /**
  * Checking the audit chains in the text of a COPY, as pg_dump writes a table's data: `restore`
  * verifies the rows of the backup while it restores them, instead of reading them back after the
- * commit (core/backup/chain-check.ts). It only ever vouches for intact chains. A break, a value it does not read, a row
- * too far out of order or too many tenants at once make it give up (`intact: false`), and the
- * caller then runs verify-chain on the restored database, which names what is wrong.
+ * commit (core/backup/chain-check.ts). It only ever vouches for intact chains. A break, a value
+ * it does not read, a row too far out of order or too many tenants at once make it give up
+ * (`intact: false`), and the caller then runs verify-chain on the restored database, which names
+ * what is wrong.
  *
  * The rows of a table come in the order they lie on disk, which is seq order for each tenant
  * almost always but not always (concurrent writers fill different pages), so a row that comes

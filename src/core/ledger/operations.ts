@@ -33,7 +33,6 @@
  * share a transaction.
  */
 import crypto, { randomUUID } from 'node:crypto'
-import { uuidV7 } from '../uuid.js'
 import type pg from 'pg'
 import type { Keyring } from '../config/secrets.js'
 import { isConnectionError, isTimeout, toTimeoutError } from '../db/pg-errors.js'
@@ -41,6 +40,7 @@ import { withRetry } from '../db/retry.js'
 import { ConflictError, OperationError, type ShieldxError, UsageError } from '../errors.js'
 import { chainHash, GENESIS } from '../audit/chain.js'
 import { encryptPaymentToken, maskToken } from '../crypto/payment.js'
+import { uuidV7 } from '../uuid.js'
 import { type KnownAccounts, knownAccounts } from './known-accounts.js'
 import * as sql from './statements.js'
 
