@@ -182,12 +182,28 @@ const ISO_MAX_MS = 253402300799999
  * would have decoded (numbers as Number(text), created_at as a Date, text as UTF-8).
  */
 export class ChainMessage {
-  bytes: Buffer = Buffer.alloc(1024)
   /** The same bytes, for ChainKey to read as words. */
-  view = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length)
+  view: DataView
   length = 0
   /** The tenant prefix at the start of `bytes`. */
   private prefix: Buffer | null = null
+
+  /** `bytes`: where to write (HmacLanes gives each lane's); it grows when a row needs more. */
+  constructor(public bytes: Buffer = Buffer.alloc(1024)) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length)
+  }
+
+  /** The bytes write() needs for the row, padding room included: at most this, often less. */
+  static room(row: WireRow): number {
+    // Each byte of text can become at most 6 (\u00XX); numbers are at most 24 bytes; then room
+    // for the hash's padding (ChainKey pads in place).
+    return (
+      row.tenantPrefix.length +
+      6 * (Math.max(row.actionLength, 0) + Math.max(row.keyIdLength, 0)) +
+      Math.max(row.prevHashLength, 0) +
+      256
+    )
+  }
 
   /**
    * Returns false when chainHash() could not have hashed the row: no prev_hash, or no created_at
@@ -197,13 +213,7 @@ export class ChainMessage {
     const { src, tenantPrefix } = row
     // chainHash() cannot hash a null prev_hash, nor canonical() a missing created_at.
     if (row.prevHashLength < 0 || Number.isNaN(row.createdAtMs)) return false
-    // Each byte of text can become at most 6 (\u00XX); numbers are at most 24 bytes; then room
-    // for the hash's padding (ChainKey pads in place).
-    const need =
-      tenantPrefix.length +
-      6 * (Math.max(row.actionLength, 0) + Math.max(row.keyIdLength, 0)) +
-      row.prevHashLength +
-      256
+    const need = ChainMessage.room(row)
     if (this.bytes.length < need) {
       this.bytes = Buffer.alloc(2 * need)
       this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length)
@@ -404,8 +414,9 @@ function digits(b: Buffer, p: number, n: number, width: number): number {
  * node:crypto's word.
  */
 export class ChainKey {
-  private readonly inner = new Int32Array(8)
-  private readonly outer = new Int32Array(8)
+  /** SHA-256's state after the key's inner and outer pad block (HmacLanes copies them too). */
+  readonly inner = new Int32Array(8)
+  readonly outer = new Int32Array(8)
   /** Whether the hand-written HMAC agreed with createHmac on every self-test length. */
   readonly fast: boolean
 

@@ -8,6 +8,7 @@
  * prev_hash) is copied until the next row has been seen.
  */
 import { type ChainKey, ChainMessage, GENESIS, type WireRow } from './chain.js'
+import type { HmacLanes, LaneOwner } from './hmac-lanes.js'
 
 export type BreakReason = 'hash_mismatch' | 'missing_row' | 'reordered' | 'truncated' | 'unknown_key'
 
@@ -26,7 +27,7 @@ export interface Head {
 /** canonical(row) || prev_hash of the row being checked: one per thread, rows are checked one at a time. */
 const message = new ChainMessage()
 
-export class TenantChecker {
+export class TenantChecker implements LaneOwner {
   private expectedSeq = 1
   /** The hash of the last verified row (GENESIS before the first). */
   private readonly prevHash = Buffer.from(GENESIS)
@@ -35,9 +36,14 @@ export class TenantChecker {
   private broken: Broken | null = null
   rows = 0
 
+  /**
+   * @param lanes where rows are hashed four at a time (one per reader, shared by its checkers);
+   *   null: each row is hashed as it comes
+   */
   constructor(
     readonly tenantId: string,
     private readonly checkpoint?: Head,
+    private readonly lanes: HmacLanes | null = null,
   ) {}
 
   /** False once the chain is broken: the rest of its rows need not be decoded, only counted. */
@@ -45,20 +51,41 @@ export class TenantChecker {
     return this.broken === null
   }
 
-  /** The next row in seq order; `key` is the key its key_id names, undefined if we do not hold it. */
+  /**
+   * The next row in seq order; `key` is the key its key_id names, undefined if we do not hold it.
+   * With lanes, the row may only be decided at the lanes' next flush (finish() flushes).
+   */
   push(row: WireRow, key: ChainKey | undefined): void {
     this.rows++
+    // A broken chain stays broken: nothing a later row says changes its first break.
+    if (this.broken) return
+    if (this.lanes) {
+      if (key && this.lanes.add(this, row, key)) return
+      // Rows still in the lanes (this tenant's among them) are decided before this one.
+      this.lanes.flush()
+    }
+    const signed =
+      key !== undefined && message.write(row) && key.signs(message, row.src, row.hashOffset, row.hashLength)
+    this.decideRow(row, key !== undefined, signed)
+  }
+
+  /** A row back from the lanes, its key held and its HMAC known. */
+  settle(row: WireRow, signed: boolean): void {
+    this.decideRow(row, true, signed)
+  }
+
+  /** The row's place in the chain, once its HMAC is known. */
+  private decideRow(row: WireRow, keyHeld: boolean, signed: boolean): void {
     if (this.undecided) this.decide(row)
     if (this.broken) return
     if (row.seq !== this.expectedSeq) {
       this.fail(this.expectedSeq, row.seq > this.expectedSeq ? 'missing_row' : 'reordered')
       return
     }
-    if (!key) {
+    if (!keyHeld) {
       this.fail(row.seq, 'unknown_key')
       return
     }
-    const signed = message.write(row) && key.signs(message, row.src, row.hashOffset, row.hashLength)
     const linked = bytesEqual(row.src, row.prevHashOffset, row.prevHashLength, this.prevHash)
     if (!signed || !linked) {
       // A genuine row that points at its successor, or at something other than its predecessor,
@@ -91,6 +118,7 @@ export class TenantChecker {
    * Returns the first broken link, or null if the chain is intact.
    */
   finish(account: { seq: number; head: Buffer | null } | null): Broken | null {
+    this.lanes?.flush()
     if (this.undecided) this.decide(null)
     if (this.broken) return this.broken
     const lastSeq = this.expectedSeq - 1

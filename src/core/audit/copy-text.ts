@@ -13,6 +13,7 @@
 import type { Key } from '../config/secrets.js'
 import { bytesEqual, type ChainKey, ChainKeys, canonicalPrefix, emptyWireRow, type WireRow } from './chain.js'
 import { type Head, TenantChecker } from './checker.js'
+import { HmacLanes } from './hmac-lanes.js'
 
 export interface TextChainResult {
   intact: boolean
@@ -88,6 +89,8 @@ export class TextChainChecker {
   private scratch = Buffer.alloc(4096)
   private last: TenantState | null = null
   private lastTenant = Buffer.alloc(0)
+  /** Rows are hashed four at a time where WebAssembly can (null: one by one). */
+  private readonly lanes = HmacLanes.create()
 
   /**
    * @param keys the audit keys
@@ -291,7 +294,12 @@ export class TextChainChecker {
     let state = this.tenants.get(id)
     if (!state) {
       if (this.tenants.size >= MAX_TENANTS) throw new GiveUp('too many tenants')
-      state = { checker: new TenantChecker(id), prefix: canonicalPrefix(id), next: 1, waiting: null }
+      state = {
+        checker: new TenantChecker(id, undefined, this.lanes),
+        prefix: canonicalPrefix(id),
+        next: 1,
+        waiting: null,
+      }
       this.tenants.set(id, state)
     }
     this.last = state

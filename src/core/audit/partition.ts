@@ -15,6 +15,7 @@ import type { Key } from '../config/secrets.js'
 import { IntegrityError, OperationError } from '../errors.js'
 import { bytesEqual, canonicalPrefix, ChainKeys, emptyWireRow, type WireRow } from './chain.js'
 import { type Broken, type Head, TenantChecker } from './checker.js'
+import { HmacLanes } from './hmac-lanes.js'
 
 export interface PartitionSpec {
   /** Tenants after this one, exclusive; none: from the first. */
@@ -176,6 +177,8 @@ class PartitionReader {
   private readonly chainKeys: ChainKeys
   private unreported = 0
   private readonly row: WireRow = emptyWireRow()
+  /** Rows are hashed four at a time where WebAssembly can (null: one by one). */
+  private readonly lanes = HmacLanes.create()
 
   constructor(
     keys: ReadonlyMap<string, Key>,
@@ -303,7 +306,7 @@ class PartitionReader {
     this.tenantBytes = bytes
     const promised =
       this.checkpoint && Object.hasOwn(this.checkpoint, tenantId) ? this.checkpoint[tenantId] : undefined
-    this.checker = new TenantChecker(tenantId, promised)
+    this.checker = new TenantChecker(tenantId, promised, this.lanes)
     this.row.tenantPrefix = canonicalPrefix(tenantId)
   }
 
