@@ -14,7 +14,7 @@ import { Writable } from 'node:stream'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startChainCheck } from '../src/core/backup/chain-check.js'
-import { ChunkReader, type TableData, TableDataFinder } from '../src/core/backup/custom-format.js'
+import { ChunkReader, RowCounter, type TableData, TableDataFinder } from '../src/core/backup/custom-format.js'
 import { streamDump } from '../src/core/backup/restore.js'
 import { parseKeyring } from '../src/core/config/secrets.js'
 import { BIN, type CliResult, ROOT, runCli } from './helpers/cli.js'
@@ -435,6 +435,10 @@ describe('restore', () => {
     expect(r.doc.checks.find((c: { name: string }) => c.name === 'verify_chain').detail).toBe(
       '5 rows across 3 tenants intact (verified as they were restored)',
     )
+    // So were the rows, which pg_restore loaded in one transaction.
+    expect(r.doc.checks.find((c: { name: string }) => c.name === 'row_counts').detail).toBe(
+      '8 tables match (the rows pg_restore loaded, counted on the way in)',
+    )
     expect(await accounts(url)).toEqual(await accounts(db.url))
     const sourceAudit = await auditRows(db.url)
     expect(sourceAudit).toHaveLength(5)
@@ -451,6 +455,10 @@ describe('restore', () => {
     const forced = await json(['--yes', 'restore', smallFile, '--target', url, '--force'])
     expect(forced.code, forced.stderr).toBe(0)
     expect(forced.doc.ok).toBe(true)
+    // Replacing a schema goes through psql: the rows are counted in the database.
+    expect(forced.doc.checks.find((c: { name: string }) => c.name === 'row_counts').detail).toBe(
+      '8 tables match',
+    )
     expect(await accounts(url)).toEqual(await accounts(db.url))
     expect(await auditRows(url)).toEqual(sourceAudit)
   })
@@ -739,6 +747,60 @@ describe("restore's chain check reads the audit table from the restore's own str
       ended: false,
     })
     expect(find(Buffer.from('-- PostgreSQL database dump\n'), [10]).none).toBe('not a custom-format archive')
+  })
+
+  /** What RowCounter counts in `dump` fed in pieces of the given sizes, in turn. */
+  function countRows(dump: Buffer, sizes: number[]) {
+    const counter = new RowCounter()
+    for (let at = 0, i = 0; at < dump.length; at += sizes[i++ % sizes.length]!)
+      counter.write(dump.subarray(at, at + sizes[i % sizes.length]!))
+    return { rows: counter.rows(), why: counter.whyNot() }
+  }
+
+  it("counts every table's rows in a real archive, split anywhere, as count(*) does: line ends and `\\.` in the data included", async () => {
+    const tricky = await createTestDatabase('backup_rows')
+    try {
+      await ledger(tricky.url, [['topup', 'acme', '100']])
+      // Text that holds line ends, tabs, backslashes and a line that reads `\.`: COPY escapes them.
+      await tricky.query(
+        `insert into credits.credit_transactions (id, tenant_id, kind, amount, balance_after, description)
+         select gen_random_uuid(), 'acme', 'topup', 1, 1, $1 || g from generate_series(1, 2500) g`,
+        ['one\n\\.\n\tthree \\ '],
+      )
+      const expected: Record<string, number> = {}
+      const { rows: tables } = await tricky.query<{ name: string }>(
+        "select relname as name from pg_class where relnamespace = 'credits'::regnamespace and relkind = 'r'",
+      )
+      for (const { name } of tables) {
+        const { rows } = await tricky.query<{ n: string }>(`select count(*) as n from credits."${name}"`)
+        expected[`credits.${name}`] = Number(rows[0]!.n)
+      }
+      expect(expected['credits.credit_transactions']).toBe(2501)
+      // Empty tables are in it too.
+      expect(expected['credits.reservations']).toBe(0)
+      const dump = dumpOf(tricky.url)
+      for (const sizes of [[dump.length], [1], [3, 1, 7, 2], [4096, 5, 6]]) {
+        expect(countRows(dump, sizes)).toEqual({ rows: expected, why: null })
+      }
+    } finally {
+      await tricky.drop()
+    }
+  })
+
+  it('counts nothing, and says why, in an archive it does not read or that ends early: restore then counts in the database', async () => {
+    expect(countRows(dumpOf(db.url, 6), [8192])).toEqual({ rows: null, why: 'a compressed archive' })
+    const dump = dumpOf(db.url)
+    const { block } = find(dump, [dump.length])
+    const cut = dump.indexOf(block) + Math.floor(block.length / 2)
+    expect(countRows(dump.subarray(0, cut), [1000]).rows).toBeNull()
+    expect(countRows(dump.subarray(0, 20), [7])).toEqual({
+      rows: null,
+      why: 'the archive ended in its table of contents',
+    })
+    expect(countRows(Buffer.from('-- PostgreSQL database dump\n'), [10])).toEqual({
+      rows: null,
+      why: 'not a custom-format archive',
+    })
   })
 
   const keyring = (text: string, name: string) =>

@@ -1,12 +1,14 @@
 /**
  * pg_dump's custom archive format, as much of it as finding one table's data in the stream that
- * goes to pg_restore takes (PostgreSQL's pg_backup_archiver.c ReadHead/ReadToc and
- * pg_backup_custom.c): a header, the table of contents, then each table's data as a block,
- * BLK_DATA, its dumpId, then (int length, bytes)* up to a length of 0. An int is a sign byte and
- * intSize bytes, least significant first; a string an int length (-1: null) and its bytes.
+ * goes to pg_restore and counting every table's rows take (PostgreSQL's pg_backup_archiver.c
+ * ReadHead/ReadToc and pg_backup_custom.c): a header, the table of contents, then each table's
+ * data as a block, BLK_DATA, its dumpId, then (int length, bytes)* up to a length of 0. An int is
+ * a sign byte and intSize bytes, least significant first; a string an int length (-1: null) and
+ * its bytes.
  *
  * Written by hand: no library reads this format, and all it takes is walking length prefixes. With
- * pg_dump -Z0 a table's data is its COPY text, one chunk per row, ending with `\.`.
+ * pg_dump -Z0 a table's data is its COPY text, one chunk per row, ending with `\.` and two empty
+ * lines.
  */
 
 /** Archive versions whose layout this reads: pg_dump 9.0 to 16. Anything else: not found. */
@@ -37,6 +39,13 @@ function archiveInt(b: ArrayLike<number>, at: number): number {
   return b[at] !== 0 ? -v : v
 }
 
+/** The archive's int whose sign byte is b[at], with `size` bytes of magnitude after it. */
+function archiveIntAt(b: Buffer, at: number, size: number): number {
+  let v = 0
+  for (let k = at + size; k > at; k--) v = v * 256 + b[k]!
+  return b[at] !== 0 ? -v : v
+}
+
 /** A cursor over the archive's first bytes. */
 class HeadReader {
   pos = 0
@@ -64,15 +73,25 @@ class HeadReader {
 /** Why the archive's layout is not one this reads. */
 export class NotReadable extends Error {}
 
-interface Toc {
+interface TocEntry {
   dumpId: number
-  table: TableData
+  /** `schema.table` */
+  name: string
+  schema: string
+  table: string
+  copyStmt: string | null
+}
+
+interface Head {
+  intSize: number
+  /** The tables' data entries (TABLE DATA in the data section). */
+  entries: TocEntry[]
   /** Where the data blocks begin. */
   dataStart: number
 }
 
-/** The header and table of contents, if `b` holds them; the entry for `schema.table`'s data. */
-function readToc(b: Buffer, schema: string, table: string): Toc {
+/** The header and table of contents, if `b` holds them. */
+function readHead(b: Buffer): Head {
   const r = new HeadReader(b)
   if (r.bytes(5).toString('latin1') !== 'PGDMP') throw new NotReadable('not a custom-format archive')
   const version = [r.byte(), r.byte(), r.byte()]
@@ -92,7 +111,7 @@ function readToc(b: Buffer, schema: string, table: string): Toc {
   r.str() // server version
   r.str() // pg_dump version
   const count = r.int()
-  let found: Omit<Toc, 'dataStart'> | null = null
+  const entries: TocEntry[] = []
   for (let i = 0; i < count; i++) {
     const dumpId = r.int()
     r.int() // has data
@@ -112,13 +131,132 @@ function readToc(b: Buffer, schema: string, table: string): Toc {
     while (r.str() !== null); // dependencies
     r.byte() // data state
     r.bytes(offSize) // data offset
-    if (desc === 'TABLE DATA' && section === SECTION_DATA && namespace === schema && tag === table) {
-      if (found || !copyStmt) throw new NotReadable(`${schema}.${table} has no single COPY`)
-      found = { dumpId, table: { copyStmt, intSize: r.intSize } }
+    if (desc === 'TABLE DATA' && section === SECTION_DATA && namespace !== null && tag !== null) {
+      entries.push({ dumpId, name: `${namespace}.${tag}`, schema: namespace, table: tag, copyStmt })
     }
   }
-  if (!found) throw new NotReadable(`no data for ${schema}.${table} in the archive`)
-  return { ...found, dataStart: r.pos }
+  return { intSize: r.intSize, entries, dataStart: r.pos }
+}
+
+/** Gathers the archive's first chunks until its table of contents is whole. */
+class HeadReceiver {
+  private chunks: Buffer[] = []
+  private bytes = 0
+
+  /** The head and the bytes after it; null while more is needed; or why it is not readable. */
+  add(chunk: Buffer): { head: Head; rest: Buffer } | { why: string } | null {
+    this.chunks.push(chunk)
+    this.bytes += chunk.length
+    const all = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks)
+    try {
+      const head = readHead(all)
+      this.chunks = []
+      return { head, rest: all.subarray(head.dataStart) }
+    } catch (err) {
+      if (err instanceof NeedMore && this.bytes <= MAX_HEADER_BYTES) {
+        this.chunks = [all]
+        return null
+      }
+      this.chunks = []
+      return {
+        why:
+          err instanceof NotReadable
+            ? err.message
+            : err instanceof NeedMore
+              ? 'the table of contents is too large'
+              : 'an unreadable table of contents',
+      }
+    }
+  }
+}
+
+/** What a BlockWalker wants of a block: its bytes as they are, its chunks' payloads, or nothing. */
+type Want = 'raw' | 'payload' | 'skip'
+
+/**
+ * The data blocks after the table of contents, walked as they stream past: for each block it asks
+ * what is wanted and hands that on, as slices of the chunks it is given (no copies). A block is
+ * BLK_DATA, its dumpId, then (int length, bytes)* up to a length of 0.
+ */
+class BlockWalker {
+  private at: 'block' | 'length' | 'data' = 'block'
+  /** The bytes of the current block header or length prefix read so far. */
+  private prefix: number[] = []
+  /** Data bytes still to come in the current chunk. */
+  private left = 0
+  private want: Want = 'skip'
+  stopped = false
+
+  constructor(
+    private readonly intSize: number,
+    private readonly on: {
+      /** A block of this dumpId begins. */
+      begin(dumpId: number): Want
+      /** 'raw': the block's bytes after its header, length prefixes and the final 0 included. */
+      raw?(slice: Buffer): void
+      /** 'payload': chunk payload bytes b[start, end). */
+      payload?(b: Buffer, start: number, end: number): void
+      /** The block ended; false stops the walk. */
+      end(): boolean
+      giveUp(why: string): void
+    },
+  ) {}
+
+  write(b: Buffer): void {
+    const width = 1 + this.intSize
+    let i = 0
+    // Where the raw bytes in this chunk begin.
+    let from = this.want === 'raw' ? 0 : -1
+    while (i < b.length && !this.stopped) {
+      if (this.at === 'data') {
+        const n = Math.min(this.left, b.length - i)
+        if (this.want === 'payload') this.on.payload!(b, i, i + n)
+        i += n
+        this.left -= n
+        if (this.left === 0) this.at = 'length'
+        continue
+      }
+      // A block header (type byte, dumpId) or a length prefix, perhaps split between chunks.
+      const need = this.at === 'block' ? 1 + width : width
+      let value: number
+      let type: number
+      if (this.prefix.length === 0 && i + need <= b.length) {
+        // All of it in this chunk (nearly always): read in place, one per row of every table.
+        type = b[i]!
+        value = archiveIntAt(b, i + need - width, this.intSize)
+        i += need
+      } else {
+        while (this.prefix.length < need && i < b.length) this.prefix.push(b[i++]!)
+        if (this.prefix.length < need) break
+        type = this.prefix[0]!
+        value = archiveInt(this.prefix, need - width)
+        this.prefix = []
+      }
+      if (this.at === 'block') {
+        if (type !== BLK_DATA) return this.stop('large objects before the table data')
+        this.at = 'length'
+        this.want = this.on.begin(value)
+        if (this.want === 'raw') from = i
+        continue
+      }
+      if (value < 0) return this.stop('a negative chunk length')
+      if (value > 0) {
+        this.left = value
+        this.at = 'data'
+        continue
+      }
+      this.at = 'block'
+      if (this.want === 'raw') this.on.raw!(b.subarray(from, i))
+      this.want = 'skip'
+      if (!this.on.end()) this.stopped = true
+    }
+    if (this.want === 'raw' && from < b.length) this.on.raw!(b.subarray(from, b.length))
+  }
+
+  private stop(why: string): void {
+    this.stopped = true
+    this.on.giveUp(why)
+  }
 }
 
 /**
@@ -129,17 +267,8 @@ function readToc(b: Buffer, schema: string, table: string): Toc {
  */
 export class TableDataFinder {
   private state: 'toc' | 'blocks' | 'done' = 'toc'
-  private head: Buffer[] = []
-  private headBytes = 0
-  private dumpId = -1
-  private intSize = 4
-  /** In the blocks: what the bytes being read are. */
-  private at: 'block' | 'length' | 'data' = 'block'
-  /** The bytes of the current block header or length prefix read so far. */
-  private prefix: number[] = []
-  /** Data bytes still to skip. */
-  private skip = 0
-  private inTable = false
+  private readonly head = new HeadReceiver()
+  private walker: BlockWalker | null = null
 
   constructor(
     private readonly schema: string,
@@ -161,34 +290,35 @@ export class TableDataFinder {
   write(chunk: Buffer): void {
     if (this.state === 'done') return
     if (this.state === 'toc') {
-      this.head.push(chunk)
-      this.headBytes += chunk.length
-      const all = this.head.length === 1 ? chunk : Buffer.concat(this.head)
-      let toc: Toc
-      try {
-        toc = readToc(all, this.schema, this.name)
-      } catch (err) {
-        if (err instanceof NeedMore && this.headBytes <= MAX_HEADER_BYTES) {
-          this.head = [all]
-          return
-        }
-        this.head = []
-        return this.giveUp(
-          err instanceof NotReadable
-            ? err.message
-            : err instanceof NeedMore
-              ? 'the table of contents is too large'
-              : 'an unreadable table of contents',
-        )
-      }
-      this.head = []
-      this.dumpId = toc.dumpId
-      this.intSize = toc.table.intSize
+      const read = this.head.add(chunk)
+      if (read === null) return
+      if ('why' in read) return this.giveUp(read.why)
+      const { head } = read
+      const mine = head.entries.filter((e) => e.schema === this.schema && e.table === this.name)
+      if (mine.length === 0) return this.giveUp(`no data for ${this.schema}.${this.name} in the archive`)
+      const entry = mine[0]!
+      if (mine.length > 1 || !entry.copyStmt)
+        return this.giveUp(`${this.schema}.${this.name} has no single COPY`)
       this.state = 'blocks'
-      this.sink.found(toc.table)
-      chunk = all.subarray(toc.dataStart)
+      let inTable = false
+      this.walker = new BlockWalker(head.intSize, {
+        begin: (dumpId) => {
+          inTable = dumpId === entry.dumpId
+          return inTable ? 'raw' : 'skip'
+        },
+        raw: (slice) => this.sink.bytes(slice),
+        end: () => {
+          if (!inTable) return true
+          this.state = 'done'
+          this.sink.end()
+          return false
+        },
+        giveUp: (why) => this.giveUp(why),
+      })
+      this.sink.found({ copyStmt: entry.copyStmt, intSize: head.intSize })
+      chunk = read.rest
     }
-    this.blocks(chunk)
+    this.walker!.write(chunk)
   }
 
   /** The stream ended: if the block did not, the table's data is incomplete. */
@@ -200,52 +330,97 @@ export class TableDataFinder {
     this.state = 'done'
     this.sink.none(why)
   }
+}
 
-  private blocks(b: Buffer): void {
-    const width = 1 + this.intSize
-    let i = 0
-    // Where the table's bytes in this chunk begin.
-    let from = this.inTable ? 0 : -1
-    while (i < b.length && this.state === 'blocks') {
-      if (this.at === 'data') {
-        const n = Math.min(this.skip, b.length - i)
-        i += n
-        this.skip -= n
-        if (this.skip === 0) this.at = 'length'
-        continue
+/**
+ * Counts every table's rows in the archive as it streams past: the lines of each table's COPY
+ * text, less what pg_dump ends it with (`\.` and two empty lines). restore compares them with the
+ * manifest instead of counting the restored tables again: pg_restore loads a table's lines all or
+ * none (one transaction, stopping at the first error), so once it has committed they are the
+ * table's rows. Any other ending, or an archive it does not read, and it counts nothing: the
+ * caller then counts in the database.
+ */
+/** `\.`, then three line ends. */
+const ENDING = [0x5c, 0x2e, 0x0a, 0x0a, 0x0a]
+
+export class RowCounter {
+  private state: 'toc' | 'blocks' | 'done' = 'toc'
+  private readonly head = new HeadReceiver()
+  private walker: BlockWalker | null = null
+  private readonly names = new Map<number, string>()
+  private readonly counts: Record<string, number> = {}
+  private current: string | null = null
+  /** The last bytes of the current block's text, to check its ending. */
+  private tail = [0, 0, 0, 0, 0]
+  private why: string | null = null
+
+  write(chunk: Buffer): void {
+    if (this.state === 'done') return
+    if (this.state === 'toc') {
+      const read = this.head.add(chunk)
+      if (read === null) return
+      if ('why' in read) return this.giveUp(read.why)
+      const { head } = read
+      for (const e of head.entries) {
+        this.names.set(e.dumpId, e.name)
+        this.counts[e.name] = 0
       }
-      // A block header (type byte, dumpId) or a length prefix, perhaps split between chunks.
-      const need = this.at === 'block' ? 1 + width : width
-      while (this.prefix.length < need && i < b.length) this.prefix.push(b[i++]!)
-      if (this.prefix.length < need) break
-      const value = archiveInt(this.prefix, this.at === 'block' ? 1 : 0)
-      if (this.at === 'block') {
-        if (this.prefix[0] !== BLK_DATA) return this.giveUp('large objects before the table data')
-        this.prefix = []
-        this.at = 'length'
-        if (value === this.dumpId) {
-          this.inTable = true
-          from = i
-        }
-        continue
-      }
-      this.prefix = []
-      if (value < 0) return this.giveUp('a negative chunk length')
-      if (value > 0) {
-        this.skip = value
-        this.at = 'data'
-        continue
-      }
-      this.at = 'block'
-      if (this.inTable) {
-        this.sink.bytes(b.subarray(from, i))
-        this.inTable = false
-        this.state = 'done'
-        this.sink.end()
-        return
+      this.state = 'blocks'
+      this.walker = new BlockWalker(head.intSize, {
+        begin: (dumpId) => {
+          this.current = this.names.get(dumpId) ?? null
+          this.tail = [0, 0, 0, 0, 0]
+          return this.current === null ? 'skip' : 'payload'
+        },
+        payload: (b, start, end) => this.lines(b, start, end),
+        end: () => {
+          const name = this.current!
+          this.current = null
+          // pg_dump ends the text with `\.\n\n\n`: three line ends that are no row.
+          if (!ENDING.every((c, i) => this.tail[i] === c)) {
+            this.giveUp(`the data of ${name} does not end as pg_dump ends it`)
+            return false
+          }
+          this.counts[name]! -= 3
+          return true
+        },
+        giveUp: (why) => this.giveUp(why),
+      })
+      chunk = read.rest
+    }
+    this.walker!.write(chunk)
+  }
+
+  /**
+   * Each table's rows (`schema.table`), once the whole archive has gone past; null when the
+   * archive is not one it reads, or ended early (whyNot says which).
+   */
+  rows(): Record<string, number> | null {
+    if (this.state === 'toc' || this.why !== null || this.current !== null) return null
+    return this.counts
+  }
+
+  whyNot(): string | null {
+    return this.why ?? (this.state === 'toc' ? 'the archive ended in its table of contents' : null)
+  }
+
+  private lines(b: Buffer, start: number, end: number): void {
+    let n = 0
+    for (let p = b.indexOf(0x0a, start); p !== -1 && p < end; p = b.indexOf(0x0a, p + 1)) n++
+    this.counts[this.current!]! += n
+    const t = this.tail
+    if (end - start >= t.length) for (let k = 0; k < t.length; k++) t[k] = b[end - t.length + k]!
+    else {
+      for (let i = start; i < end; i++) {
+        t.copyWithin(0, 1)
+        t[t.length - 1] = b[i]!
       }
     }
-    if (this.inTable && from < b.length) this.sink.bytes(b.subarray(from, b.length))
+  }
+
+  private giveUp(why: string): void {
+    this.state = 'done'
+    this.why = why
   }
 }
 

@@ -43,7 +43,11 @@ export interface Facts {
  * Row counts, schema version and chain heads: in the caller's (snapshot) transaction on a client,
  * or on a pool (after a restore), where the counts run side by side on connections of their own.
  */
-export async function readFacts(client: pg.ClientBase | pg.Pool, schema: SchemaName): Promise<Facts> {
+export async function readFacts(
+  client: pg.ClientBase | pg.Pool,
+  schema: SchemaName,
+  { countRows = true }: { countRows?: boolean } = {},
+): Promise<Facts> {
   const { rows: tables } = await client.query<{ name: string }>(
     `select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where n.nspname = $1 and c.relkind in ('r', 'p') order by c.relname`,
@@ -57,7 +61,9 @@ export async function readFacts(client: pg.ClientBase | pg.Pool, schema: SchemaN
     row_counts[`${schema}.${name}`] = Number(rows[0]!.n)
   }
   // One query at a time on a client (pg deprecates queueing them); all at once on a pool.
-  if ('totalCount' in client) await Promise.all(tables.map((t) => count(t.name)))
+  if (!countRows) {
+    // The caller has them.
+  } else if ('totalCount' in client) await Promise.all(tables.map((t) => count(t.name)))
   else for (const t of tables) await count(t.name)
   const hasMigrations = tables.some((t) => t.name === 'schema_migrations')
   const schema_version = hasMigrations

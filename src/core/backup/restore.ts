@@ -18,6 +18,7 @@ import { IntegrityError, OperationError } from '../errors.js'
 import { createDecryptStream } from './envelope.js'
 import { type Facts, type Manifest, readFacts } from './manifest.js'
 import { startChainCheck } from './chain-check.js'
+import { RowCounter } from './custom-format.js'
 import { findTool, toolConnection } from './pgtools.js'
 
 export interface Check {
@@ -242,6 +243,17 @@ export async function checkArchive(
   return checks
 }
 
+/** What restoreInto learned from the dump on its way in. */
+export interface Restored {
+  /** The audit chains, verified from the dump (null: not checked on the way in). */
+  chains: TextChainResult | null
+  /**
+   * Each table's rows as pg_restore loaded them, counted in the stream (RowCounter); null when
+   * they were not (a plain dump, a replaced schema, an archive it does not read).
+   */
+  rows: Record<string, number> | null
+}
+
 /** Restore the dump into a database (a scratch one for --restore-test, or the target). */
 export async function restoreInto(
   file: string,
@@ -257,7 +269,7 @@ export async function restoreInto(
     /** Verify the audit chains from the backup beside the restore (a custom dump into an empty target). */
     chainCheck?: { keys: Keyring }
   },
-): Promise<TextChainResult | null> {
+): Promise<Restored> {
   const conn = toolConnection(url, env)
   const psqlArgs = [
     '--no-psqlrc',
@@ -273,15 +285,19 @@ export async function restoreInto(
     const args = ['--exit-on-error', '--single-transaction', '--no-owner', '--no-privileges', '--no-password']
     const sink = toolSink(tool.path, [...args, `--dbname=${conn.dbname}`], conn.env, 'pg_restore')
     const check = options.chainCheck ? startChainCheck(options.chainCheck.keys, manifest, env) : null
+    const counter = new RowCounter()
+    const tap = (chunk: Buffer) => {
+      counter.write(chunk)
+      check?.tap(chunk)
+    }
     try {
-      const tap = check ? { tap: check.tap } : {}
-      await both(streamDump(file, manifest, keys, sink.stdin, { ...options, ...tap }), sink.done)
+      await both(streamDump(file, manifest, keys, sink.stdin, { ...options, tap }), sink.done)
     } catch (err) {
       await check?.stop()
       throw err
     }
     check?.finish()
-    return check ? await check.answer(options.signal) : null
+    return { chains: check ? await check.answer(options.signal) : null, rows: counter.rows() }
   }
   // Replacing a schema, or a plain dump: psql in one transaction that first drops the schema with
   // everything in it (pg_restore --clean drops only what the backup has, so a table added since,
@@ -314,7 +330,7 @@ export async function restoreInto(
   }
   psql.stdin.end()
   await psql.done
-  return null
+  return { chains: null, rows: null }
 }
 
 /** Forwards to a stream without ever ending it (the caller ends it once everything checked out). */
@@ -360,8 +376,11 @@ export function withDatabase(url: string, name: string): string {
 export async function compareWithManifest(
   client: pg.ClientBase | pg.Pool,
   manifest: Manifest,
+  /** The rows pg_restore loaded (Restored.rows): not counted again in the database. */
+  loaded: Record<string, number> | null = null,
 ): Promise<Check[]> {
-  const facts: Facts = await readFacts(client, manifest.database)
+  const facts: Facts = await readFacts(client, manifest.database, { countRows: loaded === null })
+  if (loaded) facts.row_counts = loaded
   const checks: Check[] = []
   checks.push({
     name: 'schema_version',
@@ -374,7 +393,7 @@ export async function compareWithManifest(
     ok: wrongCounts.length === 0,
     detail:
       wrongCounts.length === 0
-        ? `${Object.keys(manifest.row_counts).length} tables match`
+        ? `${Object.keys(manifest.row_counts).length} tables match${loaded ? ' (the rows pg_restore loaded, counted on the way in)' : ''}`
         : wrongCounts
             .map(([t, n]) => `${t}: ${facts.row_counts[t] ?? 'missing'} rows, manifest ${n}`)
             .join('; '),

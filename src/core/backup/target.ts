@@ -117,7 +117,7 @@ export async function restoreBackup(
     signal?: AbortSignal
   },
 ): Promise<RestoreResult> {
-  const streamed = await restoreInto(file, manifest, options.keys, url, options.env, {
+  const restored = await restoreInto(file, manifest, options.keys, url, options.env, {
     serverMajor: state.serverMajor,
     clean: state.tables > 0,
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
@@ -134,7 +134,7 @@ export async function restoreBackup(
   const counts = new Pool({ connectionString: url, max: 4, application_name: 'shieldx restore' })
   counts.on('error', () => {})
   try {
-    checks.push(...(await compareWithManifest(counts, manifest)))
+    checks.push(...(await compareWithManifest(counts, manifest, restored.rows)))
   } finally {
     await counts.end().catch(() => {})
   }
@@ -152,6 +152,7 @@ export async function restoreBackup(
         // exactly what the manifest says (its row counts, its accounts' heads), it holds the rows
         // that were checked, and what is left is the checkpoint. Otherwise, the full check.
         const matches = checks.every((c) => c.ok)
+        const streamed = restored.chains
         const early =
           streamed?.intact && matches && streamed.rows === manifest.row_counts['credits.audit_logs']
             ? await streamedChainCheck(db, options.auditKeys, streamed, startedAt)

@@ -15,6 +15,7 @@ import {
   chainCheck,
   checkArchive,
   compareWithManifest,
+  type Restored,
   restoreInto,
   streamDump,
   withDatabase,
@@ -88,6 +89,7 @@ async function restoreTest(file: string, manifest: Manifest, options: VerifyBack
   const open = { timeoutMs: options.timeoutMs, env: options.env }
   let scratch: Database
   let drop: () => Promise<void>
+  let restored: Restored | null = null
   if (manifest.dump.format === 'plain') {
     // An embedded backup: restore it into PGlite in memory, the engine that wrote it.
     scratch = await openScratchEmbedded(open)
@@ -125,7 +127,7 @@ async function restoreTest(file: string, manifest: Manifest, options: VerifyBack
     }
     try {
       scratch = await openServer(url, 'scratch database', open)
-      await restoreInto(file, manifest, options.keys, url, options.env, {
+      restored = await restoreInto(file, manifest, options.keys, url, options.env, {
         serverMajor: admin.serverMajor,
         clean: false,
       })
@@ -141,7 +143,7 @@ async function restoreTest(file: string, manifest: Manifest, options: VerifyBack
     ]
     const client = await scratch.pool.connect()
     try {
-      checks.push(...(await compareWithManifest(client, manifest)))
+      checks.push(...(await compareWithManifest(client, manifest, restored?.rows ?? null)))
     } finally {
       client.release()
     }
