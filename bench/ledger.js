@@ -9,16 +9,15 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { Readable } from 'node:stream'
-import { Worker } from 'node:worker_threads'
 import { Redis } from 'ioredis'
 import {
   cleanEnv,
   command,
   compareFigures,
   goals,
+  hmacRate,
   measure,
   NODE,
   onCleanup,
@@ -190,54 +189,6 @@ export async function seedChains(url, d, keyring, tenants, rowsPerTenant) {
     url,
     `insert into credits.credit_accounts (tenant_id, balance, version, chain_seq, chain_head) values ${values}; analyze credits.audit_logs; analyze credits.credit_accounts`,
   )
-}
-
-/** HMAC-SHA256 of a ~120-byte row plus a 32-byte previous hash, chained, on one worker per core. */
-export async function hmacRate(keyBytes, seconds) {
-  const code = `
-    const { parentPort, workerData } = require('node:worker_threads')
-    const { createHmac } = require('node:crypto')
-    const key = Buffer.from(workerData.key, 'base64')
-    const row = workerData.row
-    let prev = Buffer.alloc(32)
-    let n = 0
-    const start = performance.now()
-    const end = start + workerData.seconds * 1000
-    for (;;) {
-      for (let i = 0; i < 1000; i++) prev = createHmac('sha256', key).update(row).update(prev).digest()
-      n += 1000
-      if (performance.now() >= end) break
-    }
-    parentPort.postMessage({ n, seconds: (performance.now() - start) / 1000 })
-  `
-  const row = JSON.stringify([
-    'shieldx.audit.v1',
-    'v0123',
-    517,
-    randomUUID(),
-    'consume',
-    1,
-    999999483,
-    0,
-    'bench',
-    new Date().toISOString(),
-  ])
-  const cores = os.availableParallelism()
-  const results = await Promise.all(
-    Array.from(
-      { length: cores },
-      () =>
-        new Promise((resolve, reject) => {
-          const w = new Worker(code, {
-            eval: true,
-            workerData: { key: keyBytes.toString('base64'), row, seconds },
-          })
-          w.once('message', resolve)
-          w.once('error', reject)
-        }),
-    ),
-  )
-  return { rate: results.reduce((s, r) => s + r.n / r.seconds, 0), cores, rowBytes: Buffer.byteLength(row) }
 }
 
 // --- the group -----------------------------------------------------------------------------------

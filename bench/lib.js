@@ -5,11 +5,12 @@
  * run as its baseline, the two interleaved round by round, and the table compares them. Times are
  * wall clock from spawn to exit as the parent sees it, which is what a user waits for.
  */
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { Worker } from 'node:worker_threads'
 import { execa } from 'execa'
 import pg from 'pg'
 
@@ -336,4 +337,59 @@ export function compare(name, samples, subject, baseline, goal) {
   }
   row.pass = goal.pass(row)
   return row
+}
+
+/**
+ * HMAC-SHA256 of a ~120-byte row plus a 32-byte previous hash, chained, on `threads` worker
+ * threads (one per core by default): verify-chain's baseline, and, one thread against all, how
+ * much of a second core the machine gives right now (report.js).
+ */
+export async function hmacRate(keyBytes, seconds, threads = os.availableParallelism()) {
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads')
+    const { createHmac } = require('node:crypto')
+    const key = Buffer.from(workerData.key, 'base64')
+    const row = workerData.row
+    let prev = Buffer.alloc(32)
+    let n = 0
+    const start = performance.now()
+    const end = start + workerData.seconds * 1000
+    for (;;) {
+      for (let i = 0; i < 1000; i++) prev = createHmac('sha256', key).update(row).update(prev).digest()
+      n += 1000
+      if (performance.now() >= end) break
+    }
+    parentPort.postMessage({ n, seconds: (performance.now() - start) / 1000 })
+  `
+  const row = JSON.stringify([
+    'shieldx.audit.v1',
+    'v0123',
+    517,
+    randomUUID(),
+    'consume',
+    1,
+    999999483,
+    0,
+    'bench',
+    new Date().toISOString(),
+  ])
+  const results = await Promise.all(
+    Array.from(
+      { length: threads },
+      () =>
+        new Promise((resolve, reject) => {
+          const w = new Worker(code, {
+            eval: true,
+            workerData: { key: keyBytes.toString('base64'), row, seconds },
+          })
+          w.once('message', resolve)
+          w.once('error', reject)
+        }),
+    ),
+  )
+  return {
+    rate: results.reduce((s, r) => s + r.n / r.seconds, 0),
+    cores: threads,
+    rowBytes: Buffer.byteLength(row),
+  }
 }

@@ -1,7 +1,8 @@
 /** Rendering results: the machine facts and one markdown table per group, for stdout and BENCHMARKS.md. */
 import os from 'node:os'
 import { execa } from 'execa'
-import { ROOT, serverVersion } from './lib.js'
+import { randomBytes } from 'node:crypto'
+import { hmacRate, ROOT, serverVersion } from './lib.js'
 
 async function git(args) {
   const r = await execa('git', args, { cwd: ROOT, reject: false })
@@ -23,7 +24,21 @@ export async function machineFacts() {
     psql: psql.failed ? 'not found' : psql.stdout.trim(),
     commit: commit ? `${commit}${dirty ? ' + uncommitted changes' : ''}` : 'unknown',
     'load average at start (1 / 5 / 15 min)': loadavg(),
+    'parallel capacity at start': await parallelCapacity(),
   }
+}
+
+/**
+ * HMAC-SHA256 for a second on one thread, then on one per core: how much the other cores add
+ * right now. The host shares its cores, and when it gives less than a core each, every figure that
+ * runs on two threads (verify-chain, evaluate's speed-up, a restore beside its checks) drops.
+ */
+export async function parallelCapacity() {
+  const key = randomBytes(32)
+  const one = await hmacRate(key, 1, 1)
+  const all = await hmacRate(key, 1)
+  const fmt = (x) => Math.round(x).toLocaleString('en-US')
+  return `${all.cores} threads give ×${(all.rate / one.rate).toFixed(2)} of 1 (HMAC-SHA256: ${fmt(one.rate)} /s on 1, ${fmt(all.rate)} /s on ${all.cores})`
 }
 
 export function loadavg() {
@@ -133,7 +148,11 @@ same small overhead of spawning, and of \`/usr/bin/time\` for the peak RSS, is i
 nearest rank, so with few runs it is one of the slowest. Peak RSS is the subject process's median.
 Tables with a "subject figure" column compare rates or latencies instead (more ops/s is better,
 fewer ms is better); n is the number of rounds (or reads) behind each median, subject / baseline
-when they differ, and the text above each table says how the figures were taken.
+when they differ, and the text above each table says how the figures were taken. The host shares
+its cores: "parallel capacity" is a second of HMAC on one thread against one on every core, at the
+start and at the end, and says how much the second core gave (×2.00 would be all of it); the
+figures that run on two threads (verify-chain, evaluate's speed-up, a restore beside its checks)
+move with it.
 
 ${table(
   ['machine', ''],

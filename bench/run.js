@@ -15,7 +15,7 @@ import * as evaluate from './evaluate.js'
 import { cleanupAll, ROOT } from './lib.js'
 import * as ledger from './ledger.js'
 import * as migrate from './migrate.js'
-import { document, groupSection, loadavg, machineFacts } from './report.js'
+import { document, groupSection, loadavg, machineFacts, parallelCapacity } from './report.js'
 import * as startup from './startup.js'
 
 const GROUPS = [startup, migrate, embedded, ledger, backup, evaluate]
@@ -72,6 +72,7 @@ async function main(argv) {
     failed ||= rows.some((r) => r.pass === false)
   }
   facts['load average at end (1 / 5 / 15 min)'] = loadavg()
+  facts['parallel capacity at end'] = await parallelCapacity()
   if (newestMtime(path.join(ROOT, 'dist')) !== distAtStart) {
     facts.warning = 'dist/ was rebuilt during the run: the figures may mix two builds'
     process.stderr.write(`warning: ${facts.warning}\n`)
