@@ -101,6 +101,9 @@ export function parseOperation(text: string, line: number): ParsedLine {
   }
 }
 
+/** Operations per transaction (per lane) unless --chunk-size says otherwise. */
+export const DEFAULT_CHUNK_SIZE = 500
+
 export async function applyLines(
   pool: pg.Pool,
   lines: AsyncIterable<string>,
@@ -113,7 +116,10 @@ export async function applyLines(
     signal?: AbortSignal
   },
 ): Promise<ApplySummary> {
-  const chunkSize = options.chunkSize ?? 200
+  // 500: 100,000 consumes over 1,000 tenants on four lanes ran at 14.8k-18.4k ops/s against
+  // 11.8k-12.8k with 200, interleaved (1,000: 14.8k-17.9k). A chunk holds its accounts' locks for
+  // about a tenth of a second, and a retry redoes it whole: no larger.
+  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE
   const laneCount = Math.max(1, options.lanes ?? 1)
   /** Lines read and not yet printed, at most: then reading waits for the lanes to catch up. */
   const maxPending = 3 * chunkSize * laneCount
