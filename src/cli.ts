@@ -280,7 +280,11 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     `echo '{"op":"consume","tenant":"acme","amount":5}' | shieldx credits apply`,
   ])
     .option('--file <file>', 'JSON lines to apply (default: standard input)')
-    .option('--chunk-size <n>', 'operations per transaction, per lane (default 500)', intArg('--chunk-size'))
+    .option(
+      '--chunk-size <n>',
+      'lines handed to each lane at a time, one transaction per lane (default 500)',
+      intArg('--chunk-size'),
+    )
     .addHelpText(
       'after',
       '\nEach line: {"op":"topup|consume|reserve|commit|cancel","tenant":"acme","amount":5,"reservation":"...","ttl":"15m","idempotency_key":"..."}.\nA line without idempotency_key gets one from its line number and content, so re-running a file replays it.',

@@ -793,6 +793,12 @@ describe("restore's chain check reads the audit table from the restore's own str
     const { block } = find(dump, [dump.length])
     const cut = dump.indexOf(block) + Math.floor(block.length / 2)
     expect(countRows(dump.subarray(0, cut), [1000]).rows).toBeNull()
+    // Cut where a block ends: the tables after it were never seen, not empty.
+    const end = dump.indexOf(block) + block.length
+    expect(countRows(dump.subarray(0, end), [1000])).toEqual({
+      rows: null,
+      why: 'the archive ended before the data of credits.chain_verifications',
+    })
     expect(countRows(dump.subarray(0, 20), [7])).toEqual({
       rows: null,
       why: 'the archive ended in its table of contents',

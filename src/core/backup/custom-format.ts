@@ -349,12 +349,23 @@ export class RowCounter {
   private walker: BlockWalker | null = null
   private readonly names = new Map<number, string>()
   private readonly counts: Record<string, number> = {}
+  /** The tables whose block has ended: all of them, or the archive was cut short. */
+  private readonly seen = new Set<string>()
   private current: string | null = null
   /** The last bytes of the current block's text, to check its ending. */
   private tail = [0, 0, 0, 0, 0]
   private why: string | null = null
 
+  /** Never throws: counting is a shortcut for restore, which must not fail because of it. */
   write(chunk: Buffer): void {
+    try {
+      this.take(chunk)
+    } catch (err) {
+      this.giveUp(`unreadable data (${(err as Error).message})`)
+    }
+  }
+
+  private take(chunk: Buffer): void {
     if (this.state === 'done') return
     if (this.state === 'toc') {
       const read = this.head.add(chunk)
@@ -374,8 +385,11 @@ export class RowCounter {
         },
         payload: (b, start, end) => this.lines(b, start, end),
         end: () => {
-          const name = this.current!
+          // A block of no table it knows (the table of contents did not list it): skipped.
+          if (this.current === null) return true
+          const name = this.current
           this.current = null
+          this.seen.add(name)
           // pg_dump ends the text with `\.\n\n\n`: three line ends that are no row.
           if (!ENDING.every((c, i) => this.tail[i] === c)) {
             this.giveUp(`the data of ${name} does not end as pg_dump ends it`)
@@ -396,12 +410,14 @@ export class RowCounter {
    * archive is not one it reads, or ended early (whyNot says which).
    */
   rows(): Record<string, number> | null {
-    if (this.state === 'toc' || this.why !== null || this.current !== null) return null
-    return this.counts
+    return this.whyNot() === null ? this.counts : null
   }
 
   whyNot(): string | null {
-    return this.why ?? (this.state === 'toc' ? 'the archive ended in its table of contents' : null)
+    if (this.why !== null) return this.why
+    if (this.state === 'toc') return 'the archive ended in its table of contents'
+    const missing = Object.keys(this.counts).filter((t) => !this.seen.has(t))
+    return missing.length > 0 ? `the archive ended before the data of ${missing[0]}` : null
   }
 
   private lines(b: Buffer, start: number, end: number): void {
