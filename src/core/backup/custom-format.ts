@@ -173,6 +173,20 @@ class HeadReceiver {
 /** What a BlockWalker wants of a block: its bytes as they are, its chunks' payloads, or nothing. */
 type Want = 'raw' | 'payload' | 'skip'
 
+/** What a BlockWalker tells of the blocks it walks. */
+interface BlockListener {
+  /** A block of this dumpId begins. */
+  begin(dumpId: number): Want
+  /** 'raw': the block's bytes after its header, length prefixes and the final 0 included. */
+  raw?(slice: Buffer): void
+  /** 'payload': chunk payload bytes b[start, end). */
+  payload?(b: Buffer, start: number, end: number): void
+  /** The block ended; false stops the walk. */
+  end(): boolean
+  /** The bytes are not blocks it reads: nothing more comes. */
+  giveUp(why: string): void
+}
+
 /**
  * The data blocks after the table of contents, walked as they stream past: for each block it asks
  * what is wanted and hands that on, as slices of the chunks it is given (no copies). A block is
@@ -187,20 +201,17 @@ class BlockWalker {
   private want: Want = 'skip'
   stopped = false
 
+  /** `inBlock`: the bytes start after a block's header, and this is what is wanted of it. */
   constructor(
     private readonly intSize: number,
-    private readonly on: {
-      /** A block of this dumpId begins. */
-      begin(dumpId: number): Want
-      /** 'raw': the block's bytes after its header, length prefixes and the final 0 included. */
-      raw?(slice: Buffer): void
-      /** 'payload': chunk payload bytes b[start, end). */
-      payload?(b: Buffer, start: number, end: number): void
-      /** The block ended; false stops the walk. */
-      end(): boolean
-      giveUp(why: string): void
-    },
-  ) {}
+    private readonly on: BlockListener,
+    inBlock?: Want,
+  ) {
+    if (inBlock) {
+      this.at = 'length'
+      this.want = inBlock
+    }
+  }
 
   write(b: Buffer): void {
     const width = 1 + this.intSize
@@ -260,20 +271,61 @@ class BlockWalker {
 }
 
 /**
+ * A whole archive as it streams past: its table of contents (HeadReceiver), which `toc` sees
+ * first and may refuse (a reason: nothing more is read), then its data blocks (BlockWalker).
+ */
+class ArchiveWalker {
+  private readonly head = new HeadReceiver()
+  private blocks: BlockWalker | null = null
+  private stopped = false
+
+  constructor(private readonly on: BlockListener & { toc(head: Head): string | null }) {}
+
+  /** Nothing more is read: the walk was stopped or given up. */
+  get done(): boolean {
+    return this.stopped || this.blocks?.stopped === true
+  }
+
+  /** The table of contents has been read. */
+  get started(): boolean {
+    return this.blocks !== null
+  }
+
+  write(chunk: Buffer): void {
+    if (this.done) return
+    if (this.blocks === null) {
+      const read = this.head.add(chunk)
+      if (read === null) return
+      if ('why' in read) return this.stop(read.why)
+      const refused = this.on.toc(read.head)
+      if (refused !== null) return this.stop(refused)
+      this.blocks = new BlockWalker(read.head.intSize, this.on)
+      chunk = read.rest
+    }
+    this.blocks.write(chunk)
+  }
+
+  /** Gives up with `why`, unless it is done already. */
+  stop(why: string): void {
+    if (this.done) return
+    this.stopped = true
+    this.on.giveUp(why)
+  }
+}
+
+/**
  * Watches the archive as it streams past and hands on the bytes of one table's data block: its
  * chunks with their length prefixes, up to and with the 0 that ends them, as slices of the chunks
  * it is given (no copies). It only reads; what it is given goes on unchanged. Once the block has
  * ended, or the archive is not one it reads, it ignores the rest.
  */
 export class TableDataFinder {
-  private state: 'toc' | 'blocks' | 'done' = 'toc'
-  private readonly head = new HeadReceiver()
-  private walker: BlockWalker | null = null
+  private readonly walker: ArchiveWalker
 
   constructor(
     private readonly schema: string,
     private readonly name: string,
-    private readonly sink: {
+    sink: {
       /** The table's entry in the table of contents, before any of its bytes. */
       found(table: TableData): void
       bytes(slice: Buffer): void
@@ -281,56 +333,49 @@ export class TableDataFinder {
       /** The archive is not one it reads, or has no data for the table: nothing more comes. */
       none(why: string): void
     },
-  ) {}
+  ) {
+    let dumpId = -1
+    let inTable = false
+    this.walker = new ArchiveWalker({
+      toc: (head) => {
+        const mine = head.entries.filter((e) => e.schema === schema && e.table === name)
+        if (mine.length === 0) return `no data for ${schema}.${name} in the archive`
+        const entry = mine[0]!
+        if (mine.length > 1 || !entry.copyStmt) return `${schema}.${name} has no single COPY`
+        dumpId = entry.dumpId
+        sink.found({ copyStmt: entry.copyStmt, intSize: head.intSize })
+        return null
+      },
+      begin: (id) => {
+        inTable = id === dumpId
+        return inTable ? 'raw' : 'skip'
+      },
+      raw: (slice) => sink.bytes(slice),
+      end: () => {
+        if (!inTable) return true
+        sink.end()
+        return false
+      },
+      giveUp: (why) => sink.none(why),
+    })
+  }
 
   get done(): boolean {
-    return this.state === 'done'
+    return this.walker.done
   }
 
   write(chunk: Buffer): void {
-    if (this.state === 'done') return
-    if (this.state === 'toc') {
-      const read = this.head.add(chunk)
-      if (read === null) return
-      if ('why' in read) return this.giveUp(read.why)
-      const { head } = read
-      const mine = head.entries.filter((e) => e.schema === this.schema && e.table === this.name)
-      if (mine.length === 0) return this.giveUp(`no data for ${this.schema}.${this.name} in the archive`)
-      const entry = mine[0]!
-      if (mine.length > 1 || !entry.copyStmt)
-        return this.giveUp(`${this.schema}.${this.name} has no single COPY`)
-      this.state = 'blocks'
-      let inTable = false
-      this.walker = new BlockWalker(head.intSize, {
-        begin: (dumpId) => {
-          inTable = dumpId === entry.dumpId
-          return inTable ? 'raw' : 'skip'
-        },
-        raw: (slice) => this.sink.bytes(slice),
-        end: () => {
-          if (!inTable) return true
-          this.state = 'done'
-          this.sink.end()
-          return false
-        },
-        giveUp: (why) => this.giveUp(why),
-      })
-      this.sink.found({ copyStmt: entry.copyStmt, intSize: head.intSize })
-      chunk = read.rest
-    }
-    this.walker!.write(chunk)
+    this.walker.write(chunk)
   }
 
   /** The stream ended: if the block did not, the table's data is incomplete. */
   end(): void {
-    if (this.state !== 'done') this.giveUp(`the archive ends before the data of ${this.schema}.${this.name}`)
-  }
-
-  private giveUp(why: string): void {
-    this.state = 'done'
-    this.sink.none(why)
+    this.walker.stop(`the archive ends before the data of ${this.schema}.${this.name}`)
   }
 }
+
+/** `\.`, then three line ends. */
+const ENDING = [0x5c, 0x2e, 0x0a, 0x0a, 0x0a]
 
 /**
  * Counts every table's rows in the archive as it streams past: the lines of each table's COPY
@@ -340,13 +385,7 @@ export class TableDataFinder {
  * table's rows. Any other ending, or an archive it does not read, and it counts nothing: the
  * caller then counts in the database.
  */
-/** `\.`, then three line ends. */
-const ENDING = [0x5c, 0x2e, 0x0a, 0x0a, 0x0a]
-
 export class RowCounter {
-  private state: 'toc' | 'blocks' | 'done' = 'toc'
-  private readonly head = new HeadReceiver()
-  private walker: BlockWalker | null = null
   private readonly names = new Map<number, string>()
   private readonly counts: Record<string, number> = {}
   /** The tables whose block has ended: all of them, or the archive was cut short. */
@@ -355,54 +394,44 @@ export class RowCounter {
   /** The last bytes of the current block's text, to check its ending. */
   private tail = [0, 0, 0, 0, 0]
   private why: string | null = null
-
-  /** Never throws: counting is a shortcut for restore, which must not fail because of it. */
-  write(chunk: Buffer): void {
-    try {
-      this.take(chunk)
-    } catch (err) {
-      this.giveUp(`unreadable data (${(err as Error).message})`)
-    }
-  }
-
-  private take(chunk: Buffer): void {
-    if (this.state === 'done') return
-    if (this.state === 'toc') {
-      const read = this.head.add(chunk)
-      if (read === null) return
-      if ('why' in read) return this.giveUp(read.why)
-      const { head } = read
+  private readonly walker = new ArchiveWalker({
+    toc: (head) => {
       for (const e of head.entries) {
         this.names.set(e.dumpId, e.name)
         this.counts[e.name] = 0
       }
-      this.state = 'blocks'
-      this.walker = new BlockWalker(head.intSize, {
-        begin: (dumpId) => {
-          this.current = this.names.get(dumpId) ?? null
-          this.tail = [0, 0, 0, 0, 0]
-          return this.current === null ? 'skip' : 'payload'
-        },
-        payload: (b, start, end) => this.lines(b, start, end),
-        end: () => {
-          // A block of no table it knows (the table of contents did not list it): skipped.
-          if (this.current === null) return true
-          const name = this.current
-          this.current = null
-          this.seen.add(name)
-          // pg_dump ends the text with `\.\n\n\n`: three line ends that are no row.
-          if (!ENDING.every((c, i) => this.tail[i] === c)) {
-            this.giveUp(`the data of ${name} does not end as pg_dump ends it`)
-            return false
-          }
-          this.counts[name]! -= 3
-          return true
-        },
-        giveUp: (why) => this.giveUp(why),
-      })
-      chunk = read.rest
+      return null
+    },
+    begin: (dumpId) => {
+      this.current = this.names.get(dumpId) ?? null
+      this.tail = [0, 0, 0, 0, 0]
+      return this.current === null ? 'skip' : 'payload'
+    },
+    payload: (b, start, end) => this.lines(b, start, end),
+    end: () => {
+      // A block of no table it knows (the table of contents did not list it): skipped.
+      if (this.current === null) return true
+      const name = this.current
+      this.current = null
+      this.seen.add(name)
+      // pg_dump ends the text with `\.\n\n\n`: three line ends that are no row.
+      if (!ENDING.every((c, i) => this.tail[i] === c)) {
+        this.why = `the data of ${name} does not end as pg_dump ends it`
+        return false
+      }
+      this.counts[name]! -= 3
+      return true
+    },
+    giveUp: (why) => (this.why = why),
+  })
+
+  /** Never throws: counting is a shortcut for restore, which must not fail because of it. */
+  write(chunk: Buffer): void {
+    try {
+      this.walker.write(chunk)
+    } catch (err) {
+      this.walker.stop(`unreadable data (${(err as Error).message})`)
     }
-    this.walker!.write(chunk)
   }
 
   /**
@@ -415,7 +444,7 @@ export class RowCounter {
 
   whyNot(): string | null {
     if (this.why !== null) return this.why
-    if (this.state === 'toc') return 'the archive ended in its table of contents'
+    if (!this.walker.started) return 'the archive ended in its table of contents'
     const missing = Object.keys(this.counts).filter((t) => !this.seen.has(t))
     return missing.length > 0 ? `the archive ended before the data of ${missing[0]}` : null
   }
@@ -433,46 +462,37 @@ export class RowCounter {
       }
     }
   }
-
-  private giveUp(why: string): void {
-    this.state = 'done'
-    this.why = why
-  }
 }
 
 /**
  * The payloads of a data block's chunks, from its bytes as TableDataFinder hands them on, in pieces
  * of any size: calls `data` with each payload (or part of one), returns true once the block's 0
- * length has come.
+ * length has come. Throws NotReadable on bytes that are not chunks.
  */
 export class ChunkReader {
-  private prefix: number[] = []
-  private left = 0
   private ended = false
+  private readonly walker: BlockWalker
 
-  constructor(
-    private readonly intSize: number,
-    private readonly data: (slice: Buffer) => void,
-  ) {}
+  constructor(intSize: number, data: (slice: Buffer) => void) {
+    this.walker = new BlockWalker(
+      intSize,
+      {
+        begin: () => 'skip', // never: it ends with its one block
+        payload: (b, start, end) => data(b.subarray(start, end)),
+        end: () => {
+          this.ended = true
+          return false
+        },
+        giveUp: (why) => {
+          throw new NotReadable(why)
+        },
+      },
+      'payload',
+    )
+  }
 
   write(b: Buffer): boolean {
-    let i = 0
-    while (i < b.length && !this.ended) {
-      if (this.left > 0) {
-        const n = Math.min(this.left, b.length - i)
-        this.data(b.subarray(i, i + n))
-        i += n
-        this.left -= n
-        continue
-      }
-      while (this.prefix.length < 1 + this.intSize && i < b.length) this.prefix.push(b[i++]!)
-      if (this.prefix.length < 1 + this.intSize) break
-      if (this.prefix[0] !== 0) throw new NotReadable('a negative chunk length')
-      const v = archiveInt(this.prefix, 0)
-      this.prefix = []
-      if (v === 0) this.ended = true
-      this.left = v
-    }
+    this.walker.write(b)
     return this.ended
   }
 }
