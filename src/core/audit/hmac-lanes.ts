@@ -53,6 +53,11 @@ const WASM_FILE = path.join(PACKAGE_ROOT, 'dist/core/audit/hmac-lanes.wasm')
 
 /** Compiled once per thread; null where it cannot be (no file, no WebAssembly SIMD). */
 let compiled: object | null | undefined
+/**
+ * Whether the first instance in this thread passed the self-test: every instance runs the same
+ * compiled code, so one test answers for all of them (a reader makes one per partition).
+ */
+let tested: boolean | undefined
 
 export class HmacLanes {
   private readonly hmac: () => number
@@ -81,9 +86,11 @@ export class HmacLanes {
       }
     }
     if (compiled === null) return null
+    if (tested === false) return null
     try {
       const lanes = new HmacLanes(new wasm.Instance(compiled).exports as LaneExports)
-      return lanes.selfTest() ? lanes : null
+      tested ??= lanes.selfTest()
+      return tested ? lanes : null
     } catch {
       return null
     }
@@ -123,13 +130,7 @@ export class HmacLanes {
     const k = this.filled
     const message = this.messages[k]!
     if (!message.write(row)) return false
-    if (this.keys[k] !== key) {
-      for (let j = 0; j < 8; j++) {
-        this.inner[LANES * j + k] = key.inner[j]!
-        this.outer[LANES * j + k] = key.outer[j]!
-      }
-      this.keys[k] = key
-    }
+    if (this.keys[k] !== key) this.load(k, key)
     this.lengths[k] = message.length
     const m = this.memory
     const src = row.src
@@ -163,6 +164,15 @@ export class HmacLanes {
     }
   }
 
+  /** Lane k hashes with `key` from now on: its prepared states, word j of lane k at 4j + k. */
+  private load(k: number, key: ChainKey): void {
+    for (let j = 0; j < 8; j++) {
+      this.inner[LANES * j + k] = key.inner[j]!
+      this.outer[LANES * j + k] = key.outer[j]!
+    }
+    this.keys[k] = key
+  }
+
   /** Every lane against createHmac, at lengths around the block boundaries and with uneven lanes. */
   private selfTest(): boolean {
     // A key of its own in each lane: a lane that hashed with another's would fail.
@@ -170,14 +180,7 @@ export class HmacLanes {
       (n, k) => new ChainKey({ kid: `self-test-${k}`, bytes: randomBytes(n) }),
     )
     const lengths = [0, 55, 56, 63, 64, 119, 120, 183, 184, 247, 248, 500, 1000, this.laneBytes - 72, 1, 2]
-    for (let k = 0; k < LANES; k++) {
-      const key = keys[k]!
-      for (let j = 0; j < 8; j++) {
-        this.inner[LANES * j + k] = key.inner[j]!
-        this.outer[LANES * j + k] = key.outer[j]!
-      }
-      this.keys[k] = key
-    }
+    for (let k = 0; k < LANES; k++) this.load(k, keys[k]!)
     for (let i = 0; i < lengths.length; i += LANES) {
       let want = 0
       for (let k = 0; k < LANES; k++) {
