@@ -61,10 +61,10 @@ export async function readFacts(
     row_counts[`${schema}.${name}`] = Number(rows[0]!.n)
   }
   // One query at a time on a client (pg deprecates queueing them); all at once on a pool.
-  if (!countRows) {
-    // The caller has them.
-  } else if ('totalCount' in client) await Promise.all(tables.map((t) => count(t.name)))
-  else for (const t of tables) await count(t.name)
+  if (countRows) {
+    if ('totalCount' in client) await Promise.all(tables.map((t) => count(t.name)))
+    else for (const t of tables) await count(t.name)
+  }
   const hasMigrations = tables.some((t) => t.name === 'schema_migrations')
   const schema_version = hasMigrations
     ? Number(

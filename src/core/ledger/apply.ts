@@ -101,7 +101,7 @@ export function parseOperation(text: string, line: number): ParsedLine {
   }
 }
 
-/** Operations per transaction (per lane) unless --chunk-size says otherwise. */
+/** Lines per lane handed out at a time (--chunk-size): see applyLines for what a transaction holds. */
 export const DEFAULT_CHUNK_SIZE = 500
 
 export async function applyLines(
