@@ -10,9 +10,9 @@
  * state, a message too long for a lane) are checked by the caller as before, after a flush().
  */
 import { createHmac, randomBytes } from 'node:crypto'
-import fs from 'node:fs'
 import path from 'node:path'
 import { PACKAGE_ROOT } from '../config/paths.js'
+import { instantiate, type WasmGlobal } from '../wasm.js'
 import { ChainKey, ChainMessage, emptyWireRow, type WireRow } from './chain.js'
 
 /** Who gets a row back from flush(): the checker that added it. */
@@ -27,32 +27,17 @@ const LANES = 4
 interface LaneExports {
   memory: { buffer: ArrayBuffer }
   hmac(): number
-  LANE_BYTES: Address
-  MESSAGES: Address
-  LENGTHS: Address
-  INNER: Address
-  OUTER: Address
-  EXPECTED: Address
+  LANE_BYTES: WasmGlobal
+  MESSAGES: WasmGlobal
+  LENGTHS: WasmGlobal
+  INNER: WasmGlobal
+  OUTER: WasmGlobal
+  EXPECTED: WasmGlobal
 }
-interface Address {
-  value: number
-}
-
-/** The part of WebAssembly used here (@types/node 20 does not declare it). */
-const wasm = (
-  globalThis as unknown as {
-    WebAssembly: {
-      Module: new (bytes: Uint8Array) => object
-      Instance: new (module: object) => { exports: unknown }
-    }
-  }
-).WebAssembly
 
 /** Built by `npm run build` next to the compiled JavaScript (the tests run src/ and find it there too). */
 const WASM_FILE = path.join(PACKAGE_ROOT, 'dist/core/audit/hmac-lanes.wasm')
 
-/** Compiled once per thread; null where it cannot be (no file, no WebAssembly SIMD). */
-let compiled: object | null | undefined
 /**
  * Whether the first instance in this thread passed the self-test: every instance runs the same
  * compiled code, so one test answers for all of them (a reader makes one per partition).
@@ -78,17 +63,11 @@ export class HmacLanes {
 
   /** Lanes for this thread, or null when WebAssembly cannot run them or they fail the self-test. */
   static create(): HmacLanes | null {
-    if (compiled === undefined) {
-      try {
-        compiled = new wasm.Module(fs.readFileSync(WASM_FILE))
-      } catch {
-        compiled = null
-      }
-    }
-    if (compiled === null) return null
     if (tested === false) return null
+    const exports = instantiate<LaneExports>(WASM_FILE)
+    if (exports === null) return null
     try {
-      const lanes = new HmacLanes(new wasm.Instance(compiled).exports as LaneExports)
+      const lanes = new HmacLanes(exports)
       tested ??= lanes.selfTest()
       return tested ? lanes : null
     } catch {
@@ -98,7 +77,7 @@ export class HmacLanes {
 
   private constructor(exports: LaneExports) {
     const buffer = exports.memory.buffer
-    const at = (a: Address) => a.value
+    const at = (a: WasmGlobal) => a.value
     this.hmac = exports.hmac
     this.memory = Buffer.from(buffer)
     this.laneBytes = at(exports.LANE_BYTES)

@@ -13,6 +13,8 @@ import { fieldReader } from './traffic.js'
 /** A leaf decided by the event alone (threshold, match). */
 export interface StatelessLeaf {
   kind: 'stateless'
+  /** the event's field it reads (`a.b` for a nested one) */
+  field: string
   score: (e: Record<string, unknown>) => number
   /** blocks when score > cut (strict) or score >= cut */
   cut: number
@@ -75,6 +77,7 @@ function compileLeaf(part: RulePart): Leaf {
       const negate = part.op === '<=' || part.op === '<'
       return {
         kind: 'stateless',
+        field: part.field,
         score: (e) => {
           const n = numeric(read(e))
           if (Number.isNaN(n)) return -Infinity
@@ -90,6 +93,7 @@ function compileLeaf(part: RulePart): Leaf {
         const re = new RegExp(part.pattern, part.flags)
         return {
           kind: 'stateless',
+          field: part.field,
           score: (e) => {
             const v = read(e)
             if (v === undefined || v === null) return -Infinity
@@ -103,6 +107,7 @@ function compileLeaf(part: RulePart): Leaf {
       const set = new Set(part.values.map(String))
       return {
         kind: 'stateless',
+        field: part.field,
         score: (e) => {
           const v = read(e)
           if (v === undefined || v === null) return -Infinity

@@ -4,11 +4,10 @@
  * decided and counted here, and the coordinator (replay.ts) only merges tallies. With rate
  * limits it comes back as compact columns; the coordinator runs the windows in time order.
  */
-import { isAscii } from 'node:buffer'
-import { compilePair, type CompiledPair } from './compile.js'
+import { compilePair, type CompiledPair, type StatelessLeaf } from './compile.js'
 import type { RulePart } from './rules.js'
 import { addEvent, newTally, tallyToData, type TallyData } from './tally.js'
-import { parseTrafficLine } from './traffic.js'
+import { TrafficLineReader } from './traffic.js'
 
 export interface BlockParserInput {
   control: RulePart
@@ -83,59 +82,24 @@ interface Dictionary {
 
 export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
-  // ignoreBOM: a decoder strips a BOM at the start of every piece; only the file's own is dropped (texts).
+  // ignoreBOM: a decoder strips a BOM at the start of every piece; only the file's own is dropped (below).
   const decoder = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true })
+  const fields = pair.stateless.map((i) => (pair.leaves[i] as StatelessLeaf).field)
+  const reader = new TrafficLineReader(fields, pair.keys, decoder)
   const dictionary: Dictionary = { maps: pair.keys.map(() => new Map()), size: 0 }
-  return (task) => parseBlock(pair, input.mode, texts(task, decoder), task.seq, dictionary)
-}
-
-/**
- * Bytes per decoded piece of a block. A piece is a V8 heap string that dies young; a whole block
- * as one string (over Node's 1 MB threshold) is an external string in fresh memory, and the head
- * glued to it another copy to flatten: that was two page-faulted copies of the whole file.
- */
-const PIECE_BYTES = 64 * 1024
-
-/**
- * A block's text in pieces of whole lines: the head (left over from the previous chunk) with the
- * rest of its line, then the body cut after a newline every PIECE_BYTES or so. Cut at newlines, a
- * piece never splits a UTF-8 character, so each decodes on its own.
- */
-function* texts(task: BlockTask, decoder: InstanceType<typeof TextDecoder>): Generator<string> {
-  const body = Buffer.from(task.bytes.buffer, task.bytes.byteOffset, task.bytes.byteLength)
-  // ASCII (nearly all traffic logs) decodes as latin1 at twice TextDecoder's speed, same result.
-  const decode = (u8: Buffer) => (isAscii(u8) ? u8.toString('latin1') : decoder.decode(u8))
-  // The file's byte-order mark, if any, is not part of its first line.
-  let from = task.seq === 0 && !task.head && body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? 3 : 0
-  if (task.head) {
-    const nl = body.indexOf(0x0a)
-    from = nl === -1 ? body.length : nl + 1
-    yield decode(Buffer.concat([task.head, body.subarray(0, from)]))
-  }
-  while (from < body.length) {
-    let to = from + PIECE_BYTES
-    if (to >= body.length) to = body.length
-    else {
-      const nl = body.lastIndexOf(0x0a, to - 1)
-      to = nl >= from ? nl + 1 : body.indexOf(0x0a, to) + 1 || body.length
-    }
-    yield decode(body.subarray(from, to))
-    from = to
-  }
+  return (task) => parseBlock(pair, input.mode, task, reader, dictionary)
 }
 
 function parseBlock(
   pair: CompiledPair,
   mode: BlockParserInput['mode'],
-  texts: Iterable<string>,
-  seq: number,
+  task: BlockTask,
+  reader: TrafficLineReader,
   dictionary: Dictionary,
 ): BlockMessage & { type: 'block' } {
   const S = pair.stateless.length
   const K = pair.keys.length
-  const statelessLeaves = pair.stateless.map((i) => pair.leaves[i]!) as Array<{
-    score: (e: Record<string, unknown>) => number
-  }>
+  const statelessLeaves = pair.stateless.map((i) => pair.leaves[i]!) as StatelessLeaf[]
   const invalid: InvalidLine[] = []
   let invalidCount = 0
   let lines = 0
@@ -160,32 +124,25 @@ function parseBlock(
   let n = 0
 
   let line = 0
-  for (const text of texts) {
-    let start = 0
-    while (start < text.length) {
-      let end = text.indexOf('\n', start)
-      if (end === -1) end = text.length
-      let raw = text.slice(start, end)
-      start = end + 1
+  /** Every line of b from `from`: a block is whole lines, the last one's newline aside. */
+  const readLines = (b: Buffer, from: number) => {
+    reader.begin(b, from)
+    while (reader.next()) {
       const thisLine = line++
-      if (raw.charCodeAt(raw.length - 1) === 13) raw = raw.slice(0, -1)
-      // A line that starts with '{' is not blank: the trim is only for the odd one that does not.
-      if (raw.charCodeAt(0) !== 123 && raw.trim() === '') continue
+      if (reader.kind === 'blank') continue
       lines++
-      const parsed = parseTrafficLine(raw)
-      if (!parsed.ok) {
+      if (reader.kind === 'invalid') {
         invalidCount++
-        if (invalid.length < DESCRIBED) invalid.push({ line: thisLine, error: parsed.error })
+        if (invalid.length < DESCRIBED) invalid.push({ line: thisLine, error: reader.error })
         continue
       }
-      const e = parsed.event
-      const isAttack = e.label === 'attack'
+      const e = reader.event
       if (tally) {
         for (let j = 0; j < S; j++) vals[pair.stateless[j]!] = statelessLeaves[j]!.score(e)
         addEvent(
           tally,
-          parsed.ts,
-          isAttack,
+          reader.ts,
+          reader.attack,
           pair.control.blocks(vals),
           pair.control.score(vals),
           pair.candidate.blocks(vals),
@@ -201,13 +158,13 @@ function parseBlock(
         cvals = grow(cvals, cap * S)
         keyIds = grow(keyIds, cap * K)
       }
-      ts[n] = parsed.ts
-      attack[n] = isAttack ? 1 : 0
+      ts[n] = reader.ts
+      attack[n] = reader.attack ? 1 : 0
       lineNo[n] = thisLine
       for (let j = 0; j < S; j++) cvals[n * S + j] = statelessLeaves[j]!.score(e)
       for (let k = 0; k < K; k++) {
-        const v = e[pair.keys[k]!]
-        if (typeof v !== 'string') {
+        const v = reader.keys[k]
+        if (v === undefined) {
           keyIds[n * K + k] = -1
           continue
         }
@@ -224,8 +181,20 @@ function parseBlock(
       n++
     }
   }
+
+  const body = Buffer.from(task.bytes.buffer, task.bytes.byteOffset, task.bytes.byteLength)
+  // The file's byte-order mark, if any, is not part of its first line.
+  let from = task.seq === 0 && !task.head && body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? 3 : 0
+  if (task.head) {
+    // the head (left over from the previous chunk) with the rest of its line
+    const nl = body.indexOf(0x0a)
+    from = nl === -1 ? body.length : nl + 1
+    readLines(Buffer.concat([task.head, body.subarray(0, from)]), 0)
+  }
+  readLines(body, from)
+
   // Blocks end with a newline, after which the loop stops: `line` is the count of lines.
-  const base = { type: 'block' as const, seq, lines, rawLines: line, invalid, invalidCount }
+  const base = { type: 'block' as const, seq: task.seq, lines, rawLines: line, invalid, invalidCount }
   if (tally) return { ...base, tally: tallyToData(tally) }
   return {
     ...base,
