@@ -484,16 +484,49 @@ describe('replay', () => {
         expect(other.tally.control_only_right).toBe(one.tally.control_only_right)
       }
     }
-    // Several 1 MiB reads: the pooled buffers go round the workers and back, and are hashed as read.
+    // Several 1 MiB reads: the pooled buffers go round the workers and back, and are hashed as
+    // read: on this thread with 1 worker, by the first worker (shared memory) with more.
     expect(fs.statSync(plain).size).toBeGreaterThan(3 * 2 ** 20)
-    const p = await run(plain, 2, RATE)
-    expect(p.compressed).toBe(false)
-    expect(p.traffic_sha256).toBe(createHash('sha256').update(fs.readFileSync(plain)).digest('hex'))
-    expect(p.bytes).toBe(fs.statSync(plain).size)
+    for (const workers of [1, 2, 3]) {
+      const p = await run(plain, workers, RATE)
+      expect(p.compressed).toBe(false)
+      expect(p.traffic_sha256).toBe(createHash('sha256').update(fs.readFileSync(plain)).digest('hex'))
+      expect(p.bytes).toBe(fs.statSync(plain).size)
+    }
     const r = await run(gz, 2, RATE)
     expect(r.compressed).toBe(true)
     expect(r.traffic_sha256).toBe(createHash('sha256').update(fs.readFileSync(gz)).digest('hex'))
     expect(r.bytes).toBe(fs.statSync(gz).size)
+  })
+
+  it('hashes and parses a file of many reads alike with 1, 2 and 3 workers: shared buffers are reused only when both are done', async () => {
+    // 24 MiB in 1 MiB reads: the pool's buffers go round the parsers and the hashing worker many
+    // times. A buffer reused before either is done shows as a broken line or another tally.
+    const one = fs.readFileSync(writeTraffic('reuse.jsonl', synthetic(40_000, 5)))
+    const file = path.join(dir, 'reuse-many.jsonl')
+    fs.writeFileSync(file, Buffer.concat(Array.from({ length: 7 }, () => one)))
+    expect(fs.statSync(file).size).toBeGreaterThan(24 * 2 ** 20)
+    const stateless: RulePart = { type: 'match', field: 'path', pattern: 'wp-login' }
+    const results = []
+    for (const workers of [1, 2, 3]) {
+      results.push(
+        await replay({
+          file,
+          control: STATUS,
+          candidate: stateless,
+          workers,
+          skipInvalid: false,
+          maxDisorderMs: 0,
+        }),
+      )
+    }
+    const want = createHash('sha256').update(fs.readFileSync(file)).digest('hex')
+    for (const r of results) {
+      expect(r.tally.events).toBe(280_000)
+      expect(r.traffic_sha256).toBe(want)
+      expect(confusion(r.tally.candidate)).toEqual(confusion(results[0]!.tally.candidate))
+      expect(confusion(r.tally.control)).toEqual(confusion(results[0]!.tally.control))
+    }
   })
 
   it('scores only the first N events in time order with a sample size, windows still fed by all', async () => {

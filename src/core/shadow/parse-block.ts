@@ -21,6 +21,8 @@ export interface BlockTask {
   /** the start of the block's first line (left over from the previous chunk), if any */
   head: Uint8Array | null
   bytes: Uint8Array
+  /** the bytes are a shared buffer of the reader's pool: its id, handed back in the result */
+  sharedId?: number
 }
 
 export interface InvalidLine {
@@ -64,6 +66,8 @@ export type BlockMessage =
       columns?: BlockColumns
       /** the block's buffer, handed back (transferred) for the reader to fill again */
       recycled?: ArrayBuffer
+      /** or the id of the shared buffer it was in (BlockTask.sharedId) */
+      sharedId?: number
       /** tally mode: this block's tally */
       tally?: TallyData
     }

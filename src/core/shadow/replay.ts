@@ -3,11 +3,14 @@
  *
  * The replay runs on a thread of its own, the coordinator (replay-coordinator.ts), so that its
  * heap has a bounded young generation; the main thread only waits. The coordinator reads the
- * file (hashing the bytes as stored, gunzipping .gz) and cuts it into blocks of whole lines.
- * Parsing them is the costly part: with --workers N, N - 1 worker threads parse blocks and hand
- * their buffers back to be read into again, and the coordinator parses a block itself whenever
- * every worker has its fill (with --workers 1 it parses them all: one thread, no hand-off).
- * Hashing on a thread of its own was tried: its second read of the file cost more than it saved.
+ * file (gunzipping .gz) and cuts it into blocks of whole lines. Parsing them (parse-block.ts,
+ * with scan-lines.ts) is the costly part: with --workers N, N - 1 worker threads parse blocks
+ * and hand their buffers back to be read into again, and the coordinator parses a block itself
+ * whenever every worker has its fill (with --workers 1 it parses them all: one thread, no
+ * hand-off). The bytes are hashed as stored, here with --workers 1 or for a compressed file or a
+ * pipe, else by the first worker from the same shared buffers (RemoteHash): the coordinator's
+ * windows are the one part no other thread can run. A thread that read the file again to hash
+ * it was tried: its second read cost more than it saved.
  * Results are taken back in file order, so everything below is the same for any --workers:
  *
  * - Without rate limits, each block's parser decides and counts its events; the coordinator
@@ -39,6 +42,7 @@ import {
   type BlockTask,
   type InvalidLine,
 } from './parse-block.js'
+import type { HashReply, HashTask } from './replay-worker.js'
 import type { RulePart } from './rules.js'
 import { addEvent, mergeTally, newTally, type Tally } from './tally.js'
 
@@ -168,7 +172,13 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
 
 /** The replay itself, on the calling thread: the coordinator thread runs this. */
 export async function replayInThisThread(options: ReplayOptions): Promise<ReplayResult> {
-  const input = await openTraffic(options.file, options.stdin, options.signal)
+  // --workers N: N threads parse in all, this one among them. A thread more than there are cores
+  // only fights for them: on 2 cores, 1 + 2 threads took 8% more CPU than 2 for the same work.
+  const threads = Math.max(1, options.workers)
+  // With a worker, the first one hashes a plain file's bytes: this thread runs the windows, which
+  // only it can, and hashing was a fifth of its work.
+  const remoteHash = threads > 1 ? new RemoteHash() : null
+  const input = await openTraffic(options.file, options.stdin, options.signal, remoteHash)
   const pair = compilePair(options.control, options.candidate)
   const windowed = pair.rate.length > 0 || options.sampleSize !== undefined
   const parserInput: BlockParserInput = {
@@ -184,14 +194,12 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
   let lineBase = 0
   let failure: Error | null = null
 
-  // --workers N: N threads parse in all, this one among them. A thread more than there are cores
-  // only fights for them: on 2 cores, 1 + 2 threads took 8% more CPU than 2 for the same work.
-  const threads = Math.max(1, options.workers)
   const workers = Array.from({ length: threads - 1 }, () => {
     const w = new Worker(WORKER_FILE, { workerData: parserInput, resourceLimits: WORKER_LIMITS })
     w.unref()
     return w
   })
+  if (input.hashedRemotely) remoteHash!.attach(workers[0]!)
   const inline = blockParser(parserInput)
   const load = new Map<Worker, number>(workers.map((w) => [w, 0]))
   const done = new Map<number, { msg: BlockMessage & { type: 'block' }; source: number }>()
@@ -256,9 +264,17 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
 
   // Source 0 is this thread's own parser; worker i is source i + 1.
   workers.forEach((w, i) => {
-    w.on('message', (msg: BlockMessage) => {
+    w.on('message', (msg: BlockMessage | HashReply) => {
+      if (msg.type === 'hashed') return input.recycle(msg.id)
+      if (msg.type === 'digest') {
+        remoteHash!.hex = msg.hex
+        return notify()
+      }
       load.set(w, (load.get(w) ?? 1) - 1)
-      if (msg.type === 'block' && msg.recycled) input.recycle(msg.recycled)
+      if (msg.type === 'block') {
+        if (msg.sharedId !== undefined) input.recycle(msg.sharedId)
+        else if (msg.recycled) input.recycle(msg.recycled)
+      }
       if (msg.type === 'error') failure ??= new OperationError(`Replay failed in a worker: ${msg.message}`)
       else done.set(msg.seq, { msg, source: i + 1 })
       drain()
@@ -295,12 +311,18 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
       if (failure || options.signal?.aborted) break
       await waitUntil(() => dispatched - nextSeq < limit)
       if (failure || options.signal?.aborted) break
-      const task: BlockTask = { seq: dispatched++, head: block.head, bytes: block.body }
+      const task: BlockTask = {
+        seq: dispatched++,
+        head: block.head,
+        bytes: block.body,
+        sharedId: input.sharedId(block.body.buffer),
+      }
       let w: Worker | null = null
       for (const [x, n] of load) if (n < perWorker && (!w || n < load.get(w)!)) w = x
       if (w) {
         load.set(w, load.get(w)! + 1)
-        w.postMessage(task, [block.body.buffer as ArrayBuffer])
+        const body = block.body.buffer
+        w.postMessage(task, body instanceof SharedArrayBuffer ? [] : [body as ArrayBuffer])
         continue
       }
       // Every worker has its fill: this thread parses the block itself.
@@ -309,7 +331,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
       } catch (err) {
         failure ??= err as Error
       }
-      input.recycle(block.body.buffer as ArrayBuffer)
+      input.recycle(block.body.buffer)
       drain()
     }
     await waitUntil(() => nextSeq === dispatched)
@@ -317,6 +339,11 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     if (failure) throw failure
     sequencer?.finish()
     if (sequencer) skipped.out_of_order = sequencer.late
+    if (input.hashedRemotely) {
+      remoteHash!.requestDigest()
+      await waitUntil(() => remoteHash!.hex !== null)
+      if (failure) throw failure
+    }
   } catch (err) {
     input.close()
     if (options.signal?.aborted) throw new InterruptedError()
@@ -340,8 +367,15 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
 
 interface TrafficInput {
   chunks: AsyncIterable<Buffer>
-  /** A block's buffer back from its parser, free to read into again (plain files only). */
-  recycle(buffer: ArrayBuffer): void
+  /**
+   * A block's buffer back from its parser, or a chunk's from the worker that hashed it: free to
+   * read into again once both are done with it (plain files only).
+   */
+  recycle(buffer: ArrayBufferLike | number): void
+  /** The id of a shared buffer of the pool (see openPlainFile), for it to be recycled by. */
+  sharedId(buffer: ArrayBufferLike): number | undefined
+  /** The bytes are hashed by the worker given to the RemoteHash (a plain file, --workers 2+). */
+  hashedRemotely: boolean
   compressed: boolean
   digest(): string
   bytes(): number
@@ -355,7 +389,12 @@ interface TrafficInput {
  * file that is not gzip is read into pooled buffers (openPlainFile); anything else (a pipe,
  * /dev/stdin, a .gz) as a stream from the start.
  */
-async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal): Promise<TrafficInput> {
+async function openTraffic(
+  file: string,
+  stdin: Readable | undefined,
+  signal: AbortSignal | undefined,
+  remoteHash: RemoteHash | null,
+): Promise<TrafficInput> {
   let stat: fs.Stats | null = null
   if (file !== '-') {
     try {
@@ -370,7 +409,7 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
     }
     if (stat.isDirectory()) throw new UsageError(`--traffic: ${file} is a directory, not a file.`)
     if (stat.isFile()) {
-      const plain = await openPlainFile(file)
+      const plain = await openPlainFile(file, remoteHash)
       if (plain) return plain
     }
   } else if (!stdin) throw new UsageError('--traffic -: there is no standard input to read.')
@@ -432,6 +471,8 @@ async function openTraffic(file: string, stdin?: Readable, signal?: AbortSignal)
   return {
     chunks: stream,
     recycle: () => {},
+    sharedId: () => undefined,
+    hashedRemotely: false,
     compressed,
     digest: stored.digest,
     bytes: stored.bytes,
@@ -448,8 +489,47 @@ function readError(file: string, err: Error): UsageError {
   return new UsageError(`--traffic: cannot read ${file}: ${err.message}.`, { cause: err })
 }
 
+/**
+ * The traffic's SHA-256 computed by a parsing worker (replay-worker.ts): each chunk, in shared
+ * memory, is posted to it as it is read, in file order; it hands the buffer back once hashed.
+ */
+class RemoteHash implements StoredBytes {
+  hex: string | null = null
+  private worker: Worker | null = null
+  private count = 0
+
+  attach(worker: Worker): void {
+    this.worker = worker
+  }
+
+  /** `id`: the shared buffer's, for the worker to hand back. */
+  add(chunk: Buffer, id?: number): void {
+    this.count += chunk.length
+    this.worker!.postMessage({ type: 'hash', bytes: chunk, id: id! } satisfies HashTask)
+  }
+
+  bytes(): number {
+    return this.count
+  }
+
+  /** Asks for the digest: it comes back as a 'digest' message, after every chunk's. */
+  requestDigest(): void {
+    this.worker!.postMessage({ type: 'digest' } satisfies HashTask)
+  }
+
+  digest(): string {
+    return this.hex!
+  }
+}
+
 /** The SHA-256 and the size of the traffic as stored, fed chunk by chunk as it is read. */
-function storedBytes(): { add(chunk: Buffer): void; bytes(): number; digest(): string } {
+interface StoredBytes {
+  add(chunk: Buffer, id?: number): void
+  bytes(): number
+  digest(): string
+}
+
+function storedBytes(): StoredBytes {
   const hash = createHash('sha256')
   let bytes = 0
   let digest: string | null = null
@@ -471,7 +551,7 @@ const POOL_LIMIT = 32
  * Fresh buffers per chunk cost a page fault per 4 KiB, and a block parsed in a worker was only
  * freed at that worker's next full GC: memory crept up with the file. Null for a gzip file.
  */
-async function openPlainFile(file: string): Promise<TrafficInput | null> {
+async function openPlainFile(file: string, remoteHash: RemoteHash | null): Promise<TrafficInput | null> {
   let fh: fs.promises.FileHandle
   try {
     fh = await fs.promises.open(file, 'r')
@@ -489,12 +569,27 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
     await fh.close().catch(() => {})
     throw readError(file, err as Error)
   }
-  const stored = storedBytes()
+  const stored: StoredBytes = remoteHash ?? storedBytes()
   const pool: Buffer[] = []
+  /**
+   * With a remote hash the buffers are shared memory, read by a block's parser and by the hashing
+   * worker without a copy, and back in the pool once both are done. A shared buffer that crosses
+   * to a thread and back is a new object there, so each is known by a number: its id.
+   */
+  const ids = new WeakMap<ArrayBufferLike, number>()
+  const shared = new Map<number, { buf: Buffer; holds: number }>()
+  let nextId = 0
   let error: Error | null = null
   let closed = false
   const readNext = async (): Promise<Buffer> => {
-    const buf = pool.pop() ?? Buffer.allocUnsafeSlow(BLOCK_BYTES)
+    const buf =
+      pool.pop() ??
+      (remoteHash ? Buffer.from(new SharedArrayBuffer(BLOCK_BYTES)) : Buffer.allocUnsafeSlow(BLOCK_BYTES))
+    if (remoteHash) {
+      const id = nextId++
+      ids.set(buf.buffer, id)
+      shared.set(id, { buf, holds: 2 })
+    }
     try {
       const { bytesRead } = await fh.read(buf, 0, BLOCK_BYTES, null)
       return buf.subarray(0, bytesRead)
@@ -519,7 +614,7 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
         const chunk = await next
         if (chunk.length === 0) return
         next = ahead()
-        stored.add(chunk)
+        stored.add(chunk, ids.get(chunk.buffer))
         yield chunk
       }
     } finally {
@@ -530,11 +625,23 @@ async function openPlainFile(file: string): Promise<TrafficInput | null> {
   return {
     chunks: chunks(),
     recycle: (buffer) => {
-      if (buffer.byteLength === BLOCK_BYTES && pool.length < POOL_LIMIT) pool.push(Buffer.from(buffer))
+      const id = typeof buffer === 'number' ? buffer : ids.get(buffer)
+      if (id === undefined) {
+        // moved to a parser and back (a new object), or a copy: this thread's alone now
+        if (buffer instanceof ArrayBuffer && buffer.byteLength === BLOCK_BYTES && pool.length < POOL_LIMIT)
+          pool.push(Buffer.from(buffer))
+        return
+      }
+      const entry = shared.get(id)
+      if (!entry || --entry.holds > 0) return
+      shared.delete(id)
+      if (pool.length < POOL_LIMIT) pool.push(entry.buf)
     },
+    sharedId: (buffer) => ids.get(buffer),
+    hashedRemotely: remoteHash !== null,
     compressed: false,
-    digest: stored.digest,
-    bytes: stored.bytes,
+    digest: () => stored.digest(),
+    bytes: () => stored.bytes(),
     error: () => error,
     close: () => {
       closed = true
