@@ -375,7 +375,7 @@ function digits(p: usize, count: i32): f64 {
 
 /**
  * `2026-01-01T00:00:00Z` or `2026-01-01T00:00:00.123Z` in epoch milliseconds, NaN if not that
- * form: isoUtcFromBytes of src/core/shadow/traffic.ts, which the tests hold this to.
+ * form: fastIsoUtc of src/core/shadow/traffic.ts in bytes, which the tests hold this to.
  */
 function isoUtc(s: usize, len: i32): f64 {
   if (

@@ -11,10 +11,10 @@ export type ParsedLine = { ok: true; event: TrafficEvent; ts: number } | { ok: f
 
 const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
 
-function digits(b: Uint8Array, from: number, count: number): number {
+function digits(s: string, from: number, count: number): number {
   let n = 0
   for (let i = from; i < from + count; i++) {
-    const c = b[i]! - 48
+    const c = s.charCodeAt(i) - 48
     if (c < 0 || c > 9) return NaN
     n = n * 10 + c
   }
@@ -32,32 +32,31 @@ function daysFromCivil(y: number, m: number, d: number): number {
 }
 
 /**
- * `2026-01-01T00:00:00Z` or `2026-01-01T00:00:00.123Z` in bytes [s, s + len), read by hand: this
- * runs once per event and a regular expression plus Date.UTC cost as much as the JSON.parse of
- * the line. NaN if not that form. The replay's line scanner hands it the bytes of the file.
+ * `2026-01-01T00:00:00Z` or `2026-01-01T00:00:00.123Z` read by hand: this runs once per event and
+ * a regular expression plus Date.UTC cost as much as the JSON.parse of the line. NaN if not that form.
  */
-export function isoUtcFromBytes(b: Uint8Array, s: number, len: number): number {
+export function fastIsoUtc(v: string): number {
+  const len = v.length
   if (
     len < 20 ||
-    len > 30 ||
-    b[s + len - 1] !== 90 /* Z */ ||
-    b[s + 4] !== 45 /* - */ ||
-    b[s + 7] !== 45 ||
-    b[s + 10] !== 84 /* T */ ||
-    b[s + 13] !== 58 /* : */ ||
-    b[s + 16] !== 58
+    v.charCodeAt(len - 1) !== 90 /* Z */ ||
+    v[4] !== '-' ||
+    v[7] !== '-' ||
+    v[10] !== 'T' ||
+    v[13] !== ':' ||
+    v[16] !== ':'
   )
     return NaN
-  const y = digits(b, s, 4)
-  const mo = digits(b, s + 5, 2)
-  const d = digits(b, s + 8, 2)
-  const h = digits(b, s + 11, 2)
-  const mi = digits(b, s + 14, 2)
-  const sec = digits(b, s + 17, 2)
+  const y = digits(v, 0, 4)
+  const mo = digits(v, 5, 2)
+  const d = digits(v, 8, 2)
+  const h = digits(v, 11, 2)
+  const mi = digits(v, 14, 2)
+  const sec = digits(v, 17, 2)
   let ms = 0
   if (len > 20) {
-    if (b[s + 19] !== 46 /* . */ || len === 21) return NaN
-    const frac = digits(b, s + 20, len - 21)
+    if (v[19] !== '.' || len > 30 || len === 21) return NaN
+    const frac = digits(v, 20, len - 21)
     if (Number.isNaN(frac)) return NaN
     ms = len - 21 >= 3 ? Math.floor(frac / 10 ** (len - 24)) : frac * 10 ** (24 - len)
   }
@@ -65,19 +64,6 @@ export function isoUtcFromBytes(b: Uint8Array, s: number, len: number): number {
   const leap = y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0)
   if (d > (mo === 2 && leap ? 29 : DAYS_IN_MONTH[mo - 1]!)) return NaN
   return ((daysFromCivil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + sec * 1000 + ms
-}
-
-/** The same for a string: its characters as bytes (that form is all ASCII, so nothing else can be it). */
-const isoScratch = new Uint8Array(30)
-function fastIsoUtc(v: string): number {
-  const len = v.length
-  if (len < 20 || len > 30) return NaN
-  for (let i = 0; i < len; i++) {
-    const c = v.charCodeAt(i)
-    if (c > 0x7f) return NaN
-    isoScratch[i] = c
-  }
-  return isoUtcFromBytes(isoScratch, 0, len)
 }
 
 // Anything else ISO-8601 with a date, a time and a zone (an offset, a space instead of T) goes to
@@ -98,9 +84,9 @@ export function parseTimestamp(v: unknown): number {
   if (!Number.isNaN(fast)) return fast
   if (!ISO_ANY.test(v)) return NaN
   // Date.parse rolls 2026-02-30 over into March: refuse a day the month does not have.
-  const y = Number(v.slice(0, 4))
-  const mo = Number(v.slice(5, 7))
-  const d = Number(v.slice(8, 10))
+  const y = digits(v, 0, 4)
+  const mo = digits(v, 5, 2)
+  const d = digits(v, 8, 2)
   const leap = y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0)
   if (!(mo >= 1 && mo <= 12 && d >= 1 && d <= (mo === 2 && leap ? 29 : DAYS_IN_MONTH[mo - 1]!))) return NaN
   return Date.parse(v)
@@ -177,12 +163,15 @@ function timestampProblem(v: unknown): string {
   return `"ts" must be ISO-8601 with a zone (e.g. 2026-01-01T00:00:00Z) or epoch milliseconds; got ${JSON.stringify(v)?.slice(0, 40)}`
 }
 
-/** The fields every line is checked for (parseTrafficLine), in the scanner's fields 0..7. */
-const CHECKED = ['ts', 'label', 'ip', 'tenant_id', 'method', 'path', 'status', 'latency_ms'] as const
+/** The fields parseTrafficLine checks: text (or null) and finite numbers (or null). */
+const TEXT_CHECKED = ['ip', 'tenant_id', 'method', 'path']
+const NUMBER_CHECKED = ['status', 'latency_ms']
+/** Every line's checked fields, the scanner's first fields: ts, label, then the ones above. */
+const CHECKED = ['ts', 'label', ...TEXT_CHECKED, ...NUMBER_CHECKED]
 const TS = 0
 const LABEL = 1
-const STRING_FIELDS = [2, 3, 4, 5]
-const NUMBER_FIELDS = [6, 7]
+const STRING_FIELDS = TEXT_CHECKED.map((f) => CHECKED.indexOf(f))
+const NUMBER_FIELDS = NUMBER_CHECKED.map((f) => CHECKED.indexOf(f))
 
 /**
  * Traffic lines read from the file's bytes: each as an event (its time, its label, the fields the
