@@ -64,10 +64,11 @@ export type BlockMessage =
       invalid: InvalidLine[]
       invalidCount: number
       columns?: BlockColumns
-      /** the block's buffer, handed back (transferred) for the reader to fill again */
-      recycled?: ArrayBuffer
-      /** or the id of the shared buffer it was in (BlockTask.sharedId) */
-      sharedId?: number
+      /**
+       * the block's buffer, handed back (transferred) for the reader to fill again, or the id of
+       * the shared buffer it was in (BlockTask.sharedId)
+       */
+      recycled?: ArrayBuffer | number
       /** tally mode: this block's tally */
       tally?: TallyData
     }
@@ -88,14 +89,19 @@ export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
   // ignoreBOM: a decoder strips a BOM at the start of every piece; only the file's own is dropped (below).
   const decoder = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true })
-  const fields = pair.stateless.map((i) => (pair.leaves[i] as StatelessLeaf).field)
-  const reader = new TrafficLineReader(fields, pair.keys, decoder)
+  const leaves = pair.stateless.map((i) => pair.leaves[i]) as StatelessLeaf[]
+  const reader = new TrafficLineReader(
+    leaves.map((l) => l.field),
+    pair.keys,
+    decoder,
+  )
   const dictionary: Dictionary = { maps: pair.keys.map(() => new Map()), size: 0 }
-  return (task) => parseBlock(pair, input.mode, task, reader, dictionary)
+  return (task) => parseBlock(pair, leaves, input.mode, task, reader, dictionary)
 }
 
 function parseBlock(
   pair: CompiledPair,
+  statelessLeaves: readonly StatelessLeaf[],
   mode: BlockParserInput['mode'],
   task: BlockTask,
   reader: TrafficLineReader,
@@ -103,7 +109,6 @@ function parseBlock(
 ): BlockMessage & { type: 'block' } {
   const S = pair.stateless.length
   const K = pair.keys.length
-  const statelessLeaves = pair.stateless.map((i) => pair.leaves[i]!) as StatelessLeaf[]
   const invalid: InvalidLine[] = []
   let invalidCount = 0
   let lines = 0

@@ -27,11 +27,10 @@ parentPort!.on('message', (task: BlockTask | HashTask) => {
     const c = msg.columns
     // The bytes are done with: back to the reader, which reuses them. Shared memory (the hashing
     // worker reads it too) is named by its id; a buffer of this thread's own is moved back.
-    const bytes = task.bytes.buffer
-    if (task.sharedId !== undefined) msg.sharedId = task.sharedId
-    else msg.recycled = bytes as ArrayBuffer
+    const bytes = task.bytes.buffer as ArrayBuffer
+    msg.recycled = task.sharedId ?? bytes
     parentPort!.postMessage(msg, [
-      ...(task.sharedId !== undefined ? [] : [bytes as ArrayBuffer]),
+      ...(task.sharedId === undefined ? [bytes] : []),
       ...((c
         ? [c.ts.buffer, c.attack.buffer, c.line.buffer, c.vals.buffer, c.keyIds.buffer]
         : []) as ArrayBuffer[]),

@@ -271,10 +271,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
         return notify()
       }
       load.set(w, (load.get(w) ?? 1) - 1)
-      if (msg.type === 'block') {
-        if (msg.sharedId !== undefined) input.recycle(msg.sharedId)
-        else if (msg.recycled) input.recycle(msg.recycled)
-      }
+      if (msg.type === 'block' && msg.recycled !== undefined) input.recycle(msg.recycled)
       if (msg.type === 'error') failure ??= new OperationError(`Replay failed in a worker: ${msg.message}`)
       else done.set(msg.seq, { msg, source: i + 1 })
       drain()
@@ -321,8 +318,8 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
       for (const [x, n] of load) if (n < perWorker && (!w || n < load.get(w)!)) w = x
       if (w) {
         load.set(w, load.get(w)! + 1)
-        const body = block.body.buffer
-        w.postMessage(task, body instanceof SharedArrayBuffer ? [] : [body as ArrayBuffer])
+        // a shared buffer is shared, not moved
+        w.postMessage(task, task.sharedId === undefined ? [block.body.buffer as ArrayBuffer] : [])
         continue
       }
       // Every worker has its fill: this thread parses the block itself.
