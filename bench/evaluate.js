@@ -36,7 +36,9 @@ export const about =
   `that reads the same file and JSON.parses every line on one thread (bench/json-lines.js) — the least any evaluator of ` +
   `JSON lines does. ${ROUNDS} rounds, the order rotating. Rates are events per second of the evaluation as the command reports ` +
   `it (elapsed_ms: replay, statistics, verdict; the CLI's start and connection are measured by the startup group); the wall ` +
-  `time from spawn to exit is reported too. Peak RSS is GNU time's %M of the process.`
+  `time from spawn to exit is reported too. The speed-up's ceiling: two --workers 1 runs started together, each on its own ` +
+  `core with nothing shared but the machine, timed by the slower of the two; their joint rate against one run's alone is the ` +
+  `most any split of the work over two threads could give here and now. Peak RSS is GNU time's %M of the process.`
 
 export const notes = []
 
@@ -121,6 +123,12 @@ export async function run({ progress }) {
       w1: evaluate(files[BIG], 1),
       w2: evaluate(files[BIG], 2),
       small: evaluate(files[SMALL], 2),
+      // Two whole 1-worker runs at once, each on its own core: what two cores give this work here,
+      // with nothing to coordinate. Half the work on each core cannot do better than this.
+      pair: async () => {
+        const [a, b] = await Promise.all([evaluate(files[BIG], 1)(), evaluate(files[BIG], 1)()])
+        return { ...a, elapsedMs: Math.max(a.elapsedMs, b.elapsedMs), pairOf: [a.elapsedMs, b.elapsedMs] }
+      },
       parse: async () => {
         const r = await timed([path.join(ROOT, 'bench/json-lines.js'), files[BIG]], env)
         return { ...r, elapsedMs: Number(JSON.parse(r.stdout).elapsed_ms) }
@@ -168,6 +176,18 @@ export async function run({ progress }) {
         },
       ),
       compareFigures(
+        'evaluate: the ceiling of that speed-up on this host (two 1-worker runs at once, against one)',
+        { label: 'two `evaluate --workers 1` at once', samples: rate('pair', 2 * BIG) },
+        ratePerSec('w1', BIG),
+        { unit: 'events/s', goal: goals.report() },
+      ),
+      compareFigures(
+        'evaluate, 2 workers against that ceiling',
+        ratePerSec('w2', BIG),
+        { label: 'two `evaluate --workers 1` at once', samples: rate('pair', 2 * BIG) },
+        { unit: 'events/s', goal: goals.report() },
+      ),
+      compareFigures(
         'evaluate, 2 workers: events/s (goal ≥ 500,000)',
         ratePerSec('w2', BIG),
         { label: 'the goal', samples: [500_000] },
@@ -196,6 +216,7 @@ export async function run({ progress }) {
     notes.length = 0
     notes.push(
       `file sizes: ${(fs.statSync(files[BIG]).size / 2 ** 20).toFixed(0)} MB and ${(fs.statSync(files[SMALL]).size / 2 ** 20).toFixed(0)} MB; verdict on the 1,000,000 events: ${samples.w2[0].decision}`,
+      `two 1-worker runs at once: ${samples.pair.map((s) => s.pairOf.map((x) => x.toFixed(0)).join(' and ')).join(', ')} ms evaluating, against ${samples.w1.map((s) => s.elapsedMs.toFixed(0)).join(', ')} ms for one alone: each core does a run's work ×${(med('pair', (s) => s.elapsedMs) / med('w1', (s) => s.elapsedMs)).toFixed(2)} slower when the other is busy too (shared caches and memory; a pure arithmetic loop does not slow), so a perfect split of one run over two threads would be ×${((2 * med('w1', (s) => s.elapsedMs)) / med('pair', (s) => s.elapsedMs)).toFixed(2)} of it, with no cost for splitting it`,
       `medians: 1 worker ${med('w1', (s) => s.elapsedMs).toFixed(0)} ms evaluating / ${med('w1', (s) => s.ms).toFixed(0)} ms spawn to exit; 2 workers ${med('w2', (s) => s.elapsedMs).toFixed(0)} / ${med('w2', (s) => s.ms).toFixed(0)} ms; JSON.parse of every line ${med('parse', (s) => s.elapsedMs).toFixed(0)} / ${med('parse', (s) => s.ms).toFixed(0)} ms`,
       // Why the speed-up has a ceiling on this machine: the one-thread run already keeps more than
       // one core busy (V8's compiler and GC threads, the kernel's reads), and that CPU does not go away.
