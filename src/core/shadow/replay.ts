@@ -48,6 +48,8 @@ import { addEvent, mergeTally, newTally, type Tally } from './tally.js'
 
 const WORKER_FILE = path.join(PACKAGE_ROOT, 'dist/core/shadow/replay-worker.js')
 const BLOCK_BYTES = 1 << 20
+/** Finished blocks the coordinator takes in one turn before it looks at its workers again. */
+const TAKE_BATCH = 2
 /**
  * A small young generation: parsing makes short-lived objects at a great rate, and with V8's
  * default the workers' heaps kept growing with the file (measured: +45% RSS from 250k to 1M
@@ -248,10 +250,17 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     options.onProgress?.(tally.events, input.bytes())
   }
 
-  /** Take every finished block that is next in file order. */
-  const drain = () => {
+  /**
+   * Take the finished blocks that are next in file order, a few at a time, between the loop's
+   * turns: a worker whose queue ran low gets its next block before this thread takes a long run
+   * of them (early on, before the windows' code is optimized, taking ten blocks took 100 ms, and
+   * the worker sat idle through it).
+   */
+  let takeScheduled = false
+  const takeSome = () => {
+    takeScheduled = false
     try {
-      while (!failure && done.has(nextSeq)) {
+      for (let n = 0; n < TAKE_BATCH && !failure && done.has(nextSeq); n++) {
         const m = done.get(nextSeq)!
         done.delete(nextSeq)
         nextSeq++
@@ -260,6 +269,13 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     } catch (err) {
       failure ??= err as Error
     }
+    if (!failure && done.has(nextSeq)) scheduleTake()
+    notify()
+  }
+  const scheduleTake = () => {
+    if (takeScheduled) return
+    takeScheduled = true
+    setImmediate(takeSome)
   }
 
   // Source 0 is this thread's own parser; worker i is source i + 1.
@@ -274,7 +290,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
       if (msg.type === 'block' && msg.recycled !== undefined) input.recycle(msg.recycled)
       if (msg.type === 'error') failure ??= new OperationError(`Replay failed in a worker: ${msg.message}`)
       else done.set(msg.seq, { msg, source: i + 1 })
-      drain()
+      scheduleTake()
       notify()
     })
     w.on('error', (err) => {
@@ -300,10 +316,11 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
   }
 
   try {
-    // Blocks out at once, in all, and per worker: enough that a worker never waits for work
-    // while this thread parses a block of its own.
-    const limit = 8 * threads
-    const perWorker = 4
+    // Blocks out at once, per worker and in all: enough that a worker never waits for work while
+    // this thread parses a block of its own or takes a few (with 4 per worker, the worker sat idle
+    // a tenth of the time).
+    const perWorker = 8
+    const limit = perWorker * threads + 8
     for await (const block of blocks(input.chunks, options.blockBytes ?? BLOCK_BYTES)) {
       if (failure || options.signal?.aborted) break
       await waitUntil(() => dispatched - nextSeq < limit)
@@ -329,7 +346,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
         failure ??= err as Error
       }
       input.recycle(block.body.buffer)
-      drain()
+      scheduleTake()
     }
     await waitUntil(() => nextSeq === dispatched)
     if (options.signal?.aborted) throw new InterruptedError()
