@@ -63,7 +63,8 @@ export const about =
   `each writing a new file every run. Restore: \`shieldx restore FILE --target URL --yes --json\` (it also ` +
   `checks the manifest and verifies the audit chains, from the audit table's COPY block taken off its own stream to ` +
   `pg_restore by a low-priority process beside it) against \`pg_restore --single-transaction --no-owner -d DB FILE\` ` +
-  `of the bare dump, each into a new empty database created before the clock starts; a CHECKPOINT before every run, the ` +
+  `of the bare dump, and, to show what streaming alone costs, \`cat DUMP | pg_restore ...\` of the large database's -Z0 dump ` +
+  `(what a backup holds, decrypted and gunzipped), each into a new empty database created before the clock starts; a CHECKPOINT before every run, the ` +
   `database dropped after it, neither timed. The restore is split into phases by polling pg_stat_activity ` +
   `every 50 ms for pg_restore's session on the target. Verify: \`shieldx backup verify FILE --json\` ` +
   `(checksum, every chunk, gunzip, the table of contents) in MB/s of the backup file, against \`gzip -t\` of ` +
@@ -333,6 +334,34 @@ export async function run({ progress }) {
         }),
       )
     }
+    // The least any streaming restore adds: the same -Z0 dump that a backup holds, fed to
+    // pg_restore through a pipe by cat, which does nothing else.
+    const piped = path.join(work.dir, 'plain-large.fc')
+    await spawnTracked(
+      'pg_dump',
+      ['-Fc', '-Z0', '--schema=credits', '--no-password', '-f', piped, '-d', big.url],
+      {
+        env: cleanEnv(),
+      },
+    )
+    restoreCmds.push(
+      command('cat | pg_restore, large', async () => {
+        const target = await scratchDatabase()
+        await admin('checkpoint')
+        return {
+          file: 'sh',
+          args: [
+            '-c',
+            'cat "$1" | pg_restore --single-transaction --no-owner --no-password -d "$2"',
+            'sh',
+            piped,
+            target.url,
+          ],
+          env: cleanEnv(),
+          cleanup: () => target.drop(),
+        }
+      }),
+    )
     const restored = await measure(restoreCmds, {
       runs: ROUNDS.restore,
       timeoutMs: 300_000,
@@ -350,6 +379,13 @@ export async function run({ progress }) {
         rc['shieldx restore, large'],
         rc['pg_restore, large'],
         goals.maxRatio(1.15),
+      ),
+      compare(
+        'restore, large: bare `pg_restore` fed through a pipe (the least a streaming restore adds)',
+        restored,
+        rc['cat | pg_restore, large'],
+        rc['pg_restore, large'],
+        goals.report('ratio'),
       ),
       compare(
         '`restore`, small',
