@@ -3,13 +3,13 @@ import { UsageError } from '../core/errors.js'
 import * as ab from '../core/shadow/ab.js'
 import { evaluationId } from '../core/shadow/evaluations.js'
 import { renderTable } from '../ui/table.js'
+import { thousands } from '../core/thousands.js'
 
 async function shadow(ctx: Context) {
   const db = await ctx.shadowDatabase()
   return { pool: db.pool, options: { timeoutMs: db.timeoutMs } }
 }
 
-const num = (n: number) => n.toLocaleString('en-US')
 const prob = (p: number) => (p === 0 || p === 1 ? String(p) : p < 1e-4 ? p.toExponential(1) : p.toFixed(4))
 
 export async function create(
@@ -27,7 +27,7 @@ export async function create(
   const t = await ab.createAbTest(pool, input, options)
   if (ctx.out.json) return ctx.out.document(t)
   ctx.out.result(
-    `Created A/B test ${t.name}: control ${t.control_label}, test ${t.test_label}; conclusive at ${t.confidence_level} with ${num(t.min_sample_size)} trials per arm.`,
+    `Created A/B test ${t.name}: control ${t.control_label}, test ${t.test_label}; conclusive at ${t.confidence_level} with ${thousands(t.min_sample_size)} trials per arm.`,
   )
   ctx.out.result(ctx.out.style('gray', `id ${t.id}`))
 }
@@ -59,12 +59,14 @@ export async function record(
   const r = await run(pool, options)
   for (const w of r.warnings) ctx.out.warn(w)
   if (ctx.out.json) return ctx.out.document(r)
-  const what = r.recorded.map((x) => `${x.variant} ${num(x.successes)}/${num(x.trials)}`).join(', ')
+  const what = r.recorded
+    .map((x) => `${x.variant} ${thousands(x.successes)}/${thousands(x.trials)}`)
+    .join(', ')
   ctx.out.result(
     `Recorded ${what} in ${r.test}${r.evaluation_id ? ` from evaluation ${r.evaluation_id}` : ''}.`,
   )
   ctx.out.result(
-    `Totals: control ${num(r.totals.control.successes)}/${num(r.totals.control.trials)}, test ${num(r.totals.test.successes)}/${num(r.totals.test.trials)}.`,
+    `Totals: control ${thousands(r.totals.control.successes)}/${thousands(r.totals.control.trials)}, test ${thousands(r.totals.test.successes)}/${thousands(r.totals.test.trials)}.`,
   )
 }
 
@@ -83,8 +85,8 @@ export async function results(ctx: Context, test: string, opts: { seed?: string 
       r.arms.map((a) => [
         a.variant,
         a.label,
-        num(a.successes),
-        num(a.trials),
+        thousands(a.successes),
+        thousands(a.trials),
         a.mean.toFixed(4),
         `${a.credible_interval.lower.toFixed(4)} - ${a.credible_interval.upper.toFixed(4)}`,
         prob(a.prob_best),
@@ -95,7 +97,7 @@ export async function results(ctx: Context, test: string, opts: { seed?: string 
   o.result('')
   const p = r.prob_test_beats_control
   o.result(
-    `P(test beats control): ${p.exact === null ? `exact n/a (${p.exact_reason})` : `${prob(p.exact)} exact`}, ${prob(p.thompson)} Thompson (${num(r.thompson.draws)} draws, seed ${r.thompson.seed})`,
+    `P(test beats control): ${p.exact === null ? `exact n/a (${p.exact_reason})` : `${prob(p.exact)} exact`}, ${prob(p.thompson)} Thompson (${thousands(r.thompson.draws)} draws, seed ${r.thompson.seed})`,
   )
   const s = r.sample_ratio
   o.result(

@@ -22,6 +22,7 @@ import { writeTraffic } from '../core/shadow/generate.js'
 import { DEFAULT_THRESHOLDS } from '../core/shadow/recommend.js'
 import { addRule, getRule } from '../core/shadow/rule-store.js'
 import { readRuleFile } from '../core/shadow/rules.js'
+import { thousands } from '../core/thousands.js'
 
 /** Settings the demo may not take from the environment: it never touches a real database or cache. */
 const IGNORED_ENV = [
@@ -220,7 +221,7 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
       },
     },
     {
-      title: `Generate ${DEMO_EVENTS.toLocaleString('en-US')} events of labelled synthetic traffic`,
+      title: `Generate ${thousands(DEMO_EVENTS)} events of labelled synthetic traffic`,
       run: async (s) => {
         s.trafficFile = path.join(demoHome, 'traffic.jsonl.gz')
         const r = await writeTraffic({
@@ -334,7 +335,7 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
   )
   const pct = (x: number | null) => (x === null ? 'n/a' : `${(x * 100).toFixed(1)}%`)
   ctx.out.result(
-    `Shadow evaluation: ${evaluationDoc.candidate} vs ${evaluationDoc.control} on ${e.sample_size.toLocaleString('en-US')} events: ${ctx.out.style('bold', e.recommendation.decision)} (confidence ${e.recommendation.confidence_score.toFixed(3)}, risk ${e.recommendation.risk_level}); precision ${pct(e.control_metrics.precision)} -> ${pct(e.candidate_metrics.precision)}, recall ${pct(e.control_metrics.recall)} -> ${pct(e.candidate_metrics.recall)}, benign blocked ${pct(e.control_metrics.fpr)} -> ${pct(e.candidate_metrics.fpr)}.`,
+    `Shadow evaluation: ${evaluationDoc.candidate} vs ${evaluationDoc.control} on ${thousands(e.sample_size)} events: ${ctx.out.style('bold', e.recommendation.decision)} (confidence ${e.recommendation.confidence_score.toFixed(3)}, risk ${e.recommendation.risk_level}); precision ${pct(e.control_metrics.precision)} -> ${pct(e.candidate_metrics.precision)}, recall ${pct(e.control_metrics.recall)} -> ${pct(e.candidate_metrics.recall)}, benign blocked ${pct(e.control_metrics.fpr)} -> ${pct(e.candidate_metrics.fpr)}.`,
   )
   ctx.out.result('')
   ctx.out.result(`Next: shieldx --home ${tildify(demoHome, ctx.io.env)} credits history ${tenant}`)

@@ -10,6 +10,7 @@ import { activeVersion, getRule } from '../core/shadow/rule-store.js'
 import { formatRef, parseRuleRef } from '../core/shadow/rules.js'
 import { progressBar } from '../ui/progress.js'
 import { renderTable } from '../ui/table.js'
+import { thousands } from '../core/thousands.js'
 
 export interface EvaluateFlags {
   candidate: string
@@ -157,7 +158,6 @@ export async function run(ctx: Context, f: EvaluateFlags) {
 
 const pct = (x: number | null) => (x === null ? 'n/a' : `${(x * 100).toFixed(2)}%`)
 const fix = (x: number | null, d = 4) => (x === null ? 'n/a' : x.toFixed(d))
-const int = (x: number) => x.toLocaleString('en-US')
 /** p-values: tiny ones in scientific notation, never a misleading "0.00". */
 const pv = (p: number) => (p === 0 ? '< 1e-300' : p < 0.001 ? p.toExponential(2) : p.toFixed(3))
 
@@ -169,16 +169,16 @@ function render(ctx: Context, doc: EvaluationDoc, stored: boolean) {
     `${out.style('bold', out.style(colour, r.decision))}  confidence ${fix(r.confidence_score, 3)}, risk ${r.risk_level}`,
   )
   out.result(
-    `candidate ${formatRef(doc.candidate)} vs control ${formatRef(doc.control)} on ${int(doc.sample_size)} events (${int(doc.attacks)} attacks)`,
+    `candidate ${formatRef(doc.candidate)} vs control ${formatRef(doc.control)} on ${thousands(doc.sample_size)} events (${thousands(doc.attacks)} attacks)`,
   )
   out.result()
   const c = doc.control_metrics
   const k = doc.candidate_metrics
   const rows: Array<[string, string, string]> = [
-    ['blocked attacks (TP)', int(c.tp), int(k.tp)],
-    ['blocked benign (FP)', int(c.fp), int(k.fp)],
-    ['passed benign (TN)', int(c.tn), int(k.tn)],
-    ['missed attacks (FN)', int(c.fn), int(k.fn)],
+    ['blocked attacks (TP)', thousands(c.tp), thousands(k.tp)],
+    ['blocked benign (FP)', thousands(c.fp), thousands(k.fp)],
+    ['passed benign (TN)', thousands(c.tn), thousands(k.tn)],
+    ['missed attacks (FN)', thousands(c.fn), thousands(k.fn)],
     ['precision', pct(c.precision), pct(k.precision)],
     ['recall', pct(c.recall), pct(k.recall)],
     ['F1', fix(c.f1), fix(k.f1)],
@@ -202,7 +202,7 @@ function render(ctx: Context, doc: EvaluationDoc, stored: boolean) {
   out.result()
   const s = doc.significance
   out.result(
-    `McNemar (${s.mcnemar.method === 'exact_binomial' ? 'exact binomial' : 'chi-square, continuity-corrected'}): statistic ${fix(s.mcnemar.statistic)}, p ${pv(s.mcnemar.p_value)}; ${int(s.mcnemar.c)} events only the candidate got right, ${int(s.mcnemar.b)} only the control`,
+    `McNemar (${s.mcnemar.method === 'exact_binomial' ? 'exact binomial' : 'chi-square, continuity-corrected'}): statistic ${fix(s.mcnemar.statistic)}, p ${pv(s.mcnemar.p_value)}; ${thousands(s.mcnemar.c)} events only the candidate got right, ${thousands(s.mcnemar.b)} only the control`,
   )
   out.result(
     s.chi_square.statistic === null
@@ -211,7 +211,7 @@ function render(ctx: Context, doc: EvaluationDoc, stored: boolean) {
   )
   const b = doc.bayes
   out.result(
-    `P(candidate better): ${fix(b.prob_candidate_better_paired, 4)} on the ${int(s.mcnemar.discordant)} events where they disagree (the verdict's); ${fix(b.prob_candidate_better, 4)} from each rule's accuracy (exact ${fix(b.prob_candidate_better_exact, 4)}, Thompson ${fix(b.prob_candidate_better_thompson, 4)} over ${int(b.draws)} draws); expected loss: candidate ${b.expected_loss_candidate.toExponential(2)}, control ${b.expected_loss_control.toExponential(2)}`,
+    `P(candidate better): ${fix(b.prob_candidate_better_paired, 4)} on the ${thousands(s.mcnemar.discordant)} events where they disagree (the verdict's); ${fix(b.prob_candidate_better, 4)} from each rule's accuracy (exact ${fix(b.prob_candidate_better_exact, 4)}, Thompson ${fix(b.prob_candidate_better_thompson, 4)} over ${thousands(b.draws)} draws); expected loss: candidate ${b.expected_loss_candidate.toExponential(2)}, control ${b.expected_loss_control.toExponential(2)}`,
   )
   out.result()
   for (const line of r.reasons) {
@@ -246,7 +246,7 @@ export async function list(ctx: Context, opts: { rule?: string; limit?: number }
         r.control,
         r.decision,
         r.conclusive ? 'yes' : 'no',
-        int(r.sample_size),
+        thousands(r.sample_size),
       ]),
     ),
   )

@@ -2,6 +2,7 @@ import type { Context } from '../context.js'
 import { UsageError } from '../core/errors.js'
 import { type TsFormat, writeTraffic } from '../core/shadow/generate.js'
 import { progress } from '../ui/progress.js'
+import { thousands } from '../core/thousands.js'
 
 export interface GenerateFlags {
   events: string
@@ -37,17 +38,17 @@ export async function generate(ctx: Context, opts: GenerateFlags) {
 
   const seconds = Math.max(0.001, r.duration_ms / 1000)
   ctx.out.info(
-    `generated ${num(r.events)} events in ${seconds.toFixed(1)} s: ${num(Math.round(r.events / seconds))} events/s`,
+    `generated ${thousands(r.events)} events in ${seconds.toFixed(1)} s: ${thousands(Math.round(r.events / seconds))} events/s`,
   )
   if (ctx.out.json) {
     const { out, attacks, benign, first_ts, last_ts, bytes, sha256 } = r
     return ctx.out.document({ out, events: r.events, attacks, benign, first_ts, last_ts, bytes, sha256 })
   }
   const summary =
-    `${toStdout ? 'Wrote' : `Wrote ${r.out}:`} ${num(r.events)} events (${num(r.attacks)} attack, ${num(r.benign)} benign), ` +
+    `${toStdout ? 'Wrote' : `Wrote ${r.out}:`} ${thousands(r.events)} events (${thousands(r.attacks)} attack, ${thousands(r.benign)} benign), ` +
     `${r.first_ts} to ${r.last_ts}, ${(r.bytes / 1_048_576).toFixed(1)} MB${r.gzip ? ' gzipped' : ''}, sha256 ${r.sha256}.`
   // With --out -, stdout is the traffic itself: the summary goes with the messages.
-  if (!r.complete) ctx.out.info(`Stopped: the reader closed stdout after ${num(r.events)} events.`)
+  if (!r.complete) ctx.out.info(`Stopped: the reader closed stdout after ${thousands(r.events)} events.`)
   else if (toStdout) ctx.out.info(summary)
   else ctx.out.result(summary)
 }
@@ -65,5 +66,3 @@ function share(value: string, flag: string): number {
     throw new UsageError(`${flag} must be a number from 0 to 1 (e.g. 0.2); got ${JSON.stringify(value)}.`)
   return n
 }
-
-const num = (n: number) => n.toLocaleString('en-US')

@@ -3,6 +3,7 @@
  * otherwise (CronJobs and CI read those). The caller reports increments; this decides when to show.
  */
 import type { Output } from './output.js'
+import { thousands } from '../core/thousands.js'
 
 export interface Progress {
   add(n: number): void
@@ -16,8 +17,7 @@ export function progress(out: Output, what: string, unit: 'rows' | 'bytes'): Pro
   const started = Date.now()
   let last = started
   const tty = out.interactive
-  const fmt = (n: number) =>
-    unit === 'bytes' ? `${(n / 1_048_576).toFixed(1)} MB` : `${n.toLocaleString('en-US')} rows`
+  const fmt = (n: number) => (unit === 'bytes' ? `${(n / 1_048_576).toFixed(1)} MB` : `${thousands(n)} rows`)
   const show = (force: boolean) => {
     const now = Date.now()
     if (!force && now - last < (tty ? 200 : 5000)) return
@@ -26,7 +26,7 @@ export function progress(out: Output, what: string, unit: 'rows' | 'bytes'): Pro
     const rate = total / seconds
     if (tty) {
       out.io.stderr.write(
-        `\r${what}: ${fmt(total)} (${unit === 'bytes' ? `${(rate / 1_048_576).toFixed(1)} MB/s` : `${Math.round(rate).toLocaleString('en-US')}/s`})   `,
+        `\r${what}: ${fmt(total)} (${unit === 'bytes' ? `${(rate / 1_048_576).toFixed(1)} MB/s` : `${thousands(Math.round(rate))}/s`})   `,
       )
     } else {
       out.log(`${what.replace(/\s+/g, '_')}.progress`, { [unit]: total, per_second: Math.round(rate) })
@@ -84,9 +84,7 @@ export function progressBar(out: Output, what: string, total: number, unit: stri
         frac === null
           ? ''
           : `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${(frac * 100).toFixed(0).padStart(3)}%  `
-      out.io.stderr.write(
-        `\r${what} ${bar}${count.toLocaleString('en-US')} ${unit} (${rate.toLocaleString('en-US')}/s)  `,
-      )
+      out.io.stderr.write(`\r${what} ${bar}${thousands(count)} ${unit} (${thousands(rate)}/s)  `)
       drawn = true
     } else {
       out.log(`${what.replace(/\s+/g, '_')}.progress`, {

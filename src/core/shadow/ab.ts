@@ -25,6 +25,7 @@ import {
 } from './bayes.js'
 import { seededRandom } from './random.js'
 import { chiSquareGoodnessOfFit } from './stats.js'
+import { thousands } from '../thousands.js'
 
 export const VARIANTS = ['control', 'test'] as const
 export type Variant = (typeof VARIANTS)[number]
@@ -503,7 +504,6 @@ export interface AbResults {
 }
 
 const fmtP = (p: number) => (p === 1 ? '1' : p >= 0.9999 ? p.toFixed(6) : p.toFixed(4))
-const fmtInt = (n: number) => n.toLocaleString('en-US')
 
 /**
  * The figures and the verdict from a test and its counts; no database. The confidence check uses
@@ -538,8 +538,8 @@ export function analyse(t: AbTest, c: Counts, options: { seed?: number } = {}): 
       variant: v,
       passed,
       detail: passed
-        ? `${v} reached the minimum sample size (${fmtInt(n)} of ${fmtInt(t.min_sample_size)} trials)`
-        : `${v} has ${fmtInt(n)} of the ${fmtInt(t.min_sample_size)} trials it needs`,
+        ? `${v} reached the minimum sample size (${thousands(n)} of ${thousands(t.min_sample_size)} trials)`
+        : `${v} has ${thousands(n)} of the ${thousands(t.min_sample_size)} trials it needs`,
     }
   })
   const how = exact.value === null ? 'Thompson' : 'exact'
@@ -570,7 +570,7 @@ export function analyse(t: AbTest, c: Counts, options: { seed?: number } = {}): 
   const warnings: string[] = []
   if (sampleRatio.flagged) {
     warnings.push(
-      `Sample ratio mismatch: control has ${fmtInt(c.control.trials)} trials and test ${fmtInt(c.test.trials)}, p = ${srm.p_value!.toPrecision(2)} against a 50/50 split (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`,
+      `Sample ratio mismatch: control has ${thousands(c.control.trials)} trials and test ${thousands(c.test.trials)}, p = ${srm.p_value!.toPrecision(2)} against a 50/50 split (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`,
     )
   }
 

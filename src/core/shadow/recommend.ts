@@ -22,6 +22,7 @@
  *   confidence, but the difference is not significant, or it blocks more benign traffic or costs
  *   more than the control: ship it to a slice of traffic first.
  */
+import { thousands } from '../thousands.js'
 
 export type Decision = 'APPROVE_FULL_DEPLOYMENT' | 'APPROVE_CANARY' | 'REJECT' | 'NEED_MORE_DATA'
 export type RiskLevel = 'low' | 'medium' | 'high'
@@ -76,7 +77,6 @@ export interface Recommendation {
 }
 
 const pct = (x: number | null) => (x === null ? 'undefined' : `${(x * 100).toFixed(2)}%`)
-const num = (x: number) => x.toLocaleString('en-US')
 
 /** More skipped lines than this share makes the sample untrustworthy: what was skipped may differ. */
 export const MAX_SKIPPED_SHARE = 0.01
@@ -90,23 +90,23 @@ export function recommend(input: RecommendationInput, t: Thresholds): Recommenda
   const enoughSample = check(
     'sample_size',
     input.sampleSize >= t.minSampleSize,
-    `sample size ${num(input.sampleSize)} ${input.sampleSize >= t.minSampleSize ? '≥' : '<'} the minimum ${num(t.minSampleSize)}`,
+    `sample size ${thousands(input.sampleSize)} ${input.sampleSize >= t.minSampleSize ? '≥' : '<'} the minimum ${thousands(t.minSampleSize)}`,
   )
   const skippedShare = input.lines > 0 ? input.skippedLines / input.lines : 0
   const fewSkipped = check(
     'skipped_lines',
     skippedShare <= MAX_SKIPPED_SHARE,
-    `${num(input.skippedLines)} of ${num(input.lines)} lines skipped (${pct(skippedShare)}) ${skippedShare <= MAX_SKIPPED_SHARE ? '≤' : '>'} ${pct(MAX_SKIPPED_SHARE)}`,
+    `${thousands(input.skippedLines)} of ${thousands(input.lines)} lines skipped (${pct(skippedShare)}) ${skippedShare <= MAX_SKIPPED_SHARE ? '≤' : '>'} ${pct(MAX_SKIPPED_SHARE)}`,
   )
   const enoughAttacks = check(
     'attacks',
     input.attacks >= Math.max(1, t.minAttacks),
-    `${num(input.attacks)} attacks in the sample ${input.attacks >= t.minAttacks ? '≥' : '<'} the minimum ${num(t.minAttacks)}`,
+    `${thousands(input.attacks)} attacks in the sample ${input.attacks >= t.minAttacks ? '≥' : '<'} the minimum ${thousands(t.minAttacks)}`,
   )
   const enoughBenign = check(
     'benign',
     input.benign >= Math.max(1, t.minAttacks),
-    `${num(input.benign)} benign requests in the sample ${input.benign >= t.minAttacks ? '≥' : '<'} the minimum ${num(t.minAttacks)}`,
+    `${thousands(input.benign)} benign requests in the sample ${input.benign >= t.minAttacks ? '≥' : '<'} the minimum ${thousands(t.minAttacks)}`,
   )
   const c = input.candidate
   const precisionOk = check(
