@@ -66,7 +66,8 @@ export const about =
   `of the bare dump, and, to show what streaming alone costs, \`cat DUMP | pg_restore ...\` of the large database's -Z0 dump ` +
   `(what a backup holds, decrypted and gunzipped), each into a new empty database created before the clock starts; a CHECKPOINT before every run, the ` +
   `database dropped after it, neither timed. The restore is split into phases by polling pg_stat_activity ` +
-  `every 50 ms for pg_restore's session on the target. Verify: \`shieldx backup verify FILE --json\` ` +
+  `every 50 ms for pg_restore's session on the target, and that session's server backend read from /proc/PID/schedstat: ` +
+  `its time on a CPU, and its time runnable but waiting for one (what the restore's own processes take from it). Verify: \`shieldx backup verify FILE --json\` ` +
   `(checksum, every chunk, gunzip, the table of contents) in MB/s of the backup file, against \`gzip -t\` of ` +
   `\`pg_dump -Fc -Z0 | gzip -6\` of the same database. Peak RSS (GNU time %M: the largest process of the tree, ` +
   `node or the pg tool it runs) of create and restore on the large database against the small one: flat ` +
@@ -134,24 +135,34 @@ export async function ledgerData(spec, { d, keyring, home }) {
  * 50 ms while a restore runs and notes when a session of application_name 'pg_restore' on the
  * target was first and last seen. That splits `shieldx restore` into what comes before pg_restore
  * connects (node start, manifest, target checks), the pg_restore session itself, and the checks
- * after it (row counts, chain heads, verify-chain), within ±50 ms.
+ * after it (row counts, chain heads, verify-chain), within ±50 ms. The server is on this machine,
+ * so the session's backend can be watched too: /proc/PID/schedstat gives its time on a CPU and
+ * its time runnable but waiting for one, which is what the restore's own processes take from it.
  */
 function watchRestore(database) {
   const client = new pg.Client({ connectionString: adminUrl(), application_name: 'shx-bench watch' })
-  const seen = { first: null, last: null }
+  const seen = { first: null, last: null, backend: null }
   let stopped = false
   let polled
+  let pid = null
+  let atFirst = null
   const firstPoll = new Promise((resolve) => (polled = resolve))
   const started = client.connect().then(async () => {
     while (!stopped) {
       const { rows } = await client.query(
-        "select count(*)::int as n from pg_stat_activity where datname = $1 and application_name = 'pg_restore'",
+        "select pid from pg_stat_activity where datname = $1 and application_name = 'pg_restore'",
         [database],
       )
       const now = performance.now()
-      if (rows[0].n > 0) {
+      if (rows.length > 0) {
         seen.first ??= now
         seen.last = now
+        pid ??= rows[0].pid
+        const s = schedstat(pid)
+        if (s) {
+          atFirst ??= s
+          seen.backend = { cpuMs: s.cpuMs - atFirst.cpuMs, waitMs: s.waitMs - atFirst.waitMs }
+        }
       }
       polled()
       await new Promise((r) => setTimeout(r, 50))
@@ -165,6 +176,16 @@ function watchRestore(database) {
   })
   /** `ready()` resolves once the first poll is done: the watch is on before the run starts. */
   return { seen, stop, ready: () => firstPoll }
+}
+
+/** A process's time on a CPU and runnable waiting for one, in ms; null if it cannot be read. */
+function schedstat(pid) {
+  try {
+    const [run, wait] = fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ').map(Number)
+    return { cpuMs: run / 1e6, waitMs: wait / 1e6 }
+  } catch {
+    return null
+  }
 }
 
 // --- the group -------------------------------------------------------------------------------------
@@ -284,6 +305,7 @@ export async function run({ progress }) {
     // ---- 2: restore against pg_restore, each into a new database ----
     const phases = { large: [], small: [] }
     const bareSession = { large: [], small: [] }
+    const bareBackend = { large: [], small: [] }
     const restoreCmds = []
     for (const { spec } of dbs) {
       const f = files[spec.label]
@@ -304,13 +326,14 @@ export async function run({ progress }) {
               const end = performance.now()
               await watch.stop()
               await target.drop()
-              const { first, last } = watch.seen
+              const { first, last, backend } = watch.seen
               if (first !== null)
                 phases[spec.label].push({
                   before: first - t0,
                   session: last - first,
                   after: end - last,
                   total: end - t0,
+                  backend,
                 })
             },
           }
@@ -327,8 +350,9 @@ export async function run({ progress }) {
             cleanup: async () => {
               await watch.stop()
               await target.drop()
-              const { first, last } = watch.seen
+              const { first, last, backend } = watch.seen
               if (first !== null) bareSession[spec.label].push(last - first)
+              if (backend) bareBackend[spec.label].push(backend)
             },
           }
         }),
@@ -415,6 +439,25 @@ export async function run({ progress }) {
           { unit: 'ms', goal: goals.report('ratio') },
         ),
       )
+      // Where the session's extra time goes: the backend waiting for a CPU that the restore's
+      // own processes hold, or the backend itself working slower beside them.
+      const ours = p.map((x) => x.backend).filter(Boolean)
+      if (ours.length > 0 && bareBackend[label].length > 0) {
+        rows.push(
+          compareFigures(
+            `restore, ${label}: the server backend's time on a CPU in the session`,
+            { label: 'fed by `shieldx restore`', samples: ours.map((b) => b.cpuMs) },
+            { label: 'bare `pg_restore FILE`', samples: bareBackend[label].map((b) => b.cpuMs) },
+            { unit: 'ms', goal: goals.report('ratio') },
+          ),
+          compareFigures(
+            `restore, ${label}: the server backend's time runnable but waiting for a CPU`,
+            { label: 'fed by `shieldx restore`', samples: ours.map((b) => b.waitMs) },
+            { label: 'bare `pg_restore FILE`', samples: bareBackend[label].map((b) => b.waitMs) },
+            { unit: 'ms', goal: goals.report('ratio') },
+          ),
+        )
+      }
       notes.push(
         `restore, ${label}: before pg_restore connects (node, manifest, target checks) ${fmtS(median(p.map((x) => x.before)))}, ` +
           `pg_restore session ${fmtS(median(p.map((x) => x.session)))}, after it (row counts, chain heads, the checkpoint; the ` +
@@ -426,17 +469,12 @@ export async function run({ progress }) {
     }
 
     // ---- 3: backup verify throughput, against gzip -t of the same dump gzipped alike ----
+    // The -Z0 dump made for the pipe comparison above, gzipped: no second pg_dump.
     const gz = path.join(work.dir, 'plain-large.fc.gz')
     const gzStart = performance.now()
-    await spawnTracked('sh', [
-      '-c',
-      'pg_dump -Fc -Z0 --schema=credits --no-password -d "$1" | gzip -6 > "$2"',
-      'sh',
-      big.url,
-      gz,
-    ])
+    await spawnTracked('sh', ['-c', 'gzip -6 -c "$1" > "$2"', 'sh', piped, gz])
     notes.push(
-      `\`pg_dump -Fc -Z0 | gzip -6\` of the large database (one run, not interleaved): ${fmtS(performance.now() - gzStart)}, ` +
+      `\`gzip -6\` of the large database's \`pg_dump -Fc -Z0\` dump (one run, not interleaved): ${fmtS(performance.now() - gzStart)}, ` +
         `${fmtMb(sizeOf(gz))}`,
     )
     const verify = command('shieldx backup verify', async () => ({
