@@ -354,6 +354,68 @@ describe('replay', () => {
     }
   })
 
+  it('keeps busy keys exact: thousands of timestamps per key, out of order, thousands of events waiting', async () => {
+    // Three keys share 40,000 events 2 ms apart, a tenth of them up to 20 s late: each key's list
+    // holds thousands of timestamps (late ones inserted mid-list, the front moved down as windows
+    // pass), and the 20 s of lines still to be decided are more than the queue starts with.
+    const rng = seededRandom(7)
+    const t0 = Date.UTC(2026, 0, 1)
+    const events: Ev[] = Array.from({ length: 40_000 }, (_, i) => ({
+      ts: t0 + i * 2 - (rng() < 0.1 ? Math.floor(rng() * 20_000) : 0),
+      ip: `10.0.0.${Math.floor(rng() * 3)}`,
+      path: '/',
+      status: 200,
+      label: rng() < 0.5 ? 'attack' : 'benign',
+    }))
+    // The reference by sorted timestamps per key: the brute force is quadratic at this size.
+    const byKey = new Map<string, number[]>()
+    for (const e of events) byKey.set(e.ip, [...(byKey.get(e.ip) ?? []), e.ts])
+    for (const list of byKey.values()) list.sort((a, b) => a - b)
+    const upper = (a: number[], x: number) => {
+      let lo = 0
+      let hi = a.length
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1
+        if (a[mid]! <= x) lo = mid + 1
+        else hi = mid
+      }
+      return lo
+    }
+    const countOf = (e: Ev) => {
+      const list = byKey.get(e.ip)!
+      return upper(list, e.ts) - upper(list, e.ts - 5000)
+    }
+    const counts = events.map(countOf)
+    // about 830 per key in 5 s: the median splits the events in two
+    const threshold = [...counts].sort((a, b) => a - b)[counts.length >> 1]!
+    const want = { tp: 0, fp: 0, tn: 0, fn: 0 }
+    events.forEach((e, i) => {
+      const blocks = counts[i]! > threshold
+      want[e.label === 'attack' ? (blocks ? 'tp' : 'fn') : blocks ? 'fp' : 'tn']++
+    })
+    expect(want.tp + want.fp, 'the threshold splits the events').toBeGreaterThan(1000)
+    expect(want.tn + want.fn).toBeGreaterThan(1000)
+    const file = writeTraffic('busy.jsonl', events)
+    for (const workers of [1, 2]) {
+      const r = await replay({
+        file,
+        control: STATUS,
+        candidate: { type: 'rate_limit', key: 'ip', window_s: 5, threshold },
+        workers,
+        skipInvalid: false,
+        maxDisorderMs: 20_000,
+        blockBytes: 50_000,
+      })
+      expect(confusion(r.tally.candidate), `workers ${workers}`).toEqual(want)
+      // every distinct count is a distinct score (count / threshold), each counted once per event
+      const scores = [...r.tally.candidate.scores]
+      expect(scores.map(([s]) => Math.round(s * threshold)).sort((a, b) => a - b)).toEqual(
+        [...new Set(counts)].sort((a, b) => a - b),
+      )
+      expect(scores.reduce((n, [, [p, q]]) => n + p + q, 0)).toBe(events.length)
+    }
+  })
+
   it('decodes UTF-8 split across blocks: a match on non-ASCII text counts every line', async () => {
     const events = synthetic(3000, 41).map((e, i) => ({
       ...e,

@@ -85,6 +85,20 @@ interface Dictionary {
   size: number
 }
 
+/**
+ * A parser's working columns, kept across its blocks and grown as needed: a block's columns are
+ * copied out of them into one buffer of their exact size. Fresh arrays per block (ten typed
+ * arrays, each memory of its own outside the heap) made most of the replay's garbage collection:
+ * its time grew with the number of blocks, not of events.
+ */
+interface Scratch {
+  ts: Float64Array
+  attack: Uint8Array
+  line: Uint32Array
+  vals: Float64Array
+  keyIds: Int32Array
+}
+
 export function blockParser(input: BlockParserInput): BlockParser {
   const pair = compilePair(input.control, input.candidate)
   // ignoreBOM: a decoder strips a BOM at the start of every piece; only the file's own is dropped (below).
@@ -96,7 +110,8 @@ export function blockParser(input: BlockParserInput): BlockParser {
     decoder,
   )
   const dictionary: Dictionary = { maps: pair.keys.map(() => new Map()), size: 0 }
-  return (task) => parseBlock(pair, leaves, input.mode, task, reader, dictionary)
+  const scratch = newScratch(input.mode === 'columns' ? 4096 : 0, pair.stateless.length, pair.keys.length)
+  return (task) => parseBlock(pair, leaves, input.mode, task, reader, dictionary, scratch)
 }
 
 function parseBlock(
@@ -106,6 +121,7 @@ function parseBlock(
   task: BlockTask,
   reader: TrafficLineReader,
   dictionary: Dictionary,
+  scratch: Scratch,
 ): BlockMessage & { type: 'block' } {
   const S = pair.stateless.length
   const K = pair.keys.length
@@ -116,13 +132,9 @@ function parseBlock(
   const tally = mode === 'tally' ? newTally() : null
   const vals = new Float64Array(pair.leaves.length)
 
-  // columns mode: grown as needed, trimmed at the end
-  let cap = mode === 'columns' ? 4096 : 0
-  let ts = new Float64Array(cap)
-  let attack = new Uint8Array(cap)
-  let lineNo = new Uint32Array(cap)
-  let cvals = new Float64Array(cap * S)
-  let keyIds = new Int32Array(cap * K)
+  // columns mode: the parser's scratch columns, grown as needed, copied out at the end
+  let { ts, attack, line: lineNo, vals: cvals, keyIds } = scratch
+  let cap = ts.length
   const dictReset = dictionary.size > DICT_LIMIT
   if (dictReset) {
     dictionary.maps = pair.keys.map(() => new Map())
@@ -160,12 +172,13 @@ function parseBlock(
         continue
       }
       if (n === cap) {
-        cap *= 2
+        cap = Math.max(4096, cap * 2)
         ts = grow(ts, cap)
         attack = grow(attack, cap)
         lineNo = grow(lineNo, cap)
         cvals = grow(cvals, cap * S)
         keyIds = grow(keyIds, cap * K)
+        Object.assign(scratch, { ts, attack, line: lineNo, vals: cvals, keyIds })
       }
       ts[n] = reader.ts
       attack[n] = reader.attack ? 1 : 0
@@ -205,18 +218,42 @@ function parseBlock(
   // Blocks end with a newline, after which the loop stops: `line` is the count of lines.
   const base = { type: 'block' as const, seq: task.seq, lines, rawLines: line, invalid, invalidCount }
   if (tally) return { ...base, tally: tallyToData(tally) }
+  return { ...base, columns: { n, ...packColumns(scratch, n, S, K), dicts, dictReset } }
+}
+
+function newScratch(cap: number, S: number, K: number): Scratch {
   return {
-    ...base,
-    columns: {
-      n,
-      ts: ts.slice(0, n),
-      attack: attack.slice(0, n),
-      line: lineNo.slice(0, n),
-      vals: cvals.slice(0, n * S),
-      keyIds: keyIds.slice(0, n * K),
-      dicts,
-      dictReset,
-    },
+    ts: new Float64Array(cap),
+    attack: new Uint8Array(cap),
+    line: new Uint32Array(cap),
+    vals: new Float64Array(cap * S),
+    keyIds: new Int32Array(cap * K),
+  }
+}
+
+/**
+ * The first n rows of the scratch columns, copied into one ArrayBuffer (one allocation, one
+ * transfer to the coordinator), widest elements first so that every view is aligned.
+ */
+function packColumns(s: Scratch, n: number, S: number, K: number): Scratch {
+  const buffer = new ArrayBuffer(n * (8 + 8 * S + 4 * K + 4 + 1))
+  let at = 0
+  const take = <T extends Float64Array | Int32Array | Uint32Array | Uint8Array>(
+    from: T,
+    count: number,
+    make: new (b: ArrayBuffer, at: number, count: number) => T,
+  ): T => {
+    const view = new make(buffer, at, count)
+    view.set(from.subarray(0, count) as never)
+    at += count * view.BYTES_PER_ELEMENT
+    return view
+  }
+  return {
+    ts: take(s.ts, n, Float64Array),
+    vals: take(s.vals, n * S, Float64Array),
+    keyIds: take(s.keyIds, n * K, Int32Array),
+    line: take(s.line, n, Uint32Array),
+    attack: take(s.attack, n, Uint8Array),
   }
 }
 

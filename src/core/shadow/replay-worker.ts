@@ -31,9 +31,8 @@ parentPort!.on('message', (task: BlockTask | HashTask) => {
     msg.recycled = task.sharedId ?? bytes
     parentPort!.postMessage(msg, [
       ...(task.sharedId === undefined ? [bytes] : []),
-      ...((c
-        ? [c.ts.buffer, c.attack.buffer, c.line.buffer, c.vals.buffer, c.keyIds.buffer]
-        : []) as ArrayBuffer[]),
+      // the columns share one buffer (parse-block.ts's packColumns)
+      ...(c ? [c.ts.buffer as ArrayBuffer] : []),
     ])
   } catch (err) {
     parentPort!.postMessage({ type: 'error', message: (err as Error).message } satisfies BlockMessage)

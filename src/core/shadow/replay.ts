@@ -719,26 +719,39 @@ async function* blocks(stream: AsyncIterable<Buffer>, blockBytes: number): Async
   if (carried > 0) yield { head: null, body: head()! }
 }
 
-/** Timestamps of one key, sorted, oldest dropped from the front as windows move on. */
+/**
+ * Timestamps of one key, sorted, oldest dropped from the front as windows move on: a[head, len).
+ * A busy key's array is written over rather than replaced (its live part moved to the front now
+ * and then), so a key in a long burst makes no garbage. (A plain array, not a Float64Array: a
+ * typed array's memory lies outside the heap, and growing thousands of them cost more.)
+ */
 class TsList {
   a: number[] = []
   head = 0
+  len = 0
   /** swept out of the key map: a parser's cached id must be resolved again */
   dead = false
 
   insert(ts: number): void {
     const a = this.a
-    if (a.length === this.head || ts >= a[a.length - 1]!) {
-      a.push(ts)
+    const len = this.len
+    if (len === this.head || ts >= a[len - 1]!) {
+      if (len < a.length) a[len] = ts
+      else a.push(ts)
+      this.len = len + 1
       return
     }
-    a.splice(this.upper(ts), 0, ts)
+    const at = this.upper(ts)
+    if (len === a.length) a.push(0)
+    for (let j = len; j > at; j--) a[j] = a[j - 1]!
+    a[at] = ts
+    this.len = len + 1
   }
 
   /** index of the first element > ts */
   upper(ts: number): number {
     let lo = this.head
-    let hi = this.a.length
+    let hi = this.len
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
       if (this.a[mid]! <= ts) lo = mid + 1
@@ -753,21 +766,81 @@ class TsList {
   }
 
   evict(upTo: number): void {
-    while (this.head < this.a.length && this.a[this.head]! <= upTo) this.head++
-    if (this.head === this.a.length) {
-      // a quiet key keeps nothing: most keys never reach the compaction below
-      if (this.head > 0) {
-        this.a = []
-        this.head = 0
-      }
-    } else if (this.head > 256 && this.head * 2 > this.a.length) {
-      this.a = this.a.slice(this.head)
+    const a = this.a
+    let head = this.head
+    const len = this.len
+    while (head < len && a[head]! <= upTo) head++
+    if (head === len) {
+      // A quiet key lets its timestamps go (no new array: the same one, emptied): memory follows
+      // the keys live in a window, and most keys of a large file are quiet most of the time.
+      this.head = this.len = 0
+      a.length = 0
+    } else if (head > 256 && head * 2 > len) {
+      // a busy key: its live part moved to the front, and the array cut to it
+      for (let j = head; j < len; j++) a[j - head] = a[j]!
+      this.len = len - head
       this.head = 0
-    }
+      a.length = this.len
+    } else this.head = head
   }
 
   get empty(): boolean {
-    return this.head === this.a.length
+    return this.head === this.len
+  }
+}
+
+/**
+ * The events waiting for their windows that arrived in time order, oldest first: a ring of
+ * (block, row) pairs that grows when full and is otherwise reused, so queueing makes no garbage.
+ */
+class EventRing {
+  private blocks: Array<Block | undefined> = new Array(1 << 12).fill(undefined)
+  private rows = new Int32Array(1 << 12)
+  private head = 0
+  /** how many are queued */
+  size = 0
+
+  push(b: Block, i: number): void {
+    if (this.size === this.rows.length) this.grow()
+    const at = (this.head + this.size) & (this.rows.length - 1)
+    this.blocks[at] = b
+    this.rows[at] = i
+    this.size++
+  }
+
+  firstBlock(): Block {
+    return this.blocks[this.head]!
+  }
+
+  firstRow(): number {
+    return this.rows[this.head]!
+  }
+
+  lastTs(): number {
+    if (this.size === 0) return -Infinity
+    const at = (this.head + this.size - 1) & (this.rows.length - 1)
+    return this.blocks[at]!.ts[this.rows[at]!]!
+  }
+
+  shift(): void {
+    // the block is let go of, so that a decided block can be collected
+    this.blocks[this.head] = undefined
+    this.head = (this.head + 1) & (this.rows.length - 1)
+    this.size--
+  }
+
+  private grow(): void {
+    const n = this.rows.length
+    const blocks = new Array<Block | undefined>(n * 2).fill(undefined)
+    const rows = new Int32Array(n * 2)
+    for (let j = 0; j < n; j++) {
+      const at = (this.head + j) & (n - 1)
+      blocks[j] = this.blocks[at]
+      rows[j] = this.rows[at]!
+    }
+    this.blocks = blocks
+    this.rows = rows
+    this.head = 0
   }
 }
 
@@ -802,9 +875,7 @@ class Sequencer {
   private evictBefore = -Infinity
   private sizeAtSweep = 1024
   // In-order arrivals queue up sorted; late ones go to a heap.
-  private fifoB: Block[] = []
-  private fifoI: number[] = []
-  private fifoHead = 0
+  private readonly fifo = new EventRing()
   private heap: Late[] = []
   private readonly vals: Float64Array
   /** per parser: its key ids -> the lists (and the key names, to resolve a swept list again) */
@@ -909,12 +980,8 @@ class Sequencer {
           l.insert(ts)
         }
       }
-      const lastB = this.fifoB.length > this.fifoHead ? this.fifoB[this.fifoB.length - 1] : undefined
-      const lastTs = lastB ? lastB.ts[this.fifoI[this.fifoI.length - 1]!]! : -Infinity
-      if (ts >= lastTs) {
-        this.fifoB.push(b)
-        this.fifoI.push(i)
-      } else this.heapPush({ ts, seq: b.firstSeq + i, b, i })
+      if (ts >= this.fifo.lastTs()) this.fifo.push(b, i)
+      else this.heapPush({ ts, seq: b.firstSeq + i, b, i })
     }
     this.release(this.maxTs - D)
     this.sweep()
@@ -924,24 +991,19 @@ class Sequencer {
   private release(watermark: number): void {
     for (;;) {
       if (this.full) return
-      const hasFifo = this.fifoHead < this.fifoB.length
-      const fifoTs = hasFifo ? this.fifoB[this.fifoHead]!.ts[this.fifoI[this.fifoHead]!]! : Infinity
+      const fifo = this.fifo
+      const fifoTs = fifo.size > 0 ? fifo.firstBlock().ts[fifo.firstRow()]! : Infinity
       const heapTs = this.heap.length > 0 ? this.heap[0]!.ts : Infinity
       const ts = Math.min(fifoTs, heapTs)
       if (!(ts < watermark)) break
       // On a tie the FIFO goes first: an in-order event of the same ts always arrived earlier.
       if (fifoTs <= heapTs) {
-        this.decide(this.fifoB[this.fifoHead]!, this.fifoI[this.fifoHead]!)
-        this.fifoHead++
+        this.decide(fifo.firstBlock(), fifo.firstRow())
+        fifo.shift()
       } else {
         const top = this.heapPop()
         this.decide(top.b, top.i)
       }
-    }
-    if (this.fifoHead > 4096 && this.fifoHead * 2 > this.fifoB.length) {
-      this.fifoB = this.fifoB.slice(this.fifoHead)
-      this.fifoI = this.fifoI.slice(this.fifoHead)
-      this.fifoHead = 0
     }
     // Every event still to be decided has ts >= watermark, so its window starts after watermark - w.
     if (watermark > this.evictBefore) this.evictBefore = watermark

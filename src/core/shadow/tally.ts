@@ -11,6 +11,13 @@ export interface RuleTally {
   fn: number
   /** score -> [attacks, benign]: for AUC-ROC; grows with distinct scores, not with events */
   scores: Map<number, [number, number]>
+  /** the entries of `scores` last used, by a hash of the score (see countScore) */
+  recent: ScoreCache
+}
+
+interface ScoreCache {
+  score: Float64Array
+  entry: Array<[number, number] | undefined>
 }
 
 export interface Tally {
@@ -31,11 +38,45 @@ export interface Tally {
 
 /** The plain-data form that crosses a worker boundary. */
 export interface TallyData extends Omit<Tally, 'control' | 'candidate'> {
-  control: Omit<RuleTally, 'scores'> & { scores: Array<[number, number, number]> }
-  candidate: Omit<RuleTally, 'scores'> & { scores: Array<[number, number, number]> }
+  control: Omit<RuleTally, 'scores' | 'recent'> & { scores: Array<[number, number, number]> }
+  candidate: Omit<RuleTally, 'scores' | 'recent'> & { scores: Array<[number, number, number]> }
 }
 
-const ruleTally = (): RuleTally => ({ tp: 0, fp: 0, tn: 0, fn: 0, scores: new Map() })
+const CACHED = 256
+const ruleTally = (): RuleTally => ({
+  tp: 0,
+  fp: 0,
+  tn: 0,
+  fn: 0,
+  scores: new Map(),
+  // NaN never equals a score, so every slot starts empty
+  recent: { score: new Float64Array(CACHED).fill(NaN), entry: new Array(CACHED).fill(undefined) },
+})
+
+const bits = new Float64Array(1)
+const words = new Uint32Array(bits.buffer)
+
+/**
+ * One more event with this score. Most events find their score's entry in a small cache: a Map
+ * keyed by a fractional number (a rate limit's count / threshold) boxes the number on every
+ * look-up, and that was a sixth of the replay's garbage.
+ */
+function countScore(r: RuleTally, score: number, attack: boolean): void {
+  bits[0] = score
+  const slot = (Math.imul(words[0]! ^ words[1]!, 0x9e3779b1) >>> 24) & (CACHED - 1)
+  const recent = r.recent
+  let s = recent.score[slot] === score ? recent.entry[slot] : undefined
+  if (!s) {
+    s = r.scores.get(score)
+    if (!s) {
+      s = [0, 0]
+      r.scores.set(score, s)
+    }
+    recent.score[slot] = score
+    recent.entry[slot] = s
+  }
+  s[attack ? 0 : 1]++
+}
 
 export function newTally(): Tally {
   return {
@@ -58,9 +99,7 @@ function addRule(r: RuleTally, attack: boolean, blocks: boolean, score: number):
     else r.fn++
   } else if (blocks) r.fp++
   else r.tn++
-  const s = r.scores.get(score)
-  if (s) s[attack ? 0 : 1]++
-  else r.scores.set(score, attack ? [1, 0] : [0, 1])
+  countScore(r, score, attack)
 }
 
 export function addEvent(
