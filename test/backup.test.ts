@@ -10,11 +10,21 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { Writable } from 'node:stream'
+import { Readable, Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { deflateSync, gunzipSync, inflateSync } from 'node:zlib'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startChainCheck } from '../src/core/backup/chain-check.js'
-import { ChunkReader, RowCounter, type TableData, TableDataFinder } from '../src/core/backup/custom-format.js'
+import { archiveCompressor } from '../src/core/backup/archive-compressor.js'
+import { createDecryptStream, createEncryptStream } from '../src/core/backup/envelope.js'
+import { Inflater, startChainCheck } from '../src/core/backup/chain-check.js'
+import {
+  ChunkReader,
+  readHead,
+  RowCounter,
+  type TableData,
+  TableDataFinder,
+} from '../src/core/backup/custom-format.js'
 import { streamDump } from '../src/core/backup/restore.js'
 import { parseKeyring } from '../src/core/config/secrets.js'
 import { BIN, type CliResult, ROOT, runCli } from './helpers/cli.js'
@@ -186,6 +196,19 @@ function copyBackup(file: string, dir = tmp('copy'), name = path.basename(file))
   return to
 }
 
+/** A copy of a backup whose manifest says `delta` rows more of `table` than the file holds. */
+function withRowCountOff(file: string, table: string, delta = 1) {
+  const copy = copyBackup(file)
+  const manifest = readManifest(copy)
+  manifest.row_counts[table] += delta
+  fs.writeFileSync(manifestOf(copy), JSON.stringify(manifest))
+  return { copy, manifest }
+}
+
+/** A command's checks by name. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- JSON documents of the CLI
+const checksByName = (doc: any) => Object.fromEntries(doc.checks.map((c: { name: string }) => [c.name, c]))
+
 function sha256(file: string): string {
   return createHash('sha256').update(fs.readFileSync(file)).digest('hex')
 }
@@ -284,7 +307,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin(async (c) => {
-    for (const name of extraDatabases) await c.query(`drop database if exists ${name} with (force)`)
+    for (const name of extraDatabases) await c.query(`drop database if exists "${name}" with (force)`)
   })
   await Promise.all([db?.drop(), big?.drop()])
   for (const dir of temps) fs.rmSync(dir, { recursive: true, force: true })
@@ -313,7 +336,7 @@ describe('backup create, list, verify', () => {
     const serverVersion = (await db.query<{ v: string }>("select current_setting('server_version') as v"))
       .rows[0]!.v
     expect(m).toMatchObject({
-      format: 'shieldx.backup.v1',
+      format: 'shieldx.backup.v2',
       name: path.basename(file),
       label: 'nightly',
       database: 'credits',
@@ -321,7 +344,7 @@ describe('backup create, list, verify', () => {
       schema_version: 2,
       dump: { format: 'custom', server_version: serverVersion },
       encryption: { algorithm: 'AES-256-GCM-chunked', key_id: KID },
-      compression: 'gzip',
+      compression: 'zlib-in-archive',
     })
     expect(m.dump.tool).toMatch(/^pg_dump 1[5-9]\.\d+$/)
     expect(new Date(m.created_at).getTime()).toBeGreaterThanOrEqual(before - 1000)
@@ -384,6 +407,7 @@ describe('backup create, list, verify', () => {
       'checksum',
       'chunks',
       'archive',
+      'table_data',
     ])
     expect(readManifest(file).verified).toMatchObject({ restore_test: false })
 
@@ -435,9 +459,10 @@ describe('restore', () => {
     expect(r.doc.checks.find((c: { name: string }) => c.name === 'verify_chain').detail).toBe(
       '5 rows across 3 tenants intact (verified as they were restored)',
     )
-    // So were the rows, which pg_restore loaded in one transaction.
+    // The table data went to pg_restore compressed, as it was in the backup: counted in the
+    // database, but for the audit table's, counted by its chain check on the way in.
     expect(r.doc.checks.find((c: { name: string }) => c.name === 'row_counts').detail).toBe(
-      '8 tables match (the rows pg_restore loaded, counted on the way in)',
+      '8 tables match (credits.audit_logs as counted on the way in)',
     )
     expect(await accounts(url)).toEqual(await accounts(db.url))
     const sourceAudit = await auditRows(db.url)
@@ -478,19 +503,26 @@ describe('restore', () => {
   })
 
   it('a restored database that differs from its manifest does not take the chains checked on the way in on trust: the full verify-chain runs, exit 4', async () => {
-    const copy = copyBackup(smallFile)
-    const manifest = readManifest(copy)
-    manifest.row_counts['credits.credit_accounts'] += 1
-    fs.writeFileSync(manifestOf(copy), JSON.stringify(manifest))
+    const { copy } = withRowCountOff(smallFile, 'credits.credit_accounts')
     const r = await json(['--yes', 'restore', copy, '--target', urlFor(targetName('edited')), '--create'])
     expect(r.code, r.stderr).toBe(4)
-    const byName = Object.fromEntries(r.doc.checks.map((c: { name: string }) => [c.name, c]))
+    const byName = checksByName(r.doc)
     expect(byName.row_counts.ok).toBe(false)
     // The chain itself is intact, and said so by verify-chain on the restored rows.
     expect(byName.verify_chain).toEqual({
       name: 'verify_chain',
       ok: true,
       detail: '5 rows across 3 tenants intact',
+    })
+  })
+
+  it("an audit row count that differs from the manifest's fails the row counts, though it was counted on the way in: exit 4", async () => {
+    const { copy } = withRowCountOff(smallFile, 'credits.audit_logs')
+    const r = await json(['--yes', 'restore', copy, '--target', urlFor(targetName('auditcount')), '--create'])
+    expect(r.code, r.stderr).toBe(4)
+    expect(checksByName(r.doc).row_counts).toMatchObject({
+      ok: false,
+      detail: 'credits.audit_logs: 5 rows, manifest 6',
     })
   })
 
@@ -684,36 +716,36 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
   })
 })
 
+const dumpOf = (url: string, level = 0) =>
+  execFileSync('pg_dump', ['-Fc', `-Z${level}`, '--schema=credits', '--no-password', '-d', url], {
+    maxBuffer: 1 << 28,
+  })
+
+/** What TableDataFinder finds in `dump` fed in pieces of the given sizes, in turn. */
+function find(dump: Buffer, sizes: number[]) {
+  let table: TableData | null = null
+  let none: string | null = null
+  let ended = false
+  const block: Buffer[] = []
+  const finder = new TableDataFinder('credits', 'audit_logs', {
+    found: (t) => (table = t),
+    bytes: (b) => block.push(Buffer.from(b)),
+    end: () => (ended = true),
+    none: (why) => (none = why),
+  })
+  for (let at = 0, i = 0; at < dump.length; at += sizes[i++ % sizes.length]!)
+    finder.write(dump.subarray(at, at + sizes[i % sizes.length]!))
+  finder.end()
+  return {
+    table: table as TableData | null,
+    none: none as string | null,
+    ended,
+    block: Buffer.concat(block),
+  }
+}
+
 describe("restore's chain check reads the audit table from the restore's own stream", () => {
   /** A pg_dump custom archive of `db` as `backup create` takes it (-Z0), or compressed. */
-  const dumpOf = (url: string, level = 0) =>
-    execFileSync('pg_dump', ['-Fc', `-Z${level}`, '--schema=credits', '--no-password', '-d', url], {
-      maxBuffer: 1 << 28,
-    })
-
-  /** What TableDataFinder finds in `dump` fed in pieces of the given sizes, in turn. */
-  function find(dump: Buffer, sizes: number[]) {
-    let table: TableData | null = null
-    let none: string | null = null
-    let ended = false
-    const block: Buffer[] = []
-    const finder = new TableDataFinder('credits', 'audit_logs', {
-      found: (t) => (table = t),
-      bytes: (b) => block.push(Buffer.from(b)),
-      end: () => (ended = true),
-      none: (why) => (none = why),
-    })
-    for (let at = 0, i = 0; at < dump.length; at += sizes[i++ % sizes.length]!)
-      finder.write(dump.subarray(at, at + sizes[i % sizes.length]!))
-    finder.end()
-    return {
-      table: table as TableData | null,
-      none: none as string | null,
-      ended,
-      block: Buffer.concat(block),
-    }
-  }
-
   it("finds the audit table's COPY in a real pg_dump archive, split anywhere: the text pg_restore prints for it", async () => {
     const dump = dumpOf(db.url)
     const printed = execFileSync(
@@ -737,8 +769,22 @@ describe("restore's chain check reads the audit table from the restore's own str
     }
   })
 
-  it('gives up, and says why, on an archive it does not read: compressed, cut short, not an archive', async () => {
-    expect(find(dumpOf(db.url, 6), [8192]).none).toBe('a compressed archive')
+  it('finds the audit table in a compressed archive too: its chunks are one zlib stream of the same COPY text', async () => {
+    const plain = find(dumpOf(db.url), [4096])
+    const text = (f: ReturnType<typeof find>, inflate: boolean) => {
+      const parts: Buffer[] = []
+      new ChunkReader(f.table!.intSize, (b) => parts.push(Buffer.from(b))).write(f.block)
+      return (inflate ? inflateSync(Buffer.concat(parts)) : Buffer.concat(parts)).toString('utf8')
+    }
+    for (const sizes of [[8192], [1], [5, 3]]) {
+      const zipped = find(dumpOf(db.url, 6), sizes)
+      expect(zipped).toMatchObject({ none: null, ended: true, table: { zlib: true } })
+      expect(text(zipped, true)).toBe(text(plain, false))
+    }
+    expect(plain.table!.zlib).toBe(false)
+  })
+
+  it('gives up, and says why, on an archive it does not read: cut short, not an archive', async () => {
     const dump = dumpOf(db.url)
     const { block } = find(dump, [dump.length])
     const cut = dump.indexOf(block) + Math.floor(block.length / 2)
@@ -788,7 +834,7 @@ describe("restore's chain check reads the audit table from the restore's own str
   })
 
   it('counts nothing, and says why, in an archive it does not read or that ends early: restore then counts in the database', async () => {
-    expect(countRows(dumpOf(db.url, 6), [8192])).toEqual({ rows: null, why: 'a compressed archive' })
+    expect(countRows(dumpOf(db.url, 6), [8192])).toEqual({ rows: null, why: 'the table data is compressed' })
     const dump = dumpOf(db.url)
     const { block } = find(dump, [dump.length])
     const cut = dump.indexOf(block) + Math.floor(block.length / 2)
@@ -935,6 +981,182 @@ async function until<T>(fn: () => T | undefined): Promise<T> {
   throw new Error('timed out waiting')
 }
 
+describe("the compression stage: pg_dump's archive with its table data compressed inside it", () => {
+  /** The compressor's output for `input` fed in pieces of the given sizes, and its mode. */
+  async function compressed(input: Buffer, sizes: number[]) {
+    const pieces: Buffer[] = []
+    for (let at = 0, i = 0; at < input.length; at += sizes[i++ % sizes.length]!)
+      pieces.push(input.subarray(at, at + sizes[i % sizes.length]!))
+    const c = archiveCompressor()
+    const out: Buffer[] = []
+    for await (const b of Readable.from(pieces).pipe(c.stream)) out.push(b as Buffer)
+    return { bytes: Buffer.concat(out), mode: c.mode() }
+  }
+  // pg_restore's script, less the random key of its \restrict lines (new in every run).
+  const sql = (archive: Buffer) =>
+    execFileSync('pg_restore', ['--file=-'], { input: archive, maxBuffer: 1 << 30 })
+      .toString('utf8')
+      .replace(/^\\(un)?restrict \S+$/gm, '\\$1restrict')
+
+  it('gives what pg_dump -Z0 gave, compressed as -Z6 compresses it, split anywhere: pg_restore reads it alike', async () => {
+    const plain = dumpOf(big.url)
+    const want = sql(plain)
+    expect(want).toMatch(/COPY credits\.credit_transactions/)
+    for (const sizes of [[plain.length], [1 << 16], [1, 7, 4093], [3, 1, 7, 2]]) {
+      const { bytes, mode } = await compressed(plain, sizes.length === 4 ? sizes.map((n) => n * 997) : sizes)
+      expect(mode).toBe('zlib-in-archive')
+      expect(readHead(bytes).compressed).toBe(true)
+      expect(sql(bytes)).toBe(want)
+      // Compressed about as well as pg_dump compresses its own.
+      expect(bytes.length).toBeLessThan(dumpOf(big.url, 6).length * 1.1)
+      expect(bytes.length).toBeLessThan(plain.length / 2)
+    }
+  })
+
+  it('gzips whole what it does not rewrite: a plain dump, an archive already compressed', async () => {
+    const text = Buffer.from('-- PostgreSQL database dump\nSELECT 1;\n'.repeat(1000))
+    const a = await compressed(text, [100])
+    expect(a.mode).toBe('gzip')
+    expect(gunzipSync(a.bytes).equals(text)).toBe(true)
+    const z6 = dumpOf(db.url, 6)
+    const b = await compressed(z6, [4096])
+    expect(b.mode).toBe('gzip')
+    expect(gunzipSync(b.bytes).equals(z6)).toBe(true)
+  })
+
+  it('fails, never ends quietly, on an archive cut short in its table data or its table of contents', async () => {
+    const plain = dumpOf(db.url)
+    const { block } = find(plain, [plain.length])
+    const cut = plain.indexOf(block) + Math.floor(block.length / 2)
+    await expect(compressed(plain.subarray(0, cut), [1000])).rejects.toThrow(/ended inside a table's data/)
+    await expect(compressed(plain.subarray(0, 30), [7])).rejects.toThrow(/ended in its table of contents/)
+  })
+
+  it('decompresses the audit block in pieces, and fails (never hangs) on damaged data or bytes after its end', async () => {
+    const text = Buffer.from(Array.from({ length: 200_000 }, (_, i) => `${i}\tacme\trow ${i}\n`).join(''))
+    const z = deflateSync(text)
+    const run = async (bytes: Buffer, pieces: number) => {
+      const out: Buffer[] = []
+      const inflater = new Inflater((b) => out.push(Buffer.from(b)))
+      const size = Math.ceil(bytes.length / pieces)
+      for (let at = 0; at < bytes.length; at += size) {
+        inflater.add(bytes.subarray(at, at + size))
+        await inflater.flush(at + size >= bytes.length)
+      }
+      return Buffer.concat(out)
+    }
+    for (const pieces of [1, 2, 7, 100]) expect((await run(z, pieces)).equals(text)).toBe(true)
+    const damaged = Buffer.from(z)
+    const mid = Math.floor(z.length / 2)
+    damaged[mid] = damaged[mid]! ^ 0xff
+    await expect(run(damaged, 5)).rejects.toThrow()
+    await expect(run(z.subarray(0, z.length - 10), 3)).rejects.toThrow()
+    await expect(run(Buffer.concat([z, Buffer.from('more')]), 1)).rejects.toThrow(/after the end/)
+    await expect(run(Buffer.concat([z, Buffer.from('more')]), 4)).rejects.toThrow(/after the end/)
+    // The checker throwing is a failure too, not a crash of the process.
+    const throwing = new Inflater(() => {
+      throw new Error('checker stopped')
+    })
+    throwing.add(z)
+    await expect(throwing.flush(true)).rejects.toThrow('checker stopped')
+  })
+
+  it("verify decompresses every table's data and counts its rows: a damaged block or a wrong count is exit 4", async () => {
+    const keys = parseKeyring(backupKey, { envName: 'BACKUP_KEY', bytes: { min: 32 } }, 'test')
+    const ok = await json(['backup', 'verify', bigFile])
+    expect(ok.code, ok.stderr).toBe(0)
+    expect(ok.doc.checks.find((c: { name: string }) => c.name === 'table_data')).toEqual({
+      name: 'table_data',
+      ok: true,
+      detail: "every table's data decompresses; the rows match the manifest",
+    })
+
+    // A manifest that says one row more: found without a test restore.
+    const { copy: counted, manifest: m } = withRowCountOff(bigFile, 'credits.credit_accounts')
+    const r1 = await json(['backup', 'verify', counted])
+    expect(r1.code).toBe(4)
+    expect(checksByName(r1.doc).table_data).toMatchObject({
+      ok: false,
+      detail: `credits.credit_accounts: ${m.row_counts['credits.credit_accounts'] - 1} rows, manifest ${m.row_counts['credits.credit_accounts']}`,
+    })
+
+    // A byte of a table's compressed data changed, then encrypted again under the same key with a
+    // manifest to match: every chunk authenticates, but the data does not decompress.
+    const dir = tmp('damaged-data')
+    const archive: Buffer[] = []
+    await pipeline(
+      fs.createReadStream(bigFile),
+      createDecryptStream(keys),
+      new Writable({
+        write(c: Buffer, _e, cb) {
+          archive.push(c)
+          cb()
+        },
+      }),
+    )
+    const plain = Buffer.concat(archive)
+    const { block } = find(plain, [plain.length])
+    const at = plain.indexOf(block) + Math.floor(block.length / 2)
+    plain[at] = plain[at]! ^ 0x55
+    const damaged = path.join(dir, path.basename(bigFile))
+    await pipeline(Readable.from([plain]), createEncryptStream(keys), fs.createWriteStream(damaged))
+    const bytes = fs.readFileSync(damaged)
+    fs.writeFileSync(
+      manifestOf(damaged),
+      JSON.stringify({
+        ...readManifest(bigFile),
+        sha256: createHash('sha256').update(bytes).digest('hex'),
+        sizes: { ...readManifest(bigFile).sizes, file_bytes: bytes.length },
+      }),
+    )
+    const r2 = await json(['backup', 'verify', damaged])
+    expect(r2.code).toBe(4)
+    const byName = checksByName(r2.doc)
+    expect(byName.checksum?.ok ?? true).toBe(true)
+    expect(byName.table_data).toMatchObject({ ok: false })
+    // zlib names what it tripped on, and that depends on the bytes around the change ("incorrect
+    // data check", "invalid distance too far back", ...): the sentence and the dump id are ours.
+    expect(byName.table_data.detail).toMatch(
+      /^The backup's table data does not decompress: the data block of dump id \d+: [^:]+\.$/,
+    )
+  })
+
+  it('refuses a manifest naming a compression it does not read, before reading the file', async () => {
+    const dir = tmp('unknown-compression')
+    const file = path.join(dir, path.basename(smallFile))
+    fs.copyFileSync(smallFile, file)
+    const m = readManifest(smallFile)
+    fs.writeFileSync(manifestOf(file), JSON.stringify({ ...m, compression: 'zstd' }))
+    const r = await cli(['backup', 'verify', file])
+    expect(r.code).toBe(4)
+    expect(r.stdout).toMatch(/FAIL\s+manifest\s+.* names a compression this shieldx does not read \(zstd\)\./)
+    const restore = await cli(['--yes', 'restore', file, '--target', urlFor(targetName('zstd')), '--create'])
+    expect(restore.code).toBe(4)
+    expectSentence(restore, /names a compression this shieldx does not read \(zstd\)/)
+  })
+
+  it('restores a backup written before it (shieldx.backup.v1, the dump gzipped whole), chains verified on the way in', async () => {
+    const dir = path.join(ROOT, 'test/fixtures/backup-v1')
+    const keys = JSON.parse(fs.readFileSync(path.join(dir, 'keys.json'), 'utf8')) as Record<string, string>
+    const file = path.join(
+      dir,
+      fs.readdirSync(dir).find((f) => f.endsWith('.shxb'))!,
+    )
+    expect(readManifest(file)).toMatchObject({ format: 'shieldx.backup.v1', compression: 'gzip' })
+    const url = urlFor(targetName('v1'))
+    const r = await json(['--yes', 'restore', file, '--target', url, '--create'], { env: keys })
+    expect(r.code, r.stderr).toBe(0)
+    const detail = (name: string) => r.doc.checks.find((c: { name: string }) => c.name === name).detail
+    expect(detail('row_counts')).toBe('8 tables match (the rows pg_restore loaded, counted on the way in)')
+    expect(detail('verify_chain')).toBe('4 rows across 3 tenants intact (verified as they were restored)')
+    expect((await accounts(url)).map((a) => [a.tenant_id, a.balance])).toEqual([
+      ['acme', '70'],
+      ['beta', '50'],
+      ['gamma', '7'],
+    ])
+  })
+})
+
 describe('a backup that cannot finish leaves nothing that looks complete', () => {
   it('killed mid-backup (SIGKILL): only a .partial remains, list shows no backup, and the next create removes it', async () => {
     const dir = tmp('killed')
@@ -979,6 +1201,30 @@ describe('a backup that cannot finish leaves nothing that looks complete', () =>
     expect(r.code).toBe(1)
     expectSentence(r, new RegExp(`pg_dump was not found in SHIELDX_PG_BIN \\(${bin}\\)`))
     expect(r.stderr).toContain('postgresql-client-15')
+    expect(fs.readdirSync(dir)).toEqual([])
+  })
+
+  it("pg_dump failing mid-table: exit 1 with pg_dump's own error, not the cut archive's, and nothing left", async () => {
+    // A pg_dump that stops 300 kB into its archive (inside a table's data) and says why.
+    const bin = tmp('cutbin')
+    const real = execFileSync('sh', ['-c', 'ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1'])
+      .toString()
+      .trim()
+    fs.writeFileSync(
+      path.join(bin, 'pg_dump'),
+      `#!/bin/sh
+if [ "$1" = "--version" ]; then exec ${real}/pg_dump --version; fi
+${real}/pg_dump "$@" | head -c 300000
+echo 'pg_dump: error: Dumping the contents of table "credit_transactions" failed: PQgetResult() failed.' >&2
+exit 1
+`,
+      { mode: 0o755 },
+    )
+    const dir = tmp('cutbin-out')
+    const r = await cli(['backup', 'create', '--dir', dir], { env: { SHIELDX_PG_BIN: bin }, url: big.url })
+    expect(r.code).toBe(1)
+    expectSentence(r, /pg_dump failed \(exit 1\): Dumping the contents of table "credit_transactions" failed/)
+    expect(r.stderr).not.toMatch(/could not be compressed/)
     expect(fs.readdirSync(dir)).toEqual([])
   })
 

@@ -17,12 +17,14 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
+import zlib from 'node:zlib'
 import { notIntact, TextChainChecker, type TextChainResult } from '../audit/copy-text.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import { type Keyring, keysFromWire, keysToWire, type WireKeys } from '../config/secrets.js'
 import { InterruptedError } from '../errors.js'
 import { ChunkReader, type TableData, TableDataFinder } from './custom-format.js'
 import type { Manifest } from './manifest.js'
+import { ZlibSteps } from './zlib-steps.js'
 
 export const AUDIT_TABLE = { schema: 'credits', table: 'audit_logs' }
 
@@ -328,6 +330,8 @@ export async function checkSpilledChains(
   const table = `${AUDIT_TABLE.schema}.${AUDIT_TABLE.table}`
   const checker = new TextChainChecker(keysFromWire(auditKeys), table, heads)
   let reader: ChunkReader | null = null
+  /** A compressed archive's table data: one zlib stream across the chunks' payloads. */
+  let inflater: Inflater | null = null
   let written = 0
   let ended = false
   let read = 0
@@ -338,7 +342,18 @@ export async function checkSpilledChains(
       const n = fs.readSync(fd, buf, 0, Math.min(buf.length, written - read), read)
       if (n === 0) return notIntact('the spill file ends early', countedBy(checker))
       read += n
-      if (reader.write(buf.subarray(0, n)) || checker.gaveUp) break
+      const blockEnded = reader.write(buf.subarray(0, n))
+      if (inflater) {
+        try {
+          await inflater.flush(blockEnded)
+        } catch (err) {
+          return notIntact(
+            `the audit data does not decompress (${(err as Error).message})`,
+            countedBy(checker),
+          )
+        }
+      }
+      if (blockEnded || checker.gaveUp) break
       onRead(read)
       // A turn of the event loop, so that what onRead wrote goes out while it catches up.
       await new Promise(setImmediate)
@@ -349,13 +364,38 @@ export async function checkSpilledChains(
     if (next.done) return notIntact('the restore stopped', countedBy(checker))
     const m = next.value
     if ('table' in m) {
-      reader = new ChunkReader(m.table.intSize, (slice) => checker.write(slice))
       checker.write(Buffer.from(m.table.copyStmt))
+      const into = m.table.zlib ? (inflater = new Inflater((text) => checker.write(text))) : null
+      reader = new ChunkReader(m.table.intSize, (slice) => (into ? into.add(slice) : checker.write(slice)))
     } else if ('written' in m) written = m.written
     else if ('end' in m) ended = true
     else if ('none' in m) return notIntact(m.none, countedBy(checker))
   }
   return checker.end()
+}
+
+/**
+ * The table data of a compressed archive, decompressed as its chunks are read from the spill file.
+ * Every way it can fail (damaged data, bytes after the end of the stream, the checker throwing)
+ * rejects flush(), which the caller reports as not intact: it never hangs.
+ */
+export class Inflater {
+  private readonly z = new ZlibSteps(zlib.createInflate({ chunkSize: READ_BYTES }))
+  private pending: Buffer[] = []
+
+  constructor(private readonly text: (b: Buffer) => void) {}
+
+  /** A payload slice (of the read buffer, which is reused: copied). */
+  add(slice: Buffer): void {
+    this.pending.push(Buffer.from(slice))
+  }
+
+  /** Decompresses what was added; at the block's end, to the end of the stream. */
+  async flush(end: boolean): Promise<void> {
+    const bytes = Buffer.concat(this.pending)
+    this.pending = []
+    for (const out of await (end ? this.z.end(bytes) : this.z.write(bytes))) this.text(out)
+  }
 }
 
 function countedBy(checker: TextChainChecker): { rows: number; tenants: number } {

@@ -1,7 +1,9 @@
 /**
  * backup create: pg_dump -Fc -Z0 (PGlite's own pg_dump for the embedded database) streamed
- * through gzip and chunked AES-256-GCM into NAME.shxb.<pid>.partial, fsynced, renamed; then the
- * manifest beside it. The facts in the manifest are read in the snapshot pg_dump dumps
+ * through compression and chunked AES-256-GCM into NAME.shxb.<pid>.partial, fsynced, renamed; then
+ * the manifest beside it. A custom archive has its table data compressed inside it
+ * (archive-compressor.ts), so that restore can hand pg_restore the archive as it is; a plain dump
+ * is gzipped whole. The facts in the manifest are read in the snapshot pg_dump dumps
  * (pg_export_snapshot), so they describe exactly the data in the file.
  */
 import { spawn } from 'node:child_process'
@@ -18,6 +20,7 @@ import { isAlive } from '../db/embedded.js'
 import type { Database } from '../db/pool.js'
 import { InterruptedError, OperationError } from '../errors.js'
 import type { SchemaName } from '../migrations/files.js'
+import { archiveCompressor } from './archive-compressor.js'
 import { createEncryptStream } from './envelope.js'
 import {
   BACKUP_EXT,
@@ -69,14 +72,16 @@ export async function createBackup(
     db.kind === 'embedded' ? await embeddedDump(db, schema) : await serverDump(db, schema, options)
   const sizes = { dump_bytes: 0, compressed_bytes: 0, file_bytes: 0 }
   const hash = createHash('sha256')
+  const compressor = source.dump.format === 'custom' ? archiveCompressor() : null
   try {
     const abort = options.signal ? { signal: options.signal } : {}
     await Promise.all([
+      // A dump cut short means pg_dump stopped: its own message, once it has exited, says why.
       pipeline(
         source.stream,
         counter((n) => (sizes.dump_bytes += n)),
         // Level 6 as pg_dump -Fc uses; 1 MiB chunks (zlib's default is 16 KiB) cost less per byte.
-        zlib.createGzip({ level: 6, chunkSize: 1 << 20 }),
+        compressor?.stream ?? zlib.createGzip({ level: 6, chunkSize: 1 << 20 }),
         counter((n) => (sizes.compressed_bytes += n)),
         createEncryptStream(options.keys),
         counter((n) => {
@@ -85,7 +90,10 @@ export async function createBackup(
         }, hash),
         fs.createWriteStream(partial, { mode: 0o600 }),
         abort,
-      ),
+      ).catch(async (err: unknown) => {
+        if ((err as { code?: string }).code === 'PG_DUMP_CUT') await source.done
+        throw err
+      }),
       source.done,
     ])
     const fd = fs.openSync(partial, 'r+')
@@ -109,7 +117,7 @@ export async function createBackup(
       sizes,
       sha256: hash.digest('hex'),
       encryption: { algorithm: 'AES-256-GCM-chunked', key_id: options.keys.current.kid },
-      compression: 'gzip',
+      compression: compressor?.mode() ?? 'gzip',
     }
     writeManifest(file, manifest)
     return { file, manifest, bytes: sizes.file_bytes, duration_ms: Date.now() - started }

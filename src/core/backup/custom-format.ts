@@ -1,20 +1,20 @@
 /**
  * pg_dump's custom archive format, as much of it as finding one table's data in the stream that
- * goes to pg_restore and counting every table's rows take (PostgreSQL's pg_backup_archiver.c
- * ReadHead/ReadToc and pg_backup_custom.c): a header, the table of contents, then each table's
- * data as a block, BLK_DATA, its dumpId, then (int length, bytes)* up to a length of 0. An int is
- * a sign byte and intSize bytes, least significant first; a string an int length (-1: null) and
- * its bytes.
+ * goes to pg_restore, counting every table's rows and compressing the table data
+ * (archive-compressor.ts) take (PostgreSQL's pg_backup_archiver.c ReadHead/ReadToc and
+ * pg_backup_custom.c): a header, the table of contents, then each table's data as a block,
+ * BLK_DATA, its dumpId, then (int length, bytes)* up to a length of 0. An int is a sign byte and
+ * intSize bytes, least significant first; a string an int length (-1: null) and its bytes.
  *
  * Written by hand: no library reads this format, and all it takes is walking length prefixes. With
  * pg_dump -Z0 a table's data is its COPY text, one chunk per row, ending with `\.` and two empty
- * lines.
+ * lines; in a compressed archive it is one zlib stream cut into chunks.
  */
 
 /** Archive versions whose layout this reads: pg_dump 9.0 to 16. Anything else: not found. */
 const MIN_VERSION = [1, 12]
 const MAX_VERSION = [1, 15]
-const BLK_DATA = 1
+export const BLK_DATA = 1
 const SECTION_DATA = 3
 /** A table of contents larger than this is not a ledger's: give up rather than hold it. */
 const MAX_HEADER_BYTES = 64 << 20
@@ -24,10 +24,19 @@ export interface TableData {
   copyStmt: string
   /** The archive's integer size, for reading the block's length prefixes. */
   intSize: number
+  /** The chunks' payloads are one zlib stream (a compressed archive), not the COPY text itself. */
+  zlib: boolean
 }
 
 /** Thrown by the header reader when the bytes so far end before the table of contents does. */
 class NeedMore extends Error {}
+
+/**
+ * Where the header's compression field is: after PGDMP, the version (3 bytes), the int and offset
+ * sizes and the format byte. Before archive version 1.15 it is an int (the zlib level, 0: none),
+ * from 1.15 on one byte (the algorithm, 0: none).
+ */
+export const COMPRESSION_AT = 11
 
 /**
  * The archive's int whose sign byte is b[at]: the bytes after it, to the end of b, are its
@@ -82,7 +91,11 @@ interface TocEntry {
   copyStmt: string | null
 }
 
-interface Head {
+export interface Head {
+  /** [major, minor, revision] of the archive format */
+  version: number[]
+  /** The table data is compressed (zlib before 1.15; any algorithm from 1.15 on). */
+  compressed: boolean
   intSize: number
   /** The tables' data entries (TABLE DATA in the data section). */
   entries: TocEntry[]
@@ -91,7 +104,7 @@ interface Head {
 }
 
 /** The header and table of contents, if `b` holds them. */
-function readHead(b: Buffer): Head {
+export function readHead(b: Buffer): Head {
   const r = new HeadReader(b)
   if (r.bytes(5).toString('latin1') !== 'PGDMP') throw new NotReadable('not a custom-format archive')
   const version = [r.byte(), r.byte(), r.byte()]
@@ -104,8 +117,8 @@ function readHead(b: Buffer): Head {
     throw new NotReadable('integer sizes out of range')
   if (r.byte() !== 1) throw new NotReadable('not a custom-format archive')
   // Compression: a level before 1.15, an algorithm after; 0 both times is none.
+  if (r.pos !== COMPRESSION_AT) throw new NotReadable('an unexpected header')
   const compression = version[1]! >= 15 ? r.byte() : r.int()
-  if (compression !== 0) throw new NotReadable('a compressed archive')
   for (let i = 0; i < 7; i++) r.int() // the creation time
   r.str() // database
   r.str() // server version
@@ -135,23 +148,26 @@ function readHead(b: Buffer): Head {
       entries.push({ dumpId, name: `${namespace}.${tag}`, schema: namespace, table: tag, copyStmt })
     }
   }
-  return { intSize: r.intSize, entries, dataStart: r.pos }
+  return { version, compressed: compression !== 0, intSize: r.intSize, entries, dataStart: r.pos }
 }
 
 /** Gathers the archive's first chunks until its table of contents is whole. */
-class HeadReceiver {
+export class HeadReceiver {
   private chunks: Buffer[] = []
   private bytes = 0
 
-  /** The head and the bytes after it; null while more is needed; or why it is not readable. */
-  add(chunk: Buffer): { head: Head; rest: Buffer } | { why: string } | null {
+  /**
+   * The head and the bytes after it; null while more is needed; or why it is not readable. `all`:
+   * every byte given so far.
+   */
+  add(chunk: Buffer): { head: Head; rest: Buffer; all: Buffer } | { why: string; all: Buffer } | null {
     this.chunks.push(chunk)
     this.bytes += chunk.length
     const all = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks)
     try {
       const head = readHead(all)
       this.chunks = []
-      return { head, rest: all.subarray(head.dataStart) }
+      return { head, rest: all.subarray(head.dataStart), all }
     } catch (err) {
       if (err instanceof NeedMore && this.bytes <= MAX_HEADER_BYTES) {
         this.chunks = [all]
@@ -159,6 +175,7 @@ class HeadReceiver {
       }
       this.chunks = []
       return {
+        all,
         why:
           err instanceof NotReadable
             ? err.message
@@ -174,7 +191,7 @@ class HeadReceiver {
 type Want = 'raw' | 'payload' | 'skip'
 
 /** What a BlockWalker tells of the blocks it walks. */
-interface BlockListener {
+export interface BlockListener {
   /** A block of this dumpId begins. */
   begin(dumpId: number): Want
   /** 'raw': the block's bytes after its header, length prefixes and the final 0 included. */
@@ -192,7 +209,7 @@ interface BlockListener {
  * what is wanted and hands that on, as slices of the chunks it is given (no copies). A block is
  * BLK_DATA, its dumpId, then (int length, bytes)* up to a length of 0.
  */
-class BlockWalker {
+export class BlockWalker {
   private at: 'block' | 'length' | 'data' = 'block'
   /** The bytes of the current block header or length prefix read so far. */
   private prefix: number[] = []
@@ -342,8 +359,10 @@ export class TableDataFinder {
         if (mine.length === 0) return `no data for ${schema}.${name} in the archive`
         const entry = mine[0]!
         if (mine.length > 1 || !entry.copyStmt) return `${schema}.${name} has no single COPY`
+        // From 1.15 on the algorithm may be lz4 or zstd, which this does not read.
+        if (head.compressed && head.version[1]! >= 15) return 'table data compressed by pg_dump 16 or later'
         dumpId = entry.dumpId
-        sink.found({ copyStmt: entry.copyStmt, intSize: head.intSize })
+        sink.found({ copyStmt: entry.copyStmt, intSize: head.intSize, zlib: head.compressed })
         return null
       },
       begin: (id) => {
@@ -396,6 +415,8 @@ export class RowCounter {
   private why: string | null = null
   private readonly walker = new ArchiveWalker({
     toc: (head) => {
+      // Counting the rows of compressed data would mean decompressing it all a second time.
+      if (head.compressed) return 'the table data is compressed'
       for (const e of head.entries) {
         this.names.set(e.dumpId, e.name)
         this.counts[e.name] = 0

@@ -8,12 +8,17 @@ import type pg from 'pg'
 import { IntegrityError } from '../errors.js'
 import type { SchemaName } from '../migrations/files.js'
 
-export const MANIFEST_FORMAT = 'shieldx.backup.v1'
+/**
+ * v2: the compression may be 'zlib-in-archive'. A v1 manifest (always 'gzip') is still read; a
+ * shieldx that knows only v1 refuses a v2 one in a sentence instead of misreading the file.
+ */
+export const MANIFEST_FORMAT = 'shieldx.backup.v2'
+const READABLE_FORMATS = ['shieldx.backup.v1', MANIFEST_FORMAT]
 export const BACKUP_EXT = '.shxb'
 export const MANIFEST_EXT = '.manifest.json'
 
 export interface Manifest {
-  format: typeof MANIFEST_FORMAT
+  format: 'shieldx.backup.v1' | typeof MANIFEST_FORMAT
   name: string
   created_at: string
   label: string | null
@@ -28,7 +33,12 @@ export interface Manifest {
   sizes: { dump_bytes: number; compressed_bytes: number; file_bytes: number }
   sha256: string
   encryption: { algorithm: 'AES-256-GCM-chunked'; key_id: string }
-  compression: 'gzip'
+  /**
+   * 'gzip': the whole dump gzipped (a plain dump; every custom one before v2). 'zlib-in-archive': a
+   * custom archive whose table data is zlib-compressed inside it, as pg_dump -Z6 writes it
+   * (archive-compressor.ts): decrypted, it is an ordinary pg_dump archive.
+   */
+  compression: 'gzip' | 'zlib-in-archive'
   /** Set by `backup verify` when every check passed. */
   verified?: { at: string; restore_test: boolean }
 }
@@ -46,7 +56,14 @@ export interface Facts {
 export async function readFacts(
   client: pg.ClientBase | pg.Pool,
   schema: SchemaName,
-  { countRows = true }: { countRows?: boolean } = {},
+  {
+    countRows = true,
+    known = {},
+  }: {
+    countRows?: boolean
+    /** Tables' rows already known (`schema.table`): taken as they are, not counted. */
+    known?: Record<string, number>
+  } = {},
 ): Promise<Facts> {
   const { rows: tables } = await client.query<{ name: string }>(
     `select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -55,33 +72,37 @@ export async function readFacts(
   )
   const row_counts: Record<string, number> = {}
   const count = async (name: string) => {
+    const k = known[`${schema}.${name}`]
+    if (k !== undefined) {
+      row_counts[`${schema}.${name}`] = k
+      return
+    }
     const { rows } = await client.query<{ n: string }>(
       `select count(*) as n from ${schema}."${name.replace(/"/g, '""')}"`,
     )
     row_counts[`${schema}.${name}`] = Number(rows[0]!.n)
   }
-  // One query at a time on a client (pg deprecates queueing them); all at once on a pool.
-  if (countRows) {
-    if ('totalCount' in client) await Promise.all(tables.map((t) => count(t.name)))
-    else for (const t of tables) await count(t.name)
-  }
   const hasMigrations = tables.some((t) => t.name === 'schema_migrations')
-  const schema_version = hasMigrations
-    ? Number(
-        (
-          await client.query<{ v: number | null }>(
-            `select max(version) as v from ${schema}.schema_migrations`,
-          )
-        ).rows[0]!.v ?? 0,
-      )
-    : 0
+  let schema_version = 0
+  const version = async () => {
+    if (!hasMigrations) return
+    const { rows } = await client.query<{ v: number | null }>(
+      `select max(version) as v from ${schema}.schema_migrations`,
+    )
+    schema_version = Number(rows[0]!.v ?? 0)
+  }
   const chains: Manifest['chains'] = {}
-  if (schema === 'credits' && tables.some((t) => t.name === 'credit_accounts')) {
+  const heads = async () => {
+    if (schema !== 'credits' || !tables.some((t) => t.name === 'credit_accounts')) return
     const { rows } = await client.query<{ tenant_id: string; chain_seq: string; head: string | null }>(
       `select tenant_id, chain_seq, encode(chain_head, 'hex') as head from credits.credit_accounts where chain_seq > 0 order by tenant_id`,
     )
     for (const r of rows) chains[r.tenant_id] = { seq: Number(r.chain_seq), head: r.head ?? '' }
   }
+  const queries = [...(countRows ? tables.map((t) => () => count(t.name)) : []), version, heads]
+  // One query at a time on a client (pg deprecates queueing them); all at once on a pool.
+  if ('totalCount' in client) await Promise.all(queries.map((q) => q()))
+  else for (const q of queries) await q()
   return { schema_version, row_counts, chains }
 }
 
@@ -109,8 +130,19 @@ export function readManifest(backupFile: string): Manifest {
       code: 'BACKUP_BAD_MANIFEST',
     })
   }
-  if (m?.format !== MANIFEST_FORMAT) {
-    throw new IntegrityError(`${file} is not a ${MANIFEST_FORMAT} manifest.`, { code: 'BACKUP_BAD_MANIFEST' })
+  if (!READABLE_FORMATS.includes(m?.format)) {
+    throw new IntegrityError(
+      `${file} is not a ${READABLE_FORMATS.join(' or ')} manifest${typeof m?.format === 'string' ? ` (it says ${m.format.slice(0, 40)}: a newer shieldx wrote it?)` : ''}.`,
+      { code: 'BACKUP_BAD_MANIFEST' },
+    )
+  }
+  // Read before any byte is: a compression this does not know would be fed to the wrong reader.
+  const compressions = m.format === MANIFEST_FORMAT ? ['gzip', 'zlib-in-archive'] : ['gzip']
+  if (!compressions.includes(m.compression)) {
+    throw new IntegrityError(
+      `${file} names a compression this shieldx does not read (${String(m.compression).slice(0, 40)}).`,
+      { code: 'BACKUP_BAD_MANIFEST' },
+    )
   }
   return m
 }

@@ -130,11 +130,20 @@ export async function restoreBackup(
     { name: 'restore', ok: true, detail: `${manifest.name} restored into '${state.database}'` },
   ]
   const startedAt = new Date()
+  // The connection for the chains' part, opened while the rows are counted.
+  const opening =
+    manifest.database === 'credits' && options.auditKeys
+      ? openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
+      : null
+  opening?.catch(() => {}) // awaited below, or closed if the counts fail
   // The counts on connections without a statement timeout (a large table may take a while), side by side.
   const counts = new Pool({ connectionString: url, max: 4, application_name: 'shieldx restore' })
   counts.on('error', () => {})
   try {
     checks.push(...(await compareWithManifest(counts, manifest, restored.rows)))
+  } catch (err) {
+    await opening?.then((db) => db.close()).catch(() => {})
+    throw err
   } finally {
     await counts.end().catch(() => {})
   }
@@ -146,7 +155,7 @@ export async function restoreBackup(
         detail: 'AUDIT_HMAC_KEY is needed to verify the restored chain',
       })
     } else {
-      const db = await openServer(url, '--target', { timeoutMs: options.timeoutMs, env: {} })
+      const db = await opening!
       try {
         // Verified on the way in against the manifest's heads; if the restored database holds
         // exactly what the manifest says (its row counts, its accounts' heads), it holds the rows

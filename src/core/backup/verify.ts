@@ -65,7 +65,8 @@ export async function verifyBackup(file: string, options: VerifyBackupOptions): 
   } catch (err) {
     if (!(err instanceof IntegrityError)) throw err
     checks.push({
-      name: err.code === 'BACKUP_CHECKSUM' ? 'checksum' : 'chunks',
+      name:
+        err.code === 'BACKUP_CHECKSUM' ? 'checksum' : err.code === 'BACKUP_CORRUPT' ? 'table_data' : 'chunks',
       ok: false,
       detail: err.message,
     })
