@@ -10,6 +10,7 @@ import {
 import { createBackup, type CreateResult } from '../core/backup/create.js'
 import { AUDIT_KEY_SPEC } from '../core/audit/chain.js'
 import { readManifest } from '../core/backup/manifest.js'
+import { warmTool } from '../core/backup/pgtools.js'
 import {
   assertRestorable,
   createTargetDatabase,
@@ -107,6 +108,8 @@ export async function create(
     throw new UsageError(`--label must be 1-60 letters, digits, '.', '_' or '-'; got '${opts.label}'.`)
   }
   const settings = ctx.settings({ ...(opts.dir ? { dir: opts.dir } : {}) })
+  // A server's dump needs pg_dump: asked for its version while the connection opens.
+  if (settings.creditsDb.value !== null || settings.shadowDb.value !== null) warmTool('pg_dump', ctx.io.env)
   const dbs = await ctx.databases(settings)
   const schemas: SchemaName[] = opts.db === 'all' ? ['credits', 'shadow'] : [opts.db]
   const results: CreateResult[] = []
@@ -265,6 +268,7 @@ export async function restore(
   opts: { target?: string; create?: boolean; force?: boolean },
 ) {
   if (!opts.target) throw new UsageError('--target URL is required: say which database to restore into.')
+  warmTool('pg_restore', ctx.io.env)
   const settings = ctx.settings()
   const manifest = readManifest(file)
   const keys = backupKeys(ctx, settings)
@@ -400,6 +404,7 @@ export async function rollbackMigration(
       throw new UsageError(
         'rollback --migration restores into a database server; the embedded database has no pre-migration backups.',
       )
+    warmTool('pg_restore', ctx.io.env)
     const state = await inspectTarget(db.connectionString!, c.manifest.database, settings.timeoutMs.value)
     plans.push({ ...c, db, state })
   }

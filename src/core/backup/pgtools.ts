@@ -25,17 +25,8 @@ export interface ToolInfo {
  * pg_dump refuses servers newer than itself, so an older one is an error that says what to install.
  */
 export async function findTool(tool: PgTool, serverMajor: number, env: NodeJS.ProcessEnv): Promise<ToolInfo> {
-  const candidates: string[] = []
-  if (env.SHIELDX_PG_BIN) candidates.push(path.join(env.SHIELDX_PG_BIN, tool))
-  else {
-    const root = '/usr/lib/postgresql'
-    const majors = safeReaddir(root)
-      .map(Number)
-      .filter((n) => Number.isInteger(n) && n >= serverMajor)
-      .sort((a, b) => a - b)
-    for (const m of majors) candidates.push(path.join(root, String(m), 'bin', tool))
-    candidates.push(tool) // PATH
-  }
+  const candidates = versioned(tool, serverMajor, env)
+  if (!env.SHIELDX_PG_BIN) candidates.push(tool) // PATH
   let newest: ToolInfo | null = null
   for (const candidate of candidates) {
     const info = await probe(candidate)
@@ -61,7 +52,41 @@ export async function findTool(tool: PgTool, serverMajor: number, env: NodeJS.Pr
   )
 }
 
-async function probe(bin: string): Promise<ToolInfo | null> {
+/**
+ * Starts asking every installed `tool` for its version now, before the server's version is known,
+ * so that the findTool that follows finds its answer waiting: the `--version` run overlaps the
+ * connection to the server instead of coming after it (it is on the way to every restore).
+ */
+export function warmTool(tool: PgTool, env: NodeJS.ProcessEnv): void {
+  for (const candidate of versioned(tool, 0, env)) void probe(candidate)
+}
+
+/** $SHIELDX_PG_BIN's tool, or Debian's /usr/lib/postgresql/<N>/bin ones for N >= serverMajor, oldest first. */
+function versioned(tool: PgTool, serverMajor: number, env: NodeJS.ProcessEnv): string[] {
+  if (env.SHIELDX_PG_BIN) return [path.join(env.SHIELDX_PG_BIN, tool)]
+  const root = '/usr/lib/postgresql'
+  return safeReaddir(root)
+    .map(Number)
+    .filter((n) => Number.isInteger(n) && n >= serverMajor)
+    .sort((a, b) => a - b)
+    .map((m) => path.join(root, String(m), 'bin', tool))
+}
+
+/** A binary's version, asked once per process (a failed probe is asked again next time). */
+function probe(bin: string): Promise<ToolInfo | null> {
+  let known = probed.get(bin)
+  if (!known) {
+    known = probeOnce(bin)
+    probed.set(bin, known)
+    void known.then((info) => {
+      if (!info) probed.delete(bin)
+    })
+  }
+  return known
+}
+const probed = new Map<string, Promise<ToolInfo | null>>()
+
+async function probeOnce(bin: string): Promise<ToolInfo | null> {
   try {
     const { stdout } = await run(bin, ['--version'], { timeout: 10_000 })
     const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(stdout)
