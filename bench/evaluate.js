@@ -32,7 +32,7 @@ export const about =
   `\`shieldx traffic generate --attack-rate 0.2 --seed 1\` writes ${BIG.toLocaleString('en-US')} and ${SMALL.toLocaleString('en-US')} events ` +
   `(JSON lines, not compressed). Subject: \`shieldx evaluate --candidate ip-burst@1 --control status-errors@1 --no-store --json\` ` +
   `(a rate_limit on ip over 10 s against a threshold on status) on a scratch server database, with --workers 1 (one thread does ` +
-  `everything) and --workers 2 (two threads in all: one reads and runs the windows, and parses when the other has its fill; the other hashes the bytes and parses; both parse with the WebAssembly line scanner, JSON.parse only for lines it leaves). Baseline: a node process ` +
+  `everything) and --workers 2 (two threads in all: one reads, hashes the bytes as it reads them and runs the windows, and parses when the other has its fill; the other parses; both parse with the WebAssembly line scanner, JSON.parse only for lines it leaves). Baseline: a node process ` +
   `that reads the same file and JSON.parses every line on one thread (bench/json-lines.js) — the least any evaluator of ` +
   `JSON lines does. ${ROUNDS} rounds, the order rotating. Rates are events per second of the evaluation as the command reports ` +
   `it (elapsed_ms: replay, statistics, verdict; the CLI's start and connection are measured by the startup group); the wall ` +

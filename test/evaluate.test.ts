@@ -547,7 +547,7 @@ describe('replay', () => {
       }
     }
     // Several 1 MiB reads: the pooled buffers go round the workers and back, and are hashed as
-    // read: on this thread with 1 worker, by the first worker (shared memory) with more.
+    // read: on this thread with --workers 1 or 2, by the first worker (shared memory) with 3.
     expect(fs.statSync(plain).size).toBeGreaterThan(3 * 2 ** 20)
     for (const workers of [1, 2, 3]) {
       const p = await run(plain, workers, RATE)
