@@ -344,7 +344,9 @@ describe('replay', () => {
         skipInvalid: false,
         maxDisorderMs: 0,
         blockBytes: 20_000,
+        awaitWorkers: true,
       })
+      if (workers > 1) expect(r.worker_blocks, 'blocks parsed by the worker').toBeGreaterThan(0)
       expect(confusion(r.tally.candidate), `workers ${workers}`).toEqual({
         tp: 15_000,
         fp: 0,
@@ -405,7 +407,9 @@ describe('replay', () => {
         skipInvalid: false,
         maxDisorderMs: 20_000,
         blockBytes: 50_000,
+        awaitWorkers: true,
       })
+      if (workers > 1) expect(r.worker_blocks, 'blocks parsed by the worker').toBeGreaterThan(0)
       expect(confusion(r.tally.candidate), `workers ${workers}`).toEqual(want)
       // every distinct count is a distinct score (count / threshold), each counted once per event
       const scores = [...r.tally.candidate.scores]
@@ -529,7 +533,15 @@ describe('replay', () => {
     const plain = writeTraffic('many.jsonl', events)
     const gz = writeTraffic('many.jsonl.gz', events, true)
     const run = (file: string, workers: number, candidate: RulePart) =>
-      replay({ file, control: STATUS, candidate, workers, skipInvalid: false, maxDisorderMs: 2000 })
+      replay({
+        file,
+        control: STATUS,
+        candidate,
+        workers,
+        skipInvalid: false,
+        maxDisorderMs: 2000,
+        awaitWorkers: true,
+      })
     const stateless: RulePart = { type: 'match', field: 'path', pattern: 'wp-login' }
     for (const candidate of [RATE, stateless]) {
       const one = await run(plain, 1, candidate)
@@ -540,6 +552,7 @@ describe('replay', () => {
         [gz, 2],
       ] as const) {
         const other = await run(file, workers, candidate)
+        expect(other.worker_blocks, `${file} with ${workers} workers`).toBeGreaterThan(0)
         expect(confusion(other.tally.candidate)).toEqual(confusion(one.tally.candidate))
         expect(confusion(other.tally.control)).toEqual(confusion(one.tally.control))
         expect([...other.tally.candidate.scores].sort()).toEqual([...one.tally.candidate.scores].sort())
@@ -579,11 +592,13 @@ describe('replay', () => {
           workers,
           skipInvalid: false,
           maxDisorderMs: 0,
+          awaitWorkers: true,
         }),
       )
     }
     const want = createHash('sha256').update(fs.readFileSync(file)).digest('hex')
     for (const r of results) {
+      if (r.workers > 1) expect(r.worker_blocks, `${r.workers} workers`).toBeGreaterThan(0)
       expect(r.tally.events).toBe(280_000)
       expect(r.traffic_sha256).toBe(want)
       expect(confusion(r.tally.candidate)).toEqual(confusion(results[0]!.tally.candidate))
@@ -602,6 +617,7 @@ describe('replay', () => {
       skipInvalid: false,
       maxDisorderMs: 0,
       sampleSize: 1000,
+      awaitWorkers: true,
     })
     expect(r.tally.events).toBe(1000)
     const want = reference(events, 2000, 5, 401)

@@ -10,9 +10,12 @@ import { type BlockMessage, type BlockParserInput, blockParser, type BlockTask }
 /** `id`: the shared buffer's (replay.ts's openPlainFile), handed back once hashed. */
 export type HashTask = { type: 'hash'; bytes: Uint8Array; id: number } | { type: 'digest' }
 export type HashReply = { type: 'hashed'; id: number } | { type: 'digest'; hex: string }
+/** Sent once, when the parser is set up: blocks sent before would wait for the thread to start. */
+export type ReadyReply = { type: 'ready' }
 
 const parse = blockParser(workerData as BlockParserInput)
 const hash = createHash('sha256')
+parentPort!.postMessage({ type: 'ready' } satisfies ReadyReply)
 
 parentPort!.on('message', (task: BlockTask | HashTask) => {
   if ('type' in task) {

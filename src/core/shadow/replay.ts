@@ -42,7 +42,7 @@ import {
   type BlockTask,
   type InvalidLine,
 } from './parse-block.js'
-import type { HashReply, HashTask } from './replay-worker.js'
+import type { HashReply, HashTask, ReadyReply } from './replay-worker.js'
 import type { RulePart } from './rules.js'
 import { addEvent, mergeTally, newTally, type Tally } from './tally.js'
 
@@ -78,6 +78,11 @@ export interface ReplayOptions {
   onProgress?: (events: number, bytesRead: number) => void
   /** For tests: smaller blocks, to cross many block boundaries with little data. */
   blockBytes?: number
+  /**
+   * For tests: wait until every worker is set up before the first block. Otherwise this thread
+   * parses every block while they start, which is all of a small file.
+   */
+  awaitWorkers?: boolean
 }
 
 export interface ReplayResult {
@@ -89,6 +94,8 @@ export interface ReplayResult {
   bytes: number
   compressed: boolean
   workers: number
+  /** blocks parsed by worker threads; the rest were parsed on the replay thread */
+  worker_blocks: number
   /** 'events': decided per event by the block parsers; 'windows': rate-limit windows in time order */
   mode: 'events' | 'windows'
 }
@@ -207,6 +214,13 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
   if (input.hashedRemotely) remoteHash!.attach(workers[0]!)
   const inline = blockParser(parserInput)
   const load = new Map<Worker, number>(workers.map((w) => [w, 0]))
+  /**
+   * Workers whose parser is set up. Until then this thread parses every block itself: a block sent
+   * to a thread still starting (about 40 ms) would hold up all the blocks after it, which are
+   * taken in file order.
+   */
+  const ready = new Set<Worker>()
+  let workerBlocks = 0
   const done = new Map<number, { msg: BlockMessage & { type: 'block' }; source: number }>()
   let nextSeq = 0
   let dispatched = 0
@@ -283,7 +297,11 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
 
   // Source 0 is this thread's own parser; worker i is source i + 1.
   workers.forEach((w, i) => {
-    w.on('message', (msg: BlockMessage | HashReply) => {
+    w.on('message', (msg: BlockMessage | HashReply | ReadyReply) => {
+      if (msg.type === 'ready') {
+        ready.add(w)
+        return notify()
+      }
       if (msg.type === 'hashed') return input.recycle(msg.id)
       if (msg.type === 'digest') {
         remoteHash!.hex = msg.hex
@@ -292,7 +310,10 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
       load.set(w, (load.get(w) ?? 1) - 1)
       if (msg.type === 'block' && msg.recycled !== undefined) input.recycle(msg.recycled)
       if (msg.type === 'error') failure ??= new OperationError(`Replay failed in a worker: ${msg.message}`)
-      else done.set(msg.seq, { msg, source: i + 1 })
+      else {
+        done.set(msg.seq, { msg, source: i + 1 })
+        workerBlocks++
+      }
       scheduleTake()
       notify()
     })
@@ -324,6 +345,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     // a tenth of the time).
     const perWorker = 8
     const limit = perWorker * threads + 8
+    if (options.awaitWorkers) await waitUntil(() => ready.size === workers.length)
     for await (const block of blocks(input.chunks, options.blockBytes ?? BLOCK_BYTES)) {
       if (failure || options.signal?.aborted) break
       await waitUntil(() => dispatched - nextSeq < limit)
@@ -335,7 +357,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
         sharedId: input.sharedId(block.body.buffer),
       }
       let w: Worker | null = null
-      for (const [x, n] of load) if (n < perWorker && (!w || n < load.get(w)!)) w = x
+      for (const [x, n] of load) if (ready.has(x) && n < perWorker && (!w || n < load.get(w)!)) w = x
       if (w) {
         load.set(w, load.get(w)! + 1)
         // a shared buffer is shared, not moved
@@ -378,6 +400,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     bytes: input.bytes(),
     compressed: input.compressed,
     workers: threads,
+    worker_blocks: workerBlocks,
     mode: windowed ? 'windows' : 'events',
   }
 }
