@@ -385,9 +385,12 @@ export class Inflater {
 
   constructor(private readonly text: (b: Buffer) => void) {}
 
-  /** A payload slice (of the read buffer, which is reused: copied). */
+  /**
+   * A payload slice of the read buffer, kept as it is: the caller flushes before it reads into
+   * that buffer again, and flush copies the slices out first thing.
+   */
   add(slice: Buffer): void {
-    this.pending.push(Buffer.from(slice))
+    this.pending.push(slice)
   }
 
   /** Decompresses what was added; at the block's end, to the end of the stream. */
