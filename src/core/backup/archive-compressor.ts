@@ -45,7 +45,7 @@ export function archiveCompressor(): ArchiveCompressor {
     blockZlib: () => zlib.createDeflate({ level: LEVEL, chunkSize: STAGE_BYTES }),
     rewrites: (head) => !head.compressed && head.version[1]! < 15,
     otherwise: 'gzip',
-    problem: broken,
+    problem: cut,
   })
 }
 
@@ -77,9 +77,8 @@ function blockRewriter(how: {
   otherwise: 'gzip' | 'fail'
   problem: (why: string) => Error
 }): ArchiveCompressor {
-  const broken = how.problem
   let mode: CompressionMode = 'gzip'
-  async function* compress(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  async function* rewrite(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     const receiver = new HeadReceiver()
     let walker: BlockWalker | null = null
     let gzip: ZlibSteps | null = null
@@ -132,7 +131,7 @@ function blockRewriter(how: {
       try {
         return await f()
       } catch (err) {
-        throw broken(`the data block of dump id ${dumpId}: ${(err as Error).message}`)
+        throw how.problem(`the data block of dump id ${dumpId}: ${(err as Error).message}`)
       }
     }
     /** The steps so far, through zlib where they are table data: what goes out, in order. */
@@ -168,7 +167,8 @@ function blockRewriter(how: {
           const read = receiver.add(input)
           if (read === null) continue
           if ('why' in read || !how.rewrites(read.head)) {
-            if (how.otherwise === 'fail') throw broken('why' in read ? read.why : 'not a compressed archive')
+            if (how.otherwise === 'fail')
+              throw how.problem('why' in read ? read.why : 'not a compressed archive')
             // Not an archive this rewrites: the whole stream gzipped, as before.
             gzip = new ZlibSteps(zlib.createGzip({ level: LEVEL, chunkSize: STAGE_BYTES }))
             for (const out of await gzip.write(read.all)) yield out
@@ -177,21 +177,21 @@ function blockRewriter(how: {
           steps.push({ kind: 'bytes', bytes: start(read.head, read.all) })
           walker!.write(read.rest)
         } else (walker as BlockWalker).write(input)
-        if (failure) throw broken(`it holds ${failure}`)
+        if (failure) throw how.problem(`it holds ${failure}`)
         yield* run()
       }
       if (gzip) {
         for (const out of await gzip.end()) yield out
         return
       }
-      if (!walker) throw broken('it ended in its table of contents')
-      if (block) throw broken("it ended inside a table's data")
+      if (!walker) throw how.problem('it ended in its table of contents')
+      if (block) throw how.problem("it ended inside a table's data")
     } finally {
       // Stopped early (a failure, or the file could not be written): zlib's memory let go now.
       for (const z of [block as ZlibSteps | null, gzip]) z?.destroy()
     }
   }
-  const stream = Duplex.from(compress)
+  const stream = Duplex.from(rewrite)
   return { stream, mode: () => mode }
 }
 
@@ -199,7 +199,7 @@ function blockRewriter(how: {
  * pg_dump's output is not a whole archive: the backup is not written (create removes the partial
  * file, and reports pg_dump's own error instead when pg_dump failed).
  */
-function broken(why: string): OperationError {
+function cut(why: string): OperationError {
   return new OperationError(`pg_dump's archive could not be compressed: ${why}.`, { code: 'PG_DUMP_CUT' })
 }
 
