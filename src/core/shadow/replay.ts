@@ -414,7 +414,7 @@ interface TrafficInput {
   recycle(buffer: ArrayBufferLike | number): void
   /** The id of a shared buffer of the pool (see openPlainFile), for it to be recycled by. */
   sharedId(buffer: ArrayBufferLike): number | undefined
-  /** The bytes are hashed by the worker given to the RemoteHash (a plain file, --workers 2+). */
+  /** The bytes are hashed by the worker given to the RemoteHash (a plain file, --workers 3+). */
   hashedRemotely: boolean
   compressed: boolean
   digest(): string
