@@ -12,7 +12,7 @@ import { gzipSync } from 'node:zlib'
 import { execa } from 'execa'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { replay } from '../src/core/shadow/replay.js'
+import { replay, workerQueueCap } from '../src/core/shadow/replay.js'
 import type { RulePart } from '../src/core/shadow/rules.js'
 import { seededRandom } from '../src/core/shadow/random.js'
 import { BIN, ROOT, runCli, tempHome } from './helpers/cli.js'
@@ -625,6 +625,23 @@ describe('replay', () => {
     // The first 1000 events' windows only reach back, so the prefix reference is exact here.
     expect(confusion(r.tally.candidate)).toEqual(prefix.candidate)
     expect(want.candidate.tp).toBeGreaterThan(prefix.candidate.tp)
+  })
+})
+
+describe('workerQueueCap', () => {
+  const MiB = 2 ** 20
+  it('keeps full queues until the end of the file is near, and none past what is left there', () => {
+    // Far from the end, or the size unknown (a pipe, a .gz), or the file grown: the full queue.
+    expect(workerQueueCap(8, 1, 200 * MiB, MiB)).toBe(8)
+    expect(workerQueueCap(8, 1, null, MiB)).toBe(8)
+    expect(workerQueueCap(8, 1, -5, MiB)).toBe(8)
+    // One worker: no more than the blocks still to come after this one, plus this one.
+    expect(workerQueueCap(8, 1, 3 * MiB, MiB)).toBe(4)
+    expect(workerQueueCap(8, 1, 3 * MiB - 1, MiB)).toBe(4)
+    expect(workerQueueCap(8, 1, 0, MiB)).toBe(1)
+    // Two workers share what is left.
+    expect(workerQueueCap(8, 2, 5 * MiB, MiB)).toBe(3)
+    expect(workerQueueCap(8, 2, 0, MiB)).toBe(1)
   })
 })
 
