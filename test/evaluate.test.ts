@@ -763,6 +763,29 @@ describe('evaluate', () => {
     expect(r.doc.recommendation.risk_level).toBe('high')
   })
 
+  it('--require-approval exits 3 on a verdict short of approval: --json still prints the one document, the refusal on stderr', async () => {
+    const gate = [
+      ...BURST_VS_STATUS,
+      '--traffic',
+      traffic,
+      '--sample-size',
+      '500',
+      '--no-store',
+      '--require-approval',
+    ]
+    const j = await cli(['--json', ...gate])
+    expect(j.code).toBe(3)
+    // Exactly one document on stdout (JSON.parse fails on a second one), with the gate's answer.
+    const doc = JSON.parse(j.stdout)
+    expect(doc.recommendation.decision).toBe('NEED_MORE_DATA')
+    expect(doc.approved).toBe(false)
+    expect(j.stderr).toMatch(/not approved \(NEED_MORE_DATA\); --require-approval fails the run/)
+    const t = await cli(gate)
+    expect(t.code).toBe(3)
+    expect(t.stdout).toMatch(/NEED_MORE_DATA/)
+    expect(t.stderr).toMatch(/not approved \(NEED_MORE_DATA\)/)
+  })
+
   it('reports an undefined metric as null with a reason, never 0', async () => {
     const file = path.join(dir, 'never.json')
     fs.writeFileSync(

@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import type { Context } from '../context.js'
 import { parseDuration } from '../core/config/duration.js'
-import { OperationError, SafetyError, UsageError } from '../core/errors.js'
+import { EXIT, OperationError, SafetyError, UsageError } from '../core/errors.js'
 import { evaluate, type EvaluationDoc } from '../core/shadow/evaluate.js'
 import { getEvaluation, listEvaluations, storeEvaluation } from '../core/shadow/evaluations.js'
 import { DEFAULT_THRESHOLDS, type Thresholds } from '../core/shadow/recommend.js'
@@ -144,17 +144,22 @@ export async function run(ctx: Context, f: EvaluateFlags) {
       `skipped ${doc.traffic.skipped_invalid} invalid and ${doc.traffic.skipped_out_of_order} out-of-order line(s) (--skip-invalid).`,
     )
   }
-  if (ctx.out.json) ctx.out.document({ ...doc, stored })
-  else render(ctx, doc, stored)
-  if (f.requireApproval && !doc.recommendation.decision.startsWith('APPROVE')) {
-    throw new SafetyError(
-      `The candidate was not approved (${doc.recommendation.decision}); --require-approval fails the run.`,
-      {
-        code: 'NOT_APPROVED',
-      },
-    )
+  const refused = f.requireApproval === true && !doc.recommendation.decision.startsWith('APPROVE')
+  if (ctx.out.json) {
+    // The evaluation is the one document, with the gate's answer in it; the refusal is the exit code.
+    ctx.out.document({ ...doc, stored, ...(f.requireApproval ? { approved: !refused } : {}) })
+    if (refused) {
+      ctx.out.error(notApproved(doc))
+      ctx.exitCode = EXIT.refused
+    }
+    return
   }
+  render(ctx, doc, stored)
+  if (refused) throw new SafetyError(notApproved(doc), { code: 'NOT_APPROVED' })
 }
+
+const notApproved = (doc: EvaluationDoc) =>
+  `The candidate was not approved (${doc.recommendation.decision}); --require-approval fails the run.`
 
 const pct = (x: number | null) => (x === null ? 'n/a' : `${(x * 100).toFixed(2)}%`)
 const fix = (x: number | null, d = 4) => (x === null ? 'n/a' : x.toFixed(d))
