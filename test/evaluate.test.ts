@@ -833,6 +833,24 @@ describe('evaluate', () => {
     expect(skipped.doc.sample_size).toBe(2998)
   })
 
+  it('a cut or damaged .gz is bad input (exit 2, the file named), with any --workers, and nothing is stored', async () => {
+    const whole = fs.readFileSync(writeTraffic('whole.jsonl.gz', synthetic(20_000, 12), true))
+    const cut = path.join(dir, 'cut.jsonl.gz')
+    fs.writeFileSync(cut, whole.subarray(0, Math.floor(whole.length / 2)))
+    const damaged = path.join(dir, 'damaged.jsonl.gz')
+    fs.writeFileSync(damaged, Buffer.concat([whole.subarray(0, 10), Buffer.alloc(4000, 0xa5)]))
+    const before = await db.query('select count(*)::int as n from shadow.evaluations')
+    for (const file of [cut, damaged]) {
+      for (const workers of ['1', '2']) {
+        const r = await json([...BURST_VS_STATUS, '--traffic', file, '--workers', workers])
+        expect(r.code, `${file} --workers ${workers}: ${r.stdout}`).toBe(2)
+        expect(r.doc.error.message).toMatch(/^--traffic: .*\.jsonl\.gz is not a valid gzip file \(/)
+      }
+    }
+    const after = await db.query('select count(*)::int as n from shadow.evaluations')
+    expect(after.rows[0]!.n).toBe(before.rows[0]!.n)
+  })
+
   it('refuses a line older than --max-disorder allows, naming it', async () => {
     const events = synthetic(2000, 4)
     events[1500] = { ...events[1500]!, ts: events[1500]!.ts - 120_000 }

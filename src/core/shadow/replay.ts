@@ -529,15 +529,20 @@ async function openTraffic(
   let stream: Readable = replayed
   if (compressed) {
     stream = pipeline(replayed, createGunzip(), (err) => {
-      if (err && !error) {
-        error = new UsageError(`--traffic: ${file} is not a valid gzip file (${err.message}).`, {
-          cause: err,
-        })
-      }
+      if (err && !error) error = streamError(file, err)
     })
   }
+  // The reader may see the stream's error before the pipeline's callback has kept it: it is named
+  // here too, so that a truncated .gz is bad input (exit 2), not an unexpected error.
+  async function* named(): AsyncGenerator<Buffer> {
+    try {
+      for await (const chunk of stream) yield chunk as Buffer
+    } catch (err) {
+      throw error ?? streamError(file, err as Error)
+    }
+  }
   return {
-    chunks: stream,
+    chunks: named(),
     recycle: () => {},
     sharedId: () => undefined,
     hashedRemotely: false,
@@ -552,6 +557,12 @@ async function openTraffic(
       raw.destroy()
     },
   }
+}
+
+/** A failure of a traffic stream: zlib's (a damaged or cut .gz), or the read's. */
+function streamError(file: string, err: Error): UsageError {
+  if (!/^Z_/.test(String((err as NodeJS.ErrnoException).code))) return readError(file, err)
+  return new UsageError(`--traffic: ${file} is not a valid gzip file (${err.message}).`, { cause: err })
 }
 
 function readError(file: string, err: Error): UsageError {
