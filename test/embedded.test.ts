@@ -45,7 +45,7 @@ afterEach(() => {
 })
 
 describe('shieldx demo on an empty home', () => {
-  it('creates the embedded database, migrates, and says what it did', () => {
+  it('creates the embedded database, migrates, and says what it did', async () => {
     expect(first.code, first.stderr).toBe(0)
     expect(first.stdout).toContain(`Embedded database: ${path.join(demoHome, 'data')}`)
     expect(first.stdout).toContain(`Migrations applied: ${shippedLabels.join(', ')}`)
@@ -67,6 +67,15 @@ describe('shieldx demo on an empty home', () => {
       /Shadow evaluation: edge-guard@1 vs status-errors@1 on 20,000 events: APPROVE_FULL_DEPLOYMENT/,
     )
     expect(fs.existsSync(path.join(demoHome, 'traffic.jsonl.gz'))).toBe(true)
+    // What it says to run next sets the production URL aside, and works exactly as printed.
+    const next = first.stdout.match(/(env -u CREDITS_DATABASE_URL shieldx --home \S+) evaluate show (\S+)/)
+    expect(next, first.stdout).not.toBeNull()
+    expect(next![1]).toBe(`env -u CREDITS_DATABASE_URL shieldx --home ${demoHome}`)
+    const shown = await runCli(['--json', '--home', demoHome, 'evaluate', 'show', next![2]!], {
+      env: cleanEnv({ SHIELDX_HOME: home }),
+    })
+    expect(shown.code, shown.stderr).toBe(0)
+    expect(JSON.parse(shown.stdout).id).toBe(next![2])
     // Keys are generated once, mode 0600, and the CLI says so.
     expect(first.stderr).toContain('Generated a new audit HMAC key')
     expect(fs.statSync(path.join(demoHome, 'keys', 'audit_hmac.key')).mode & 0o777).toBe(0o600)

@@ -338,9 +338,14 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
     `Shadow evaluation: ${evaluationDoc.candidate} vs ${evaluationDoc.control} on ${thousands(e.sample_size)} events: ${ctx.out.style('bold', e.recommendation.decision)} (confidence ${e.recommendation.confidence_score.toFixed(3)}, risk ${e.recommendation.risk_level}); precision ${pct(e.control_metrics.precision)} -> ${pct(e.candidate_metrics.precision)}, recall ${pct(e.control_metrics.recall)} -> ${pct(e.candidate_metrics.recall)}, benign blocked ${pct(e.control_metrics.fpr)} -> ${pct(e.candidate_metrics.fpr)}.`,
   )
   ctx.out.result('')
-  ctx.out.result(`Next: shieldx --home ${tildify(demoHome, ctx.io.env)} credits history ${tenant}`)
-  ctx.out.result(`      shieldx --home ${tildify(demoHome, ctx.io.env)} evaluate show ${e.id}`)
-  ctx.out.result(`      shieldx --home ${tildify(demoHome, ctx.io.env)} verify-chain`)
+  // The demo's own databases and keys: whatever the environment points at is set aside, as the
+  // demo itself did, or the next command would ask the configured database for the demo's rows.
+  const setAside = IGNORED_ENV.filter((name) => ctx.io.env[name])
+  const unset = setAside.length > 0 ? `env ${setAside.map((name) => `-u ${name}`).join(' ')} ` : ''
+  const demoCli = `${unset}shieldx --home ${tildify(demoHome, ctx.io.env)}`
+  ctx.out.result(`Next: ${demoCli} credits history ${tenant}`)
+  ctx.out.result(`      ${demoCli} evaluate show ${e.id}`)
+  ctx.out.result(`      ${demoCli} verify-chain`)
   ctx.out.result('      shieldx locate   (what a command would touch, and why)')
 }
 
