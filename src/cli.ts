@@ -31,6 +31,11 @@ Exit codes:
   124  timed out (see --timeout)
   130  interrupted`
 
+/** Under every command's own --help; `shieldx --help` explains each code. */
+const EXIT_CODES_LINE = `
+Exit codes: 0 ok, 1 failed, 2 usage, 3 refused, 4 integrity, 5 conflict,
+  124 timed out, 130 interrupted (shieldx --help says what each means).`
+
 const ENV_HELP = `
 Environment:
   CREDITS_DATABASE_URL   credits database (default: embedded PGlite under $SHIELDX_HOME/data)
@@ -118,7 +123,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     parent
       .command(name)
       .description(description)
-      .addHelpText('after', examples(...example))
+      .addHelpText('after', `${examples(...example)}\n${EXIT_CODES_LINE}`)
       .exitOverride()
       .configureOutput({
         writeOut: (s) => io.stdout.write(s),
@@ -592,7 +597,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
   sub(
     program,
     'status',
-    'the P0 invariants: negative balances and chain errors must be 0 (exit 4 otherwise)',
+    'the P0 invariants: negative balances, chain errors and unguarded deployments must be 0 (exit 4 otherwise; exit 1 when one cannot be known)',
     ['shieldx status', 'shieldx status --json'],
   ).action(
     action(

@@ -81,13 +81,14 @@ describe('help and version', () => {
     expect(r.stderr).toBe('')
   })
 
-  it('every command has --help with an example', async () => {
+  it('every command has --help with an example and the exit codes', async () => {
     const paths = commandPaths()
     expect(paths.length).toBeGreaterThan(25)
     for (const p of paths) {
       const r = await runCli([...p, '--help'])
       expect(r.code, p.join(' ')).toBe(0)
       expect(r.stdout, p.join(' ')).toMatch(/Examples:\n {2}\$ (npx )?shieldx /)
+      expect(r.stdout, p.join(' ')).toMatch(/Exit codes: 0 ok, 1 failed, 2 usage, 3 refused, 4 integrity/)
     }
   })
 

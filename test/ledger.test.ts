@@ -576,6 +576,29 @@ describe('history and status', () => {
     expect((await cli(['credits', 'history', tenant, '--since', 'yesterday-ish'])).code).toBe(2)
   })
 
+  it('status on a chain never verified: UNKNOWN and exit 1, not an integrity failure (exit 4)', async () => {
+    const fresh = await createTestDatabase('ledger_unverified')
+    try {
+      const env = { CREDITS_DATABASE_URL: fresh.url }
+      expect((await cli(['migrate', 'up', '--no-backup'], env)).code).toBe(0)
+      const r = await cli(['--json', 'status'], env)
+      expect(r.code, r.stderr).toBe(1)
+      const doc = JSON.parse(r.stdout)
+      expect(doc.ok).toBe(false)
+      const chain = doc.checks.find((c: { name: string }) => c.name === 'chain_errors')
+      expect(chain).toMatchObject({ value: null, state: 'unknown', ok: false })
+      expect(chain.note).toContain('never verified')
+      const text = await cli(['status'], env)
+      expect(text.code).toBe(1)
+      expect(text.stdout).toMatch(/chain_errors\s+-\s+UNKNOWN\s+never verified/)
+      // Verified and intact: every check is known and zero.
+      expect((await cli(['verify-chain'], env)).code).toBe(0)
+      expect((await cli(['status'], env)).code).toBe(0)
+    } finally {
+      await fresh.drop()
+    }
+  })
+
   it('status reports the P0 figures and exits 0 when they are all zero', async () => {
     const v = await cli(['verify-chain'])
     expect(v.code, v.stdout + v.stderr).toBe(0)
