@@ -244,6 +244,33 @@ describe('replay', () => {
     expect([...r.tally.candidate.scores.keys()].sort()).toEqual([0.5, 1, 1.5])
   })
 
+  it('scores a match rule 1 or 0 only: a request without the field does not match (0), and a threshold puts it lowest', async () => {
+    const t0 = Date.UTC(2026, 0, 1)
+    const file = writeTraffic('match-missing.jsonl', [
+      { ts: t0, ip: 'a', status: 500, label: 'attack', headers: { ua: 'curl/8' } },
+      { ts: t0 + 1, ip: 'b', status: 200, label: 'benign', headers: { ua: 'Mozilla/5.0' } },
+      { ts: t0 + 2, ip: 'c', label: 'attack' },
+      { ts: t0 + 3, ip: 'd', status: 200, label: 'benign', headers: {} },
+    ])
+    for (const candidate of [
+      { type: 'match', field: 'headers.ua', pattern: 'curl' },
+      { type: 'match', field: 'headers.ua', values: ['curl/8'] },
+    ] as RulePart[]) {
+      const r = await replay({
+        file,
+        control: STATUS,
+        candidate,
+        workers: 1,
+        skipInvalid: false,
+        maxDisorderMs: 0,
+      })
+      expect(confusion(r.tally.candidate)).toEqual({ tp: 1, fp: 0, tn: 2, fn: 1 })
+      expect([...r.tally.candidate.scores.keys()].sort()).toEqual([0, 1])
+      // The control reads status, which the third request lacks: below every status.
+      expect([...r.tally.control.scores.keys()].sort((a, b) => a - b)).toEqual([-Infinity, 200, 500])
+    }
+  })
+
   it('matches the brute-force reference in and out of time order, for any number of workers', async () => {
     await fc.assert(
       fc.asyncProperty(

@@ -5,7 +5,9 @@
  *
  * Scores (issue): rate_limit = count / threshold; threshold = the field's value (negated for <= and
  * <); match = 1 or 0; all/any = min/max of the parts. A request without the field a leaf reads is
- * not blocked by that leaf and scores -Infinity (lowest) there.
+ * not blocked by that leaf: a match scores it 0, as any other value that does not match (a third
+ * level would make a yes/no rule's ROC curve depend on which requests carry the field); a threshold
+ * scores it -Infinity, below every value.
  */
 import { RATE_LIMIT_KEYS, type RateLimitKey, type RulePart } from './rules.js'
 import { fieldReader } from './traffic.js'
@@ -96,7 +98,7 @@ function compileLeaf(part: RulePart): Leaf {
           field: part.field,
           score: (e) => {
             const v = read(e)
-            if (v === undefined || v === null) return -Infinity
+            if (v === undefined || v === null) return 0
             return re.test(typeof v === 'string' ? v : String(v)) ? 1 : 0
           },
           cut: 1,
@@ -110,7 +112,7 @@ function compileLeaf(part: RulePart): Leaf {
         field: part.field,
         score: (e) => {
           const v = read(e)
-          if (v === undefined || v === null) return -Infinity
+          if (v === undefined || v === null) return 0
           return set.has(typeof v === 'string' ? v : String(v)) ? 1 : 0
         },
         cut: 1,
