@@ -175,7 +175,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     'shieldx migrate down --schema credits --to 1 --yes',
   ])
     .addOption(schemaOption('all'))
-    .option('--steps <n>', 'revert this many migrations per schema (default 1)', intArg('--steps'))
+    .option('--steps <n>', 'revert this many migrations per schema (default 1)', countArg('--steps'))
     .option('--to <version>', 'revert every migration above this version', intArg('--to'))
     .option('--dry-run', 'print the plan and change nothing')
     .action(action(loadMigrate, (m, ctx, _a, o) => m.down(ctx, o)))
@@ -276,7 +276,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     'shieldx credits history acme --since 24h --json',
   ])
     .argument('<tenant>', 'tenant id')
-    .option('--limit <n>', 'at most this many', intArg('--limit'), 50)
+    .option('--limit <n>', 'at most this many', countArg('--limit'), 50)
     .option('--since <when>', 'a date, a timestamp, or a duration back from now (24h)')
     .action(action(loadCredits, (m, ctx, a, o) => m.history(ctx, a[0] as string, o)))
 
@@ -288,7 +288,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option(
       '--chunk-size <n>',
       'lines handed to each lane at a time, one transaction per lane (default 500)',
-      intArg('--chunk-size'),
+      countArg('--chunk-size'),
     )
     .addHelpText(
       'after',
@@ -501,7 +501,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     )
   sub(evaluate, 'list', 'stored evaluations, newest first', ['shieldx evaluate list --rule ip-burst --json'])
     .option('--rule <rule>', 'only evaluations of this rule (as candidate or control)')
-    .option('--limit <n>', 'at most this many (default 20)', intArg('--limit'))
+    .option('--limit <n>', 'at most this many (default 20)', countArg('--limit'))
     .action(action(loadEvaluate, (m, ctx, _a, o) => m.list(ctx, o)))
   sub(evaluate, 'show', 'one stored evaluation, whole', [
     'shieldx evaluate show 0b6f3c1e-8a5d-4f0e-9c51-2f7d1f0c9a11 --json',
@@ -637,6 +637,15 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
 function intArg(flag: string) {
   return (value: string): number => {
     if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`${flag} must be a whole number.`)
+    return Number(value)
+  }
+}
+
+/** A count of things to show or do, where 0 would quietly do nothing: 1 or more. */
+function countArg(flag: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value) || Number(value) < 1)
+      throw new InvalidArgumentError(`${flag} must be a whole number of 1 or more.`)
     return Number(value)
   }
 }

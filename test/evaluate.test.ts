@@ -957,6 +957,10 @@ describe('evaluate', () => {
       expect(r.code, args.join(' ')).toBe(2)
       expect(r.stderr).not.toMatch(/\n\s+at /)
     }
+    // A list of none is refused, not answered with 'no evaluations stored yet'.
+    const none = await cli(['evaluate', 'list', '--limit', '0'])
+    expect(none.code).toBe(2)
+    expect(none.stderr).toContain('--limit must be a whole number of 1 or more')
   })
 
   it('adds the expected cost per 10,000 requests with --fp-cost/--fn-cost', async () => {

@@ -566,11 +566,14 @@ describe('migrate down', () => {
     }
   })
 
-  it('rejects --steps together with --to, and a non-number, with exit 2', async () => {
+  it('rejects --steps together with --to, a non-number and 0, with exit 2', async () => {
     expect((await cli(['migrate', 'down', '--steps', '1', '--to', '0', '--yes'])).code).toBe(2)
     const bad = await cli(['migrate', 'down', '--steps', 'two', '--yes'])
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain('--steps must be a whole number')
+    const zero = await cli(['migrate', 'down', '--steps', '0', '--yes'])
+    expect(zero.code).toBe(2)
+    expect(zero.stderr).toContain('--steps must be a whole number of 1 or more')
     expect(await applied('credits')).toEqual([1, 2])
   })
 })
