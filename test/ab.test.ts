@@ -333,6 +333,7 @@ describe('ab record and results', () => {
       [['--variant', 'test', '--successes', '1', '--trials', '1.5'], '--trials must be a whole number'],
       [['--variant', 'both', '--successes', '1', '--trials', '2'], "--variant must be 'control' or 'test'"],
       [['--variant', 'test', '--trials', '2'], '--successes is required with --variant.'],
+      [['--successes', '1', '--trials', '2'], "--variant is required: 'control' or 'test'."],
       [['--variant', 'test', '--successes', '1', '--from-evaluation', randomUUID()], 'not both'],
       [[], "'ab record' needs --variant, --successes and --trials, or --from-evaluation."],
       [['--from-evaluation', 'e-1'], '--from-evaluation must be an evaluation id'],

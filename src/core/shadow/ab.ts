@@ -128,8 +128,10 @@ export function seed(value: unknown, field = '--seed'): number {
 }
 
 export function variant(value: unknown, field = '--variant'): Variant {
+  if (value === undefined || value === null)
+    throw new UsageError(`${field} is required: 'control' or 'test'.`)
   if (value !== 'control' && value !== 'test') {
-    throw new UsageError(`${field} must be 'control' or 'test'; got ${JSON.stringify(value ?? null)}.`)
+    throw new UsageError(`${field} must be 'control' or 'test'; got ${JSON.stringify(value)}.`)
   }
   return value
 }
