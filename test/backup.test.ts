@@ -1446,7 +1446,29 @@ describe('migrate up takes a pre-migration backup; rollback --migration restores
     }
     expect(await balances()).toEqual({ acme: 105, newbie: 7 })
 
-    const rb = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits'], {
+    // The test's own pool (mig.query) is another connection: without --force that is refused.
+    const busy = await json(['--yes', 'rollback', '--migration', '--schema', 'credits'], {
+      url: mig.url,
+      env: menv(),
+    })
+    expect(busy.code).toBe(3)
+    expect(busy.doc.error.code).toBe('TARGET_IN_USE')
+    expect(await version()).toBe(3)
+    const dry = await json(['--yes', 'rollback', '--migration', '--schema', 'credits', '--dry-run'], {
+      url: mig.url,
+      env: menv(),
+    })
+    expect(dry.code, dry.stderr).toBe(0)
+    expect(dry.doc.plan).toEqual([
+      expect.objectContaining({
+        schema: 'credits',
+        to_schema_version: 2,
+        other_connections: expect.any(Number),
+      }),
+    ])
+    expect(await version()).toBe(3)
+
+    const rb = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits', '--force'], {
       url: mig.url,
       env: menv(),
     })
@@ -1454,6 +1476,20 @@ describe('migrate up takes a pre-migration backup; rollback --migration restores
     expect(rb.stdout).toContain('Rolled back and verified.')
     expect(await version()).toBe(2)
     expect(await balances()).toEqual({ acme: 100 })
+
+    // Run again (a retried Job): nothing to undo, and what was written since the first is kept.
+    // (The shipped migrations: with 0003 on disk and not applied, the ledger would refuse to run.)
+    const topup = await cli(['credits', 'topup', 'acme', '1'], { url: mig.url, env: { BACKUP_DIR: backups } })
+    expect(topup.code, topup.stderr).toBe(0)
+    const again = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits', '--force'], {
+      url: mig.url,
+      env: menv(),
+    })
+    expect(again.code, again.stderr).toBe(0)
+    expect(again.stdout).toMatch(
+      /^Nothing to roll back: credits is at schema version 2, the version of its newest pre-migration backup \(shieldx-credits-\S+-pre-migrate-credits-0002\.shxb\)\. No migration has been applied since it was taken\.$/m,
+    )
+    expect(await balances()).toEqual({ acme: 101 })
     const note = await mig.query(
       "select 1 from information_schema.columns where table_schema = 'credits' and table_name = 'credit_accounts' and column_name = 'note'",
     )
@@ -1477,7 +1513,7 @@ describe('migrate up takes a pre-migration backup; rollback --migration restores
     const up = await cli(['migrate', 'up', '--schema', 'credits'], { url: mig.url, env: menv() })
     expect(up.code, up.stderr).toBe(0)
     expect(await version()).toBe(3)
-    const rb = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits'], {
+    const rb = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits', '--force'], {
       url: mig.url,
       env: menv(),
     })

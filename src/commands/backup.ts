@@ -22,7 +22,8 @@ import { tildify } from '../core/config/paths.js'
 import { type Keyring, loadKeyring } from '../core/config/secrets.js'
 import type { Settings } from '../core/config/settings.js'
 import type { Database } from '../core/db/pool.js'
-import { EXIT, OperationError, UsageError } from '../core/errors.js'
+import { EXIT, OperationError, SafetyError, UsageError } from '../core/errors.js'
+import { schemaVersion } from '../core/migrations/current.js'
 import type { SchemaName } from '../core/migrations/files.js'
 import { byteRate } from '../ui/progress.js'
 import { confirm } from '../ui/prompt.js'
@@ -362,7 +363,13 @@ function mb(bytes: number): string {
  */
 export async function rollbackMigration(
   ctx: Context,
-  opts: { migration?: boolean; backup?: string; schema: 'credits' | 'shadow' | 'all' },
+  opts: {
+    migration?: boolean
+    backup?: string
+    schema: 'credits' | 'shadow' | 'all'
+    force?: boolean
+    dryRun?: boolean
+  },
 ) {
   if (!opts.migration) {
     throw new UsageError(
@@ -374,14 +381,34 @@ export async function rollbackMigration(
   const keys = backupKeys(ctx, settings)
   const entries = listBackups(settings.backupDir.value)
   const chosen: Array<{ file: string; manifest: ReturnType<typeof readManifest> }> = []
+  /** Schemas whose newest pre-migration backup is of the version they are at: nothing to undo. */
+  const current: string[] = []
   if (opts.backup) {
     chosen.push({ file: path.resolve(opts.backup), manifest: readManifest(opts.backup) })
   } else {
     const schemas: SchemaName[] = opts.schema === 'all' ? ['credits', 'shadow'] : [opts.schema]
     for (const schema of schemas) {
       const newest = entries.find((e) => e.manifest?.database === schema && isPreMigration(e))
-      if (newest) chosen.push({ file: newest.file, manifest: newest.manifest! })
+      if (!newest) continue
+      // Run twice (a retried Job, a second try at 3 a.m.), the rollback must not restore the same
+      // backup again over what was written since the first.
+      const now = await schemaVersion((schema === 'credits' ? dbs.credits : dbs.shadow).pool, schema)
+      if (now <= newest.manifest!.schema_version) {
+        current.push(
+          `${schema} is at schema version ${now}, the version of its newest pre-migration backup (${newest.manifest!.name})`,
+        )
+        continue
+      }
+      chosen.push({ file: newest.file, manifest: newest.manifest! })
     }
+    if (chosen.length === 0 && current.length > 0) {
+      await dbs.close()
+      const message = `Nothing to roll back: ${current.join('; ')}. No migration has been applied since it was taken.`
+      if (ctx.out.json) return ctx.out.document({ ok: true, rollbacks: [], nothing_to_roll_back: current })
+      ctx.out.result(message)
+      return
+    }
+    for (const c of current) ctx.out.info(`Not rolled back: ${c}.`)
     if (chosen.length === 0) {
       throw new OperationError(
         `No pre-migration backup in ${tildify(settings.backupDir.value, ctx.io.env)}.`,
@@ -410,9 +437,29 @@ export async function rollbackMigration(
   }
   for (const p of plans) {
     ctx.out.info(
-      `Roll ${p.manifest.database} in '${p.state.database}' back to schema version ${p.manifest.schema_version} from ${p.manifest.name} (taken ${p.manifest.created_at})` +
+      `Roll ${p.manifest.database} in '${p.state.database}' back to schema version ${p.manifest.schema_version} from ${path.basename(p.file)} (taken ${p.manifest.created_at})` +
         (p.state.otherConnections > 0 ? `; ${p.state.otherConnections} other connection(s) are open` : '') +
         '. Everything written since is lost.',
+    )
+  }
+  if (opts.dryRun) {
+    const plan = plans.map((p) => ({
+      file: p.file,
+      database: p.state.database,
+      schema: p.manifest.database,
+      to_schema_version: p.manifest.schema_version,
+      other_connections: p.state.otherConnections,
+    }))
+    if (ctx.out.json) return ctx.out.document({ ok: true, dry_run: true, plan })
+    ctx.out.result('Dry run: nothing was changed.')
+    return
+  }
+  // As restore: something still connected would write into a database being replaced under it.
+  const busy = plans.find((p) => p.state.otherConnections > 0)
+  if (busy && !opts.force) {
+    throw new SafetyError(
+      `The database '${busy.state.database}' has ${busy.state.otherConnections} other live connection(s); something is using it.`,
+      { code: 'TARGET_IN_USE', hint: 'Stop what is connected, or pass --force.' },
     )
   }
   await confirm(ctx.io, {

@@ -13,13 +13,7 @@ export async function assertSchemaCurrent(
 ): Promise<void> {
   const files = discoverMigrations(migrationsDir, schema)
   const wanted = files.at(-1)?.version ?? 0
-  const { rows: exists } = await pool.query<{ t: string | null }>(`select to_regclass($1)::text as t`, [
-    `${schema}.schema_migrations`,
-  ])
-  const current = exists[0]?.t
-    ? ((await pool.query<{ v: number | null }>(`select max(version) as v from ${schema}.schema_migrations`))
-        .rows[0]?.v ?? 0)
-    : 0
+  const current = await schemaVersion(pool, schema)
   if (current < wanted) {
     throw new OperationError(
       current === 0
@@ -28,4 +22,16 @@ export async function assertSchemaCurrent(
       { code: 'SCHEMA_NOT_CURRENT', hint: "Run 'shieldx migrate up' first." },
     )
   }
+}
+
+/** The newest migration applied to a schema in this database; 0 when it has none. */
+export async function schemaVersion(pool: pg.Pool, schema: SchemaName): Promise<number> {
+  const { rows: exists } = await pool.query<{ t: string | null }>(`select to_regclass($1)::text as t`, [
+    `${schema}.schema_migrations`,
+  ])
+  if (!exists[0]?.t) return 0
+  const { rows } = await pool.query<{ v: number | null }>(
+    `select max(version) as v from ${schema}.schema_migrations`,
+  )
+  return Number(rows[0]?.v ?? 0)
 }
