@@ -625,8 +625,10 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
     expect(r.stdout).toContain('Backup FAILED verification')
   })
 
-  it('a flipped byte in the middle of a multi-chunk backup: exit 4 naming that chunk', async () => {
+  it('a flipped byte in the middle of a multi-chunk backup: exit 4 naming that chunk; verified before, it is no longer', async () => {
     const file = copyBackup(bigFile)
+    expect((await json(['backup', 'verify', file])).code).toBe(0)
+    expect(readManifest(file).verified).toBeDefined()
     const { start, end } = chunkRange(file, 2)
     expect(end, 'the file must reach past chunk 2').toBeLessThan(fs.statSync(file).size)
     flipByte(file, start + 500_000)
@@ -635,7 +637,15 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
     const failed = v.doc.checks.filter((c: { ok: boolean }) => !c.ok)
     expect(failed).toHaveLength(1)
     expect(failed[0].detail).toContain(`Chunk 2 (bytes ${start}-${end} of the file) failed authentication`)
+    // The failure is recorded, and the earlier pass taken back: prune must not keep it as the
+    // newest verified backup, and list says it failed.
     expect(readManifest(file).verified).toBeUndefined()
+    expect(readManifest(file).verify_failed).toMatchObject({ checks: ['chunks'] })
+    const l = await json(['backup', 'list', '--dir', path.dirname(file)])
+    const entry = l.doc.backups.find((b: { file: string }) => b.file === file)
+    expect(entry).toMatchObject({ verified: null, verify_failed: { checks: ['chunks'] } })
+    const text = await cli(['backup', 'list', '--dir', path.dirname(file)])
+    expect(text.stdout).toMatch(new RegExp(`FAILED\\s+${path.basename(file).replace(/\./g, '\\.')}`))
   })
 
   it.each([

@@ -156,6 +156,7 @@ export async function list(ctx: Context, opts: { dir?: string }) {
         label: e.manifest?.label ?? null,
         schema_version: e.manifest?.schema_version ?? null,
         verified: e.manifest?.verified ?? null,
+        verify_failed: e.manifest?.verify_failed ?? null,
         problem: e.problem,
       })),
     })
@@ -171,7 +172,13 @@ export async function list(ctx: Context, opts: { dir?: string }) {
         e.manifest?.label ?? '',
         e.manifest ? String(e.manifest.schema_version) : '',
         mb(e.bytes),
-        e.manifest?.verified ? (e.manifest.verified.restore_test ? 'restore-tested' : 'checked') : '',
+        e.manifest?.verify_failed
+          ? ctx.out.style('red', 'FAILED')
+          : e.manifest?.verified
+            ? e.manifest.verified.restore_test
+              ? 'restore-tested'
+              : 'checked'
+            : '',
         e.name,
       ]),
     ),

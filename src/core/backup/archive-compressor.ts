@@ -61,7 +61,10 @@ export function archiveDecompressor(): Duplex {
     rewrites: (head) => head.compressed && head.version[1]! < 15,
     otherwise: 'fail',
     problem: (why) =>
-      new IntegrityError(`The backup's table data does not decompress: ${why}.`, { code: 'BACKUP_CORRUPT' }),
+      new IntegrityError(`The backup's table data does not decompress: ${why}.`, {
+        code: 'BACKUP_CORRUPT',
+        data: { part: 'table_data' },
+      }),
   }).stream
 }
 

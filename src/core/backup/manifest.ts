@@ -39,8 +39,10 @@ export interface Manifest {
    * (archive-compressor.ts): decrypted, it is an ordinary pg_dump archive.
    */
   compression: 'gzip' | 'zlib-in-archive'
-  /** Set by `backup verify` when every check passed. */
+  /** Set by `backup verify` when every check passed (and removed when one fails). */
   verified?: { at: string; restore_test: boolean }
+  /** Set by `backup verify` when a check failed: when, and which. */
+  verify_failed?: { at: string; checks: string[] }
 }
 
 export interface Facts {

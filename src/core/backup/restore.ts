@@ -111,9 +111,7 @@ export async function streamDump(
     if (/^Z_/.test(String((err as NodeJS.ErrnoException).code))) {
       throw new IntegrityError(
         `${file} decrypts, but its compressed dump is damaged (${(err as Error).message}).`,
-        {
-          code: 'BACKUP_CORRUPT',
-        },
+        { code: 'BACKUP_CORRUPT', data: { part: 'table_data' } },
       )
     }
     throw err

@@ -52,6 +52,27 @@ export async function verifyBackup(file: string, options: VerifyBackupOptions): 
     checks.push({ name: 'manifest', ok: false, detail: err.message })
     return { ok: false, file, checks }
   }
+  const ok = await checkBackup(file, manifest, options, checks)
+  // Recorded either way: a backup that once passed and now fails must not stay 'verified', or prune
+  // would keep it as the newest verified backup and delete good ones around it.
+  const { verified: _was, verify_failed: _failed, ...rest } = manifest
+  const at = new Date().toISOString()
+  writeManifest(
+    file,
+    ok
+      ? { ...rest, verified: { at, restore_test: options.restoreTest !== undefined } }
+      : { ...rest, verify_failed: { at, checks: checks.filter((c) => !c.ok).map((c) => c.name) } },
+  )
+  return { ok, file, checks }
+}
+
+/** Every check of the file itself and, if asked, of a test restore; into `checks`. */
+async function checkBackup(
+  file: string,
+  manifest: Manifest,
+  options: VerifyBackupOptions,
+  checks: Check[],
+): Promise<boolean> {
   const size = fs.statSync(file).size
   if (size !== manifest.sizes.file_bytes) {
     checks.push({
@@ -65,24 +86,22 @@ export async function verifyBackup(file: string, options: VerifyBackupOptions): 
   } catch (err) {
     if (!(err instanceof IntegrityError)) throw err
     checks.push({
+      // Damage found by decompressing is the table data's; by authenticating, the chunks'.
       name:
-        err.code === 'BACKUP_CHECKSUM' ? 'checksum' : err.code === 'BACKUP_CORRUPT' ? 'table_data' : 'chunks',
+        err.code === 'BACKUP_CHECKSUM'
+          ? 'checksum'
+          : err.data?.part === 'table_data'
+            ? 'table_data'
+            : 'chunks',
       ok: false,
       detail: err.message,
     })
-    return { ok: false, file, checks }
+    return false
   }
   if (options.restoreTest && checks.every((c) => c.ok)) {
     checks.push(...(await restoreTest(file, manifest, options)))
   }
-  const ok = checks.every((c) => c.ok)
-  if (ok) {
-    writeManifest(file, {
-      ...manifest,
-      verified: { at: new Date().toISOString(), restore_test: options.restoreTest !== undefined },
-    })
-  }
-  return { ok, file, checks }
+  return checks.every((c) => c.ok)
 }
 
 async function restoreTest(file: string, manifest: Manifest, options: VerifyBackupOptions): Promise<Check[]> {
