@@ -27,7 +27,7 @@ import {
 } from '../src/core/backup/custom-format.js'
 import { streamDump } from '../src/core/backup/restore.js'
 import { parseKeyring } from '../src/core/config/secrets.js'
-import { BIN, type CliResult, ROOT, runCli } from './helpers/cli.js'
+import { BIN, type CliResult, ROOT, runCli, spawnCli } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { adminUrl, cleanEnv } from './helpers/env.js'
 
@@ -712,6 +712,37 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
       c.query("select 1 from pg_namespace where nspname = 'credits'"),
     )
     expect(schema.rowCount).toBe(0)
+  })
+
+  it('restore --force of a damaged backup over a database that holds the schema: exit 4 BACKUP_CORRUPT, one JSON document, what was there untouched', async () => {
+    const good = copyBackup(smallFile)
+    const t = await createEmptyDatabase('damagedforce')
+    expect((await json(['--yes', 'restore', good, '--target', t.url])).code).toBe(0)
+    const before = await creditsTables(t.url)
+    expect(before).toBeGreaterThan(0)
+    const rows = async () =>
+      Number(
+        (
+          await withClient(t.url, (c) =>
+            c.query<{ n: string }>('select count(*) as n from credits.audit_logs'),
+          )
+        ).rows[0]!.n,
+      )
+    const n = await rows()
+    const file = copyBackup(smallFile)
+    flipByte(file, chunkRange(file, 0).start + 1000)
+    // A process of its own: the stream error this was about crashed the process (exit 1, 'a bug').
+    const r = await spawnCli(
+      ['--no-color', '--json', '--yes', 'restore', file, '--target', t.url, '--force'],
+      {
+        env: env(),
+      },
+    )
+    expect(r.stderr).not.toContain('This is a bug')
+    expect(r.code).toBe(4)
+    expect(JSON.parse(r.stdout).error).toMatchObject({ code: 'BACKUP_CORRUPT', chunk: 0 })
+    expect(await creditsTables(t.url)).toBe(before)
+    expect(await rows()).toBe(n)
   })
 
   it('restoring a file that does not match its manifest (every chunk intact, SHA-256 differs) commits nothing', async () => {

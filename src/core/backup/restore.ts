@@ -410,7 +410,9 @@ export async function restoreInto(
       await streamDump(file, manifest, keys, new EndlessWritable(psql.stdin), options)
     }
   } catch (err) {
-    // Kill psql before its input ends: at end of input it would commit what it had.
+    // Kill psql before its input ends: at end of input it would commit what it had. (The error it
+    // is destroyed with is the one thrown below; unheard on the stream, it would crash the process.)
+    psql.stdin.on('error', () => {})
     psql.stdin.destroy(err as Error)
     await psql.done.catch(() => {})
     throw err
