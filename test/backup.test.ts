@@ -547,6 +547,46 @@ describe('restore', () => {
     expect(await databaseExists(name)).toBe(false)
   })
 
+  it('restore --create that fails leaves no database behind: a key it lacks (before creating), a damaged file (dropped again)', async () => {
+    const lacking = targetName('create_nokey')
+    const r = await json(['--yes', 'restore', smallFile, '--target', urlFor(lacking), '--create'], {
+      env: { BACKUP_KEY: `other:${randomBytes(32).toString('base64')}` },
+    })
+    expect(r.code).toBe(4)
+    expect(r.doc.error.code).toBe('BACKUP_UNKNOWN_KEY')
+    expect(await databaseExists(lacking)).toBe(false)
+
+    const file = copyBackup(smallFile)
+    flipByte(file, chunkRange(file, 0).start + 1000)
+    const damaged = targetName('create_damaged')
+    const d = await json(['--yes', 'restore', file, '--target', urlFor(damaged), '--create'])
+    expect(d.code).toBe(4)
+    expect(d.doc.error.code).toBe('BACKUP_CORRUPT')
+    expect(await databaseExists(damaged)).toBe(false)
+  })
+
+  it('a backup file that is not there, or is a directory: exit 2 in one sentence, for restore, verify and rollback --backup', async () => {
+    const missing = path.join(tmp('nofile'), 'gone.shxb')
+    const dir = tmp('dir.shxb')
+    const t = await createEmptyDatabase('nofile')
+    for (const [file, re] of [
+      [missing, /^There is no backup file .*gone\.shxb\.$/],
+      [dir, /^.*dir\.shxb\S* is a directory, not a backup file\.$/],
+    ] as const) {
+      for (const args of [
+        ['--yes', 'restore', file, '--target', t.url],
+        ['backup', 'verify', file],
+        ['--yes', 'rollback', '--migration', '--backup', file],
+      ]) {
+        const r = await json(args, { url: t.url })
+        expect(r.code, args.join(' ')).toBe(2)
+        expect(r.doc.error.code).toBe('BACKUP_NOT_FOUND')
+        expect(r.doc.error.message).toMatch(re)
+      }
+    }
+    expect(await creditsTables(t.url)).toBe(0)
+  })
+
   it('on a terminal asks to type the database name; a wrong answer cancels with exit 3 and the target stays empty', async () => {
     const t = await createEmptyDatabase('tty')
     const r = await cli(['restore', smallFile, '--target', t.url], { tty: true, input: 'yes\n' })

@@ -9,11 +9,13 @@ import {
 } from '../core/backup/catalog.js'
 import { createBackup, type CreateResult } from '../core/backup/create.js'
 import { AUDIT_KEY_SPEC } from '../core/audit/chain.js'
-import { readManifest } from '../core/backup/manifest.js'
+import { assertBackupFile, readManifest } from '../core/backup/manifest.js'
+import { backupKeyFor } from '../core/backup/envelope.js'
 import { warmTool } from '../core/backup/pgtools.js'
 import {
   assertRestorable,
   createTargetDatabase,
+  dropCreatedDatabase,
   inspectTarget,
   restoreBackup,
 } from '../core/backup/target.js'
@@ -289,8 +291,11 @@ export async function restore(
     })
   }
   assertRestorable(state, manifest, opts.force === true)
+  // What can be known before anything is written, the database creation included.
+  assertBackupFile(file)
+  backupKeyFor(keys, manifest.encryption.key_id)
   ctx.out.info(
-    `Restore ${manifest.name} (${manifest.database}, schema version ${manifest.schema_version}, taken ${manifest.created_at}) into database '${state.database}'` +
+    `Restore ${path.basename(file)} (${manifest.database}, schema version ${manifest.schema_version}, taken ${manifest.created_at}) into database '${state.database}'` +
       (!state.exists
         ? ', which will be created.'
         : state.tables > 0
@@ -305,28 +310,35 @@ export async function restore(
     question: 'This writes to the target database.',
     typeToConfirm: state.database,
   })
-  if (!state.exists) {
+  const created = !state.exists
+  if (created) {
     await createTargetDatabase(opts.target, timeoutMs)
     // Asked again: a template with the schema in it would make the new database non-empty.
     state = await inspectTarget(opts.target, manifest.database, timeoutMs)
   }
   const target = state
-  const result = await withTask(
-    ctx,
-    `Restore ${manifest.name} into '${state.database}', then check it`,
-    (report) => {
-      const rate = byteRate(Date.now())
-      return restoreBackup(path.resolve(file), manifest, opts.target!, target, {
-        keys,
-        auditKeys: auditKeys(settings),
-        env: ctx.io.env,
-        timeoutMs,
-        onProgress: (bytes) => report(rate(bytes)),
-        signal: ctx.signal,
-      })
-    },
-    (r) => (r.ok ? 'restored and verified' : 'does NOT match its manifest'),
-  )
+  let result: Awaited<ReturnType<typeof restoreBackup>>
+  try {
+    result = await withTask(
+      ctx,
+      `Restore ${path.basename(file)} into '${state.database}', then check it`,
+      (report) => {
+        const rate = byteRate(Date.now())
+        return restoreBackup(path.resolve(file), manifest, opts.target!, target, {
+          keys,
+          auditKeys: auditKeys(settings),
+          env: ctx.io.env,
+          timeoutMs,
+          onProgress: (bytes) => report(rate(bytes)),
+          signal: ctx.signal,
+        })
+      },
+      (r) => (r.ok ? 'restored and verified' : 'does NOT match its manifest'),
+    )
+  } catch (err) {
+    if (created) await dropCreatedDatabase(opts.target, timeoutMs).catch(() => {})
+    throw err
+  }
   await dropCachedBalances(ctx, settings, manifest)
   if (!result.ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document(result)

@@ -282,18 +282,7 @@ class DecryptStream extends Transform {
   }
 
   private lookUpKey(kid: string): Key {
-    const key = this.keyring.byId.get(kid)
-    if (!key) {
-      throw new IntegrityError(
-        `The backup was encrypted with key '${kid}', which BACKUP_KEY does not hold.`,
-        {
-          code: 'BACKUP_UNKNOWN_KEY',
-          hint: 'After a rotation, keep the old key after the new one in BACKUP_KEY so older backups still restore.',
-          data: { kid },
-        },
-      )
-    }
-    return checkedKey(key)
+    return checkedKey(backupKeyFor(this.keyring, kid))
   }
 
   private truncated(): IntegrityError {
@@ -427,6 +416,19 @@ function aad(header: Buffer, index: number, final: boolean): Buffer {
   out.writeBigUInt64BE(BigInt(index), header.length)
   out[header.length + 8] = final ? 1 : 0
   return out
+}
+
+/** The key a backup names (its manifest's or header's key id), or exit 4 saying BACKUP_KEY lacks it. */
+export function backupKeyFor(keyring: Keyring, kid: string): Key {
+  const key = keyring.byId.get(kid)
+  if (!key) {
+    throw new IntegrityError(`The backup was encrypted with key '${kid}', which BACKUP_KEY does not hold.`, {
+      code: 'BACKUP_UNKNOWN_KEY',
+      hint: 'After a rotation, keep the old key after the new one in BACKUP_KEY so older backups still restore.',
+      data: { kid },
+    })
+  }
+  return key
 }
 
 function checkedKey(key: Key): Key {

@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type pg from 'pg'
-import { IntegrityError } from '../errors.js'
+import { IntegrityError, UsageError } from '../errors.js'
 import type { SchemaName } from '../migrations/files.js'
 
 /**
@@ -114,7 +114,33 @@ export function manifestPath(backupFile: string): string {
     : backupFile + MANIFEST_EXT
 }
 
+/**
+ * The backup file a user named is there and is a file: bad input otherwise (exit 2), before any
+ * manifest is looked for beside it (whose absence is an integrity failure, exit 4).
+ */
+export function assertBackupFile(backupFile: string): void {
+  let st: fs.Stats
+  try {
+    st = fs.statSync(backupFile)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    throw new UsageError(
+      code === 'ENOENT' ? `There is no backup file ${backupFile}.` : `Cannot read ${backupFile} (${code}).`,
+      { code: 'BACKUP_NOT_FOUND' },
+    )
+  }
+  if (!st.isFile()) {
+    throw new UsageError(
+      `${backupFile} is ${st.isDirectory() ? 'a directory' : 'not a regular file'}, not a backup file.`,
+      {
+        code: 'BACKUP_NOT_FOUND',
+      },
+    )
+  }
+}
+
 export function readManifest(backupFile: string): Manifest {
+  assertBackupFile(backupFile)
   const file = manifestPath(backupFile)
   let m: Manifest
   try {

@@ -77,6 +77,21 @@ export async function createTargetDatabase(url: string, timeoutMs: number): Prom
   }
 }
 
+/**
+ * Drops a database `createTargetDatabase` made moments ago, after a restore into it failed or was
+ * interrupted: nothing was committed into it (pg_restore runs in one transaction), and an empty
+ * database left behind would look like a restore that happened.
+ */
+export async function dropCreatedDatabase(url: string, timeoutMs: number): Promise<void> {
+  const name = databaseOf(url)
+  const admin = await openServer(withDatabase(url, 'postgres'), '--target', { timeoutMs, env: {}, max: 1 })
+  try {
+    await admin.pool.query(`drop database if exists "${name}" with (force)`)
+  } finally {
+    await admin.close()
+  }
+}
+
 /** The refusals, before anything is touched: exit 3 unless --force. */
 export function assertRestorable(state: TargetState, manifest: Manifest, force: boolean): void {
   if (force) return

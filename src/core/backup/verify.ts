@@ -8,8 +8,8 @@ import fs from 'node:fs'
 import { Writable } from 'node:stream'
 import type { Keyring } from '../config/secrets.js'
 import { type Database, openScratchEmbedded, openServer } from '../db/pool.js'
-import { IntegrityError, isShieldxError, OperationError } from '../errors.js'
-import { type Manifest, readManifest, writeManifest } from './manifest.js'
+import { IntegrityError, isShieldxError } from '../errors.js'
+import { assertBackupFile, type Manifest, readManifest, writeManifest } from './manifest.js'
 import {
   type Check,
   chainCheck,
@@ -37,7 +37,7 @@ export interface VerifyBackupResult {
 }
 
 export async function verifyBackup(file: string, options: VerifyBackupOptions): Promise<VerifyBackupResult> {
-  if (!fs.existsSync(file)) throw new OperationError(`${file} does not exist.`, { code: 'BACKUP_NOT_FOUND' })
+  assertBackupFile(file)
   const checks: Check[] = []
   let manifest: Manifest
   try {
