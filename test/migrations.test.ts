@@ -171,9 +171,14 @@ describe('migrate up', () => {
     expect(doc.steps[0].sql).toContain('create table credits.credit_accounts')
   })
 
-  it('--to and --schema limit what is applied', async () => {
+  it('--to and --schema limit what is applied; a --to no migration has is exit 2', async () => {
     write('credits', '0002_add_note.up.sql', 'alter table credits.credit_accounts add column note text;\n')
     write('credits', '0002_add_note.down.sql', 'alter table credits.credit_accounts drop column note;\n')
+    // A version that is not there (a typo for 1 or 2) applies nothing: exit 2.
+    const typo = await cli(['migrate', 'up', '--schema', 'credits', '--to', '12', '--no-backup'])
+    expect(typo.code).toBe(2)
+    expect(typo.stderr).toContain('--to 12: there is no such migration (credits has 1-2)')
+    expect(await tableExists('credits.schema_migrations')).toBe(false)
     const r = await cli(['migrate', 'up', '--schema', 'credits', '--to', '1', '--no-backup'])
     expect(r.code, r.stderr).toBe(0)
     expect(await applied('credits')).toEqual([1])

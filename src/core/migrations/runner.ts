@@ -185,6 +185,18 @@ export async function migrateUp(targets: SchemaTarget[], options: UpOptions): Pr
   if (options.to !== undefined && (!Number.isInteger(options.to) || options.to < 0)) {
     throw new UsageError(`--to must be a migration version (a whole number, 0 or more); got '${options.to}'.`)
   }
+  if (options.to !== undefined && options.to > 0) {
+    // A typo (--to 33 for --to 3) must not quietly apply everything up to the newest.
+    const known = targets.map((t) => ({
+      schema: t.schema,
+      files: discoverMigrations(options.migrationsDir, t.schema),
+    }))
+    if (!known.some((k) => k.files.some((f) => f.version === options.to))) {
+      throw new UsageError(
+        `--to ${options.to}: there is no such migration (${known.map((k) => `${k.schema} has ${k.files.length ? `${k.files[0]!.version}-${k.files.at(-1)!.version}` : 'none'}`).join(', ')}).`,
+      )
+    }
+  }
   return runLocked(targets, options, {
     plan: (target, files, status) => {
       const pending = files.filter(
