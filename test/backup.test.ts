@@ -1244,6 +1244,26 @@ describe("the compression stage: pg_dump's archive with its table data compresse
 })
 
 describe('a backup that cannot finish leaves nothing that looks complete', () => {
+  it('a table held by another session for longer than --timeout: exit 124 at the timeout, nothing left', async () => {
+    const dir = tmp('locked')
+    const holder = new pg.Client({ connectionString: db.url })
+    await holder.connect()
+    try {
+      await holder.query('begin')
+      await holder.query('lock table credits.audit_logs in access exclusive mode')
+      const started = Date.now()
+      const r = await json(['--timeout', '2s', 'backup', 'create', '--dir', dir])
+      const took = Date.now() - started
+      expect(r.code, r.stderr).toBe(124)
+      expect(r.doc.error.message).toMatch(/did not finish within 2s|waited longer than 2s for a lock/)
+      expect(took).toBeLessThan(20_000)
+      expect(fs.readdirSync(dir).filter((f) => f.endsWith('.shxb') || f.endsWith('.partial'))).toEqual([])
+    } finally {
+      await holder.query('rollback').catch(() => {})
+      await holder.end()
+    }
+  })
+
   it('killed mid-backup (SIGKILL): only a .partial remains, list shows no backup, and the next create removes it', async () => {
     const dir = tmp('killed')
     const child: ChildProcess = spawn(process.execPath, [BIN, 'backup', 'create', '--dir', dir], {

@@ -18,7 +18,8 @@ import { PACKAGE_ROOT } from '../config/paths.js'
 import type { Keyring } from '../config/secrets.js'
 import { isAlive } from '../db/embedded.js'
 import type { Database } from '../db/pool.js'
-import { InterruptedError, OperationError } from '../errors.js'
+import { isTimeout, toTimeoutError } from '../db/pg-errors.js'
+import { InterruptedError, OperationError, TimeoutError } from '../errors.js'
 import type { SchemaName } from '../migrations/files.js'
 import { archiveCompressor } from './archive-compressor.js'
 import { createEncryptStream } from './envelope.js'
@@ -149,8 +150,18 @@ async function serverDump(db: Database, schema: SchemaName, options: CreateOptio
   await client.connect()
   try {
     await client.query('begin isolation level repeatable read read only')
+    // Waiting for a table's lock (a migration, a VACUUM FULL holding it) is bounded by --timeout,
+    // as pg_dump's is below; counting a large table is not (no statement_timeout here).
+    await client.query(`set local lock_timeout = ${Math.max(1, Math.round(options.timeoutMs))}`)
     const snapshot = (await client.query<{ s: string }>('select pg_export_snapshot() as s')).rows[0]!.s
-    const facts = await readFacts(client, schema)
+    let facts: Facts
+    try {
+      facts = await readFacts(client, schema)
+    } catch (err) {
+      if (isTimeout(err))
+        throw toTimeoutError(err, `Waiting for the locks on the ${schema} tables`, options.timeoutMs)
+      throw err
+    }
     const serverVersion = (await client.query<{ v: string }>("select current_setting('server_version') as v"))
       .rows[0]!.v
     const conn = toolConnection(url, options.env)
@@ -177,6 +188,16 @@ async function serverDump(db: Database, schema: SchemaName, options: CreateOptio
         if (code === 0) resolve()
         else {
           const first = stderr.trim().split('\n')[0] ?? ''
+          if (/could not obtain lock/.test(stderr)) {
+            return reject(
+              new TimeoutError(
+                `pg_dump waited longer than ${options.timeoutMs / 1000}s for a lock: ${first.replace(/^pg_dump: (error: )?/, '')}`,
+                {
+                  hint: 'Something holds a table of the schema (a migration, VACUUM FULL); raise --timeout or try again.',
+                },
+              ),
+            )
+          }
           reject(
             new OperationError(
               `pg_dump failed (${signal ?? `exit ${code}`}): ${first.replace(/^pg_dump: (error: )?/, '')}`,
