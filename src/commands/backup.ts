@@ -66,6 +66,7 @@ export async function backupDatabase(
     const rate = byteRate(Date.now())
     return createBackup(db, schema, {
       dir: settings.backupDir.value,
+      dirSetting: settings.backupDir.source.replace(/^(flag|env|profile) /, ''),
       label,
       keys,
       env: ctx.io.env,

@@ -17,6 +17,7 @@ import { Client } from '../db/driver.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import type { Keyring } from '../config/secrets.js'
 import { isAlive } from '../db/embedded.js'
+import { makeDir } from '../fs/make-dir.js'
 import type { Database } from '../db/pool.js'
 import { isTimeout, toTimeoutError } from '../db/pg-errors.js'
 import { InterruptedError, OperationError, TimeoutError } from '../errors.js'
@@ -37,6 +38,8 @@ import { findTool, toolConnection } from './pgtools.js'
 
 export interface CreateOptions {
   dir: string
+  /** Where `dir` came from, to name in an error: '--dir', 'BACKUP_DIR' (default '--dir'). */
+  dirSetting?: string
   label?: string | null
   keys: Keyring
   env: NodeJS.ProcessEnv
@@ -63,7 +66,7 @@ export async function createBackup(
   options: CreateOptions,
 ): Promise<CreateResult> {
   const started = Date.now()
-  fs.mkdirSync(options.dir, { recursive: true, mode: 0o700 })
+  makeDir(options.dir, options.dirSetting ?? '--dir')
   removeAbandonedPartials(options.dir)
   const name = uniqueName(options.dir, schema, options.label ?? null)
   const file = path.join(options.dir, name + BACKUP_EXT)
