@@ -1023,19 +1023,38 @@ describe("restore's chain check reads the audit table from the restore's own str
   it('interrupted mid-restore: exit 130, the checker stopped with it, no spill file left', async () => {
     const dir = tmp('spill-interrupted')
     const stop = new AbortController()
-    const run = runCli(
-      ['--json', '--yes', 'restore', bigFile, '--target', urlFor(targetName('interrupted')), '--create'],
-      {
-        env: env({ TMPDIR: dir }, big.url),
-        signal: stop.signal,
-      },
-    )
+    const name = targetName('interrupted')
+    const run = runCli(['--json', '--yes', 'restore', bigFile, '--target', urlFor(name), '--create'], {
+      env: env({ TMPDIR: dir }, big.url),
+      signal: stop.signal,
+    })
     const children = () => execFileSync('ps', ['-o', 'args=', '--ppid', String(process.pid)]).toString()
     await until(() => children().includes('chain-check-process.js') || undefined)
     stop.abort()
     expect((await run).code).toBe(130)
     expect(children()).not.toContain('chain-check-process.js')
     expect(fs.readdirSync(dir)).toEqual([])
+    // The database it created for the restore is gone with it.
+    expect(await databaseExists(name)).toBe(false)
+  })
+
+  it('verify --restore-test interrupted at any point: exit 130 and no scratch database left', async () => {
+    const before = await verifyDatabases()
+    for (const afterMs of [50, 300, 800, 1500]) {
+      const stop = new AbortController()
+      const run = runCli(['--json', 'backup', 'verify', bigFile, '--restore-test'], {
+        env: env({}, big.url),
+        signal: stop.signal,
+      })
+      setTimeout(() => stop.abort(), afterMs)
+      const r = await run
+      // Late enough, the verify may finish first: then it passed.
+      expect([0, 130], `after ${afterMs} ms: ${r.stdout}`).toContain(r.code)
+      expect(
+        (await verifyDatabases()).filter((d) => !before.includes(d)),
+        `after ${afterMs} ms`,
+      ).toEqual([])
+    }
   })
 })
 

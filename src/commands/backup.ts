@@ -214,6 +214,7 @@ export async function verify(ctx: Context, file: string, opts: { restoreTest?: b
         timeoutMs: settings.timeoutMs.value,
         ...(opts.restoreTest ? { restoreTest: { server, auditKeys: audit! } } : {}),
         onProgress: (bytes) => report(rate(bytes)),
+        signal: ctx.signal,
       })
     },
     (r) => (r.ok ? 'ok' : 'FAILED'),
