@@ -506,6 +506,27 @@ describe('replay', () => {
     }
   })
 
+  it('a producer that stalls on standard input: exit 124 once nothing has come for --timeout, never a hang', async () => {
+    const lines =
+      synthetic(500, 32)
+        .map((e) => JSON.stringify(e))
+        .join('\n') + '\n'
+    const started = Date.now()
+    const child = execa(
+      process.execPath,
+      [BIN, '--json', '--timeout', '1s', ...BURST_VS_STATUS, '--no-store', '--traffic', '-'],
+      { env: env(), extendEnv: false, reject: false, timeout: 30_000 },
+    )
+    // Some lines, then nothing more, the pipe left open.
+    child.stdin!.write(lines)
+    const r = await child
+    expect(r.exitCode, String(r.stderr)).toBe(124)
+    expect(JSON.parse(String(r.stdout)).error.message).toBe(
+      '--traffic -: nothing came for 1s; is the producer stalled?',
+    )
+    expect(Date.now() - started).toBeLessThan(15_000)
+  })
+
   it('reads traffic from standard input (--traffic -), and refuses a directory in one sentence', async () => {
     const events = synthetic(3000, 31)
     const file = writeTraffic('piped.jsonl', events)

@@ -130,6 +130,7 @@ export async function run(ctx: Context, f: EvaluateFlags) {
       ...(fpCost === undefined ? {} : { fpCost }),
       ...(fnCost === undefined ? {} : { fnCost }),
       signal: ctx.signal,
+      idleTimeoutMs: ctx.settings().timeoutMs.value,
       onProgress: (events, bytes) => bar.update(bytes, events),
     })
   } finally {

@@ -32,6 +32,8 @@ export interface EvaluateOptions {
   fnCost?: number
   signal?: AbortSignal
   onProgress?: (events: number, bytesRead: number) => void
+  /** A pipe or standard input that sends nothing for this long fails the run (--timeout). */
+  idleTimeoutMs?: number
 }
 
 type Metrics = Omit<RuleMetrics, 'undefined'> & { undefined_reasons: RuleMetrics['undefined'] }
@@ -117,6 +119,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvaluationDoc>
     maxDisorderMs: options.maxDisorderMs,
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    ...(options.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: options.idleTimeoutMs }),
   })
   const t = r.tally
   const n = t.events

@@ -30,7 +30,14 @@ import path from 'node:path'
 import { pipeline, Readable, Transform } from 'node:stream'
 import { Worker } from 'node:worker_threads'
 import { createGunzip } from 'node:zlib'
-import { type ErrorData, errorFromData, InterruptedError, OperationError, UsageError } from '../errors.js'
+import {
+  type ErrorData,
+  errorFromData,
+  InterruptedError,
+  OperationError,
+  TimeoutError,
+  UsageError,
+} from '../errors.js'
 import { PACKAGE_ROOT } from '../config/paths.js'
 import { openReadStream } from '../fs/read-stream.js'
 import { compilePair, type CompiledPair, type RateLeaf } from './compile.js'
@@ -76,6 +83,11 @@ export interface ReplayOptions {
   signal?: AbortSignal
   /** events decided so far, bytes of the file read so far */
   onProgress?: (events: number, bytesRead: number) => void
+  /**
+   * A pipe or standard input that sends nothing for this long fails the replay (exit 124): a
+   * stalled producer must not hold a CI job for ever (--timeout).
+   */
+  idleTimeoutMs?: number
   /** For tests: smaller blocks, to cross many block boundaries with little data. */
   blockBytes?: number
   /**
@@ -190,7 +202,13 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
   // shared: on 2 cores, 1M events, that measured 3-10% faster than the worker hashing shared blocks
   // (bytes another core wrote, and copied out of shared memory slowly).
   const remoteHash = threads > 2 ? new RemoteHash() : null
-  const input = await openTraffic(options.file, options.stdin, options.signal, remoteHash)
+  const input = await openTraffic(
+    options.file,
+    options.stdin,
+    options.signal,
+    remoteHash,
+    options.idleTimeoutMs,
+  )
   const pair = compilePair(options.control, options.candidate)
   const windowed = pair.rate.length > 0 || options.sampleSize !== undefined
   const parserInput: BlockParserInput = {
@@ -462,6 +480,7 @@ async function openTraffic(
   stdin: Readable | undefined,
   signal: AbortSignal | undefined,
   remoteHash: RemoteHash | null,
+  idleTimeoutMs: number | undefined,
 ): Promise<TrafficInput> {
   let stat: fs.Stats | null = null
   if (file !== '-') {
@@ -495,8 +514,28 @@ async function openTraffic(
       cb(null, chunk)
     },
   })
+  /** Since when the replay has been waiting for bytes that have not come (null: not waiting). */
+  let waitingSince: number | null = Date.now()
+  // Only where bytes may stop coming: a pipe, a FIFO, standard input (a file always has its next).
+  // Measured while the replay waits, not while it is busy with what it has.
+  const watch =
+    idleTimeoutMs !== undefined && !stat?.isFile()
+      ? setInterval(
+          () => {
+            if (waitingSince === null || Date.now() - waitingSince < idleTimeoutMs) return
+            error ??= new TimeoutError(
+              `--traffic ${file}: nothing came for ${idleTimeoutMs / 1000}s; is the producer stalled?`,
+              { hint: 'Raise the limit with --timeout if the traffic comes that slowly.' },
+            )
+            raw.destroy(error)
+          },
+          Math.min(1000, Math.max(10, idleTimeoutMs / 4)),
+        )
+      : null
+  watch?.unref()
   // pipeline, not pipe: an error anywhere (a read error, EIO) ends the whole chain and is kept.
   const hashed = pipeline(raw, hasher, (err) => {
+    if (watch) clearInterval(watch)
     if (err && !error) error = readError(file, err)
   })
   const chunks = hashed[Symbol.asyncIterator]() as AsyncIterator<Buffer>
@@ -506,6 +545,7 @@ async function openTraffic(
   let first: IteratorResult<Buffer>
   try {
     first = await chunks.next()
+    waitingSince = null
     if (signal?.aborted) throw new InterruptedError()
   } catch (err) {
     signal?.removeEventListener('abort', stopReading)
@@ -519,7 +559,9 @@ async function openTraffic(
       if (first.done) return
       yield first.value
       for (;;) {
+        waitingSince = Date.now()
         const next = await chunks.next()
+        waitingSince = null
         if (next.done) return
         yield next.value
       }
@@ -552,6 +594,7 @@ async function openTraffic(
     bytes: stored.bytes,
     error: () => error,
     close: () => {
+      if (watch) clearInterval(watch)
       signal?.removeEventListener('abort', stopReading)
       stream.destroy()
       raw.destroy()
