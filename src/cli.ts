@@ -645,9 +645,10 @@ function intArg(flag: string) {
 
 /** A count of things to show or do, where 0 would quietly do nothing: 1 or more. */
 function countArg(flag: string) {
+  const whole = intArg(flag)
   return (value: string): number => {
-    if (!/^\d+$/.test(value) || Number(value) < 1)
-      throw new InvalidArgumentError(`${flag} must be a whole number of 1 or more.`)
-    return Number(value)
+    const n = /^\d+$/.test(value) ? whole(value) : NaN
+    if (!(n >= 1)) throw new InvalidArgumentError(`${flag} must be a whole number of 1 or more.`)
+    return n
   }
 }

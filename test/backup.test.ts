@@ -390,6 +390,7 @@ describe('backup create, list, verify', () => {
         label: 'nightly',
         schema_version: 2,
         verified: null,
+        verify_failed: null,
         problem: null,
       },
     ])
@@ -1038,11 +1039,12 @@ describe("restore's chain check reads the audit table from the restore's own str
     expect(await databaseExists(name)).toBe(false)
   })
 
-  it('verify --restore-test interrupted at any point: exit 130 and no scratch database left', async () => {
+  it('verify --restore-test interrupted at any point: exit 130, no scratch database left, the backup not marked failed', async () => {
     const before = await verifyDatabases()
+    const file = copyBackup(bigFile)
     for (const afterMs of [50, 300, 800, 1500]) {
       const stop = new AbortController()
-      const run = runCli(['--json', 'backup', 'verify', bigFile, '--restore-test'], {
+      const run = runCli(['--json', 'backup', 'verify', file, '--restore-test'], {
         env: env({}, big.url),
         signal: stop.signal,
       })
@@ -1054,6 +1056,8 @@ describe("restore's chain check reads the audit table from the restore's own str
         (await verifyDatabases()).filter((d) => !before.includes(d)),
         `after ${afterMs} ms`,
       ).toEqual([])
+      // An interrupted verify has no verdict: the manifest is not marked failed.
+      expect(readManifest(file).verify_failed, `after ${afterMs} ms`).toBeUndefined()
     }
   })
 })

@@ -678,7 +678,7 @@ describe('replay', () => {
 
 describe('workerQueueCap', () => {
   const MiB = 2 ** 20
-  it('keeps full queues until the end of the file is near, and none past what is left there', () => {
+  it('keeps full queues until the end of the file is near, then no more than the blocks left plus the one dealt', () => {
     // Far from the end, or the size unknown (a pipe, a .gz), or the file grown: the full queue.
     expect(workerQueueCap(8, 1, 200 * MiB, MiB)).toBe(8)
     expect(workerQueueCap(8, 1, null, MiB)).toBe(8)

@@ -9,20 +9,20 @@ import {
 } from '../core/backup/catalog.js'
 import { createBackup, type CreateResult } from '../core/backup/create.js'
 import { AUDIT_KEY_SPEC } from '../core/audit/chain.js'
-import { assertBackupFile, readManifest } from '../core/backup/manifest.js'
+import { readManifest } from '../core/backup/manifest.js'
 import { backupKeyFor } from '../core/backup/envelope.js'
 import { warmTool } from '../core/backup/pgtools.js'
 import {
   assertRestorable,
   createTargetDatabase,
-  dropCreatedDatabase,
+  dropDatabase,
   inspectTarget,
   restoreBackup,
 } from '../core/backup/target.js'
 import { verifyBackup } from '../core/backup/verify.js'
 import { tildify } from '../core/config/paths.js'
 import { type Keyring, loadKeyring } from '../core/config/secrets.js'
-import type { Settings } from '../core/config/settings.js'
+import { type Settings, settingLabel } from '../core/config/settings.js'
 import type { Database } from '../core/db/pool.js'
 import { EXIT, OperationError, SafetyError, UsageError } from '../core/errors.js'
 import { schemaVersion } from '../core/migrations/current.js'
@@ -66,7 +66,7 @@ export async function backupDatabase(
     const rate = byteRate(Date.now())
     return createBackup(db, schema, {
       dir: settings.backupDir.value,
-      dirSetting: settings.backupDir.source.replace(/^(flag|env|profile) /, ''),
+      dirSetting: settingLabel(settings.backupDir.source, 'backup_dir'),
       label,
       keys,
       env: ctx.io.env,
@@ -220,6 +220,11 @@ export async function verify(ctx: Context, file: string, opts: { restoreTest?: b
     (r) => (r.ok ? 'ok' : 'FAILED'),
   )
   if (!result.ok) ctx.exitCode = EXIT.integrity
+  if (result.unrecorded) {
+    ctx.out.warn(
+      `The result could not be written into the manifest (${result.unrecorded}): backup list and prune do not know of it.`,
+    )
+  }
   if (ctx.out.json) return ctx.out.document({ ok: result.ok, checks: result.checks })
   for (const c of result.checks) {
     ctx.out.result(
@@ -293,8 +298,8 @@ export async function restore(
     })
   }
   assertRestorable(state, manifest, opts.force === true)
-  // What can be known before anything is written, the database creation included.
-  assertBackupFile(file)
+  // What can be known before anything is written, the database creation included (readManifest
+  // has found the file).
   backupKeyFor(keys, manifest.encryption.key_id)
   ctx.out.info(
     `Restore ${path.basename(file)} (${manifest.database}, schema version ${manifest.schema_version}, taken ${manifest.created_at}) into database '${state.database}'` +
@@ -313,14 +318,14 @@ export async function restore(
     typeToConfirm: state.database,
   })
   const created = !state.exists
-  if (created) {
-    await createTargetDatabase(opts.target, timeoutMs)
-    // Asked again: a template with the schema in it would make the new database non-empty.
-    state = await inspectTarget(opts.target, manifest.database, timeoutMs)
-  }
-  const target = state
   let result: Awaited<ReturnType<typeof restoreBackup>>
   try {
+    if (created) {
+      await createTargetDatabase(opts.target, timeoutMs)
+      // Asked again: a template with the schema in it would make the new database non-empty.
+      state = await inspectTarget(opts.target, manifest.database, timeoutMs)
+    }
+    const target = state
     result = await withTask(
       ctx,
       `Restore ${path.basename(file)} into '${state.database}', then check it`,
@@ -338,7 +343,13 @@ export async function restore(
       (r) => (r.ok ? 'restored and verified' : 'does NOT match its manifest'),
     )
   } catch (err) {
-    if (created) await dropCreatedDatabase(opts.target, timeoutMs).catch(() => {})
+    if (created) {
+      await dropDatabase(opts.target, state.database, timeoutMs).catch((dropErr: Error) =>
+        ctx.out.warn(
+          `The database '${state.database}' this restore created could not be dropped again (${dropErr.message}); drop it by hand.`,
+        ),
+      )
+    }
     throw err
   }
   await dropCachedBalances(ctx, settings, manifest)
@@ -415,8 +426,11 @@ export async function rollbackMigration(
       // backup again over what was written since the first.
       const now = await schemaVersion((schema === 'credits' ? dbs.credits : dbs.shadow).pool, schema)
       if (now <= newest.manifest!.schema_version) {
+        const v = newest.manifest!.schema_version
         current.push(
-          `${schema} is at schema version ${now}, the version of its newest pre-migration backup (${newest.manifest!.name})`,
+          now === v
+            ? `${schema} is at schema version ${now}, the version of its newest pre-migration backup (${newest.manifest!.name})`
+            : `${schema} is at schema version ${now}, below its newest pre-migration backup (${newest.manifest!.name}, version ${v})`,
         )
         continue
       }

@@ -191,7 +191,8 @@ async function serverDump(db: Database, schema: SchemaName, options: CreateOptio
         if (code === 0) resolve()
         else {
           const first = stderr.trim().split('\n')[0] ?? ''
-          if (/could not obtain lock/.test(stderr)) {
+          // Without -j, pg_dump bounds its lock waits with a statement timeout: that is the message.
+          if (/could not obtain lock|canceling statement due to (statement|lock) timeout/.test(stderr)) {
             return reject(
               new TimeoutError(
                 `pg_dump waited longer than ${options.timeoutMs / 1000}s for a lock: ${first.replace(/^pg_dump: (error: )?/, '')}`,

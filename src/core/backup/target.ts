@@ -23,7 +23,7 @@ export interface TargetState {
   serverMajor: number
 }
 
-function databaseOf(url: string): string {
+export function databaseOf(url: string): string {
   const at = url.lastIndexOf('@')
   const afterHost = url.slice(at === -1 ? url.indexOf('//') + 2 : at + 1)
   const slash = afterHost.indexOf('/')
@@ -78,15 +78,15 @@ export async function createTargetDatabase(url: string, timeoutMs: number): Prom
 }
 
 /**
- * Drops a database `createTargetDatabase` made moments ago, after a restore into it failed or was
- * interrupted: nothing was committed into it (pg_restore runs in one transaction), and an empty
- * database left behind would look like a restore that happened.
+ * Drops database `name` of the server `url` points at, on a connection of its own (with the
+ * usual timeouts): the one `restore --create` made moments ago when the restore into it failed or
+ * was interrupted (an empty database left behind would look like a restore that happened), or a
+ * test restore's scratch database.
  */
-export async function dropCreatedDatabase(url: string, timeoutMs: number): Promise<void> {
-  const name = databaseOf(url)
+export async function dropDatabase(url: string, name: string, timeoutMs: number): Promise<void> {
   const admin = await openServer(withDatabase(url, 'postgres'), '--target', { timeoutMs, env: {}, max: 1 })
   try {
-    await admin.pool.query(`drop database if exists "${name}" with (force)`)
+    await admin.pool.query(`drop database if exists "${name.replace(/"/g, '""')}" with (force)`)
   } finally {
     await admin.close()
   }

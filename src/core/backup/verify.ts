@@ -7,10 +7,10 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import { Writable } from 'node:stream'
 import type { Keyring } from '../config/secrets.js'
-import { Client } from '../db/driver.js'
 import { type Database, openScratchEmbedded, openServer } from '../db/pool.js'
-import { IntegrityError, isShieldxError } from '../errors.js'
+import { IntegrityError, InterruptedError, isShieldxError, UsageError } from '../errors.js'
 import { assertBackupFile, type Manifest, readManifest, writeManifest } from './manifest.js'
+import { dropDatabase } from './target.js'
 import {
   type Check,
   chainCheck,
@@ -37,6 +37,8 @@ export interface VerifyBackupResult {
   ok: boolean
   file: string
   checks: Check[]
+  /** Why the result could not be written into the manifest (read-only storage), if it could not. */
+  unrecorded?: string
 }
 
 export async function verifyBackup(file: string, options: VerifyBackupOptions): Promise<VerifyBackupResult> {
@@ -56,16 +58,23 @@ export async function verifyBackup(file: string, options: VerifyBackupOptions): 
     return { ok: false, file, checks }
   }
   const ok = await checkBackup(file, manifest, options, checks)
+  // Interrupted, it has no verdict: the manifest stays as it was.
+  if (options.signal?.aborted) throw new InterruptedError()
   // Recorded either way: a backup that once passed and now fails must not stay 'verified', or prune
-  // would keep it as the newest verified backup and delete good ones around it.
+  // would keep it as the newest verified backup and delete good ones around it. (Trouble that is
+  // not the backup's, a server unreachable or a timeout, is thrown before this and recorded nowhere.)
   const { verified: _was, verify_failed: _failed, ...rest } = manifest
   const at = new Date().toISOString()
-  writeManifest(
-    file,
-    ok
-      ? { ...rest, verified: { at, restore_test: options.restoreTest !== undefined } }
-      : { ...rest, verify_failed: { at, checks: checks.filter((c) => !c.ok).map((c) => c.name) } },
-  )
+  try {
+    writeManifest(
+      file,
+      ok
+        ? { ...rest, verified: { at, restore_test: options.restoreTest !== undefined } }
+        : { ...rest, verify_failed: { at, checks: checks.filter((c) => !c.ok).map((c) => c.name) } },
+    )
+  } catch (err) {
+    return { ok, file, checks, unrecorded: (err as NodeJS.ErrnoException).code ?? (err as Error).message }
+  }
   return { ok, file, checks }
 }
 
@@ -132,13 +141,9 @@ async function restoreTest(file: string, manifest: Manifest, options: VerifyBack
     }
   } else {
     if (!test.server) {
-      return [
-        {
-          name: 'restore',
-          ok: false,
-          detail: 'a test restore of a server backup needs a PostgreSQL server (CREDITS_DATABASE_URL)',
-        },
-      ]
+      throw new UsageError(
+        'A test restore of a server backup needs a PostgreSQL server to restore into: set CREDITS_DATABASE_URL (or --credits-db).',
+      )
     }
     const admin = test.server
     const name = `shieldx_verify_${randomBytes(6).toString('hex')}`
@@ -148,17 +153,7 @@ async function restoreTest(file: string, manifest: Manifest, options: VerifyBack
       await scratch?.close().catch(() => {})
       // On a connection of its own: Ctrl-C cancels what the command's pools are running, and a
       // drop cancelled that way left the scratch database behind (seen once in ~20 interrupts).
-      const own = new Client({
-        connectionString: admin.connectionString!,
-        application_name: 'shieldx verify',
-      })
-      own.on('error', () => {})
-      await own.connect()
-      try {
-        await own.query(`drop database if exists ${name} with (force)`)
-      } finally {
-        await own.end().catch(() => {})
-      }
+      await dropDatabase(admin.connectionString!, name, options.timeoutMs)
     }
     try {
       scratch = await openServer(url, 'scratch database', open)
@@ -169,8 +164,10 @@ async function restoreTest(file: string, manifest: Manifest, options: VerifyBack
       })
     } catch (err) {
       await drop()
-      if (!isShieldxError(err)) throw err
-      return [{ name: 'restore', ok: false, detail: err.message }]
+      if (options.signal?.aborted) throw new InterruptedError()
+      // The backup's own failure is a verdict on it; anything else (the server, a timeout) is not.
+      if (!(err instanceof IntegrityError) && (err as { code?: string }).code !== 'RESTORE_FAILED') throw err
+      return [{ name: 'restore', ok: false, detail: (err as Error).message }]
     }
   }
   try {

@@ -207,7 +207,8 @@ function parseRetention(raw: Resolved<string>): number {
 }
 
 /** "--timeout" for a flag, "SHIELDX_TIMEOUT" for env, "timeout (profile x)" otherwise. */
-function settingLabel(source: string, key: string): string {
+/** How an error names a setting: the flag or variable it came from, or the key and its file. */
+export function settingLabel(source: string, key: string): string {
   if (source.startsWith('flag ')) return source.slice(5)
   if (source.startsWith('env ')) return source.slice(4)
   return `${key} in ${source}`

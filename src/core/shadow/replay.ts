@@ -433,11 +433,12 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
 }
 
 /**
- * Blocks a worker may hold: `perWorker`, except near the end of a file of known size, where the
- * workers hold between them no more than the blocks still to come after this one, which the
- * replay thread parses meanwhile. With full queues to the last block, the worker parsed up to 8
- * blocks at the end while the replay thread waited: 20-100 ms of a 1.5-2.7 s replay, measured. A
- * file that has grown past its size at the start counts as one of unknown size.
+ * Blocks a worker may hold, the one being dealt included: `perWorker`, except near the end of a
+ * file of known size, where that is the blocks still to come after this one plus this one, shared
+ * out between the workers (rounded up): about as many as the replay thread parses meanwhile. With
+ * full queues to the last block, the worker parsed up to 8 blocks at the end while the replay
+ * thread waited: 20-100 ms of a 1.5-2.7 s replay, measured. A file that has grown past its size
+ * at the start counts as one of unknown size.
  */
 export function workerQueueCap(
   perWorker: number,
