@@ -266,8 +266,34 @@ describe('replay', () => {
       })
       expect(confusion(r.tally.candidate)).toEqual({ tp: 1, fp: 0, tn: 2, fn: 1 })
       expect([...r.tally.candidate.scores.keys()].sort()).toEqual([0, 1])
+      // Counted, so that a log which drops a field does not make a rule look harmless unnoticed.
+      expect(r.missing_fields).toEqual({ status: 1, 'headers.ua': 2 })
       // The control reads status, which the third request lacks: below every status.
       expect([...r.tally.control.scores.keys()].sort((a, b) => a - b)).toEqual([-Infinity, 200, 500])
+    }
+  })
+
+  it('counts the lines without a rate-limit key or a field a rule reads, the same for any --workers', async () => {
+    const events = synthetic(30_000, 41).map((e, i) => {
+      const { ip: _ip, status: _status, ...rest } = e as unknown as Record<string, unknown>
+      return i % 7 === 0 ? { ...rest, status: e.status } : i % 11 === 0 ? { ...rest, ip: e.ip } : e
+    })
+    const noIp = events.filter((e) => !('ip' in e)).length
+    const noStatus = events.filter((e) => !('status' in e)).length
+    expect(noIp).toBeGreaterThan(1000)
+    const file = writeTraffic('missing-fields.jsonl', events)
+    for (const workers of [1, 2, 3]) {
+      const r = await replay({
+        file,
+        control: STATUS,
+        candidate: RATE,
+        workers,
+        skipInvalid: false,
+        maxDisorderMs: 0,
+        blockBytes: 64 * 1024,
+        awaitWorkers: true,
+      })
+      expect(r.missing_fields, `--workers ${workers}`).toEqual({ status: noStatus, ip: noIp })
     }
   })
 
@@ -601,6 +627,7 @@ describe('replay', () => {
       ] as const) {
         const other = await run(file, workers, candidate)
         expect(other.worker_blocks, `${file} with ${workers} workers`).toBeGreaterThan(0)
+        expect(other.missing_fields).toEqual(one.missing_fields)
         expect(confusion(other.tally.candidate)).toEqual(confusion(one.tally.candidate))
         expect(confusion(other.tally.control)).toEqual(confusion(one.tally.control))
         expect([...other.tally.candidate.scores].sort()).toEqual([...one.tally.candidate.scores].sort())
@@ -863,6 +890,23 @@ describe('evaluate', () => {
     expect(r.doc.candidate_metrics.undefined_reasons.precision).toMatch(/\w/)
     expect(r.doc.candidate_metrics.recall).toBe(0)
     expect(r.doc.recommendation.decision).toBe('REJECT')
+  })
+
+  it('warns when lines lack a field the rules read, and records how many; says nothing when none do', async () => {
+    const events = synthetic(3000, 42).map((e, i) => {
+      const { ip: _ip, ...rest } = e as unknown as Record<string, unknown>
+      return i % 4 === 0 ? rest : e
+    })
+    const file = writeTraffic('no-ip.jsonl', events)
+    const r = await json([...BURST_VS_STATUS, '--traffic', file, '--no-store'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.doc.traffic.missing_fields).toEqual({ status: 0, ip: 750 })
+    expect(r.stderr).toContain(
+      'warning: 750 of 3,000 lines (25.00%) have no ip: no rule part that reads it blocks them. Is the traffic export dropping it?',
+    )
+    const whole = await json([...BURST_VS_STATUS, '--traffic', traffic, '--no-store'])
+    expect(whole.doc.traffic.missing_fields).toEqual({ status: 0, ip: 0 })
+    expect(whole.stderr).not.toContain('have no')
   })
 
   it('stops at a bad line with exit 2 naming it; --skip-invalid skips and counts', async () => {

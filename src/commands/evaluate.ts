@@ -140,6 +140,12 @@ export async function run(ctx: Context, f: EvaluateFlags) {
 
   const stored = f.store !== false
   if (stored) doc.created_at = await storeEvaluation(db, doc)
+  for (const [field, n] of Object.entries(doc.traffic.missing_fields ?? {})) {
+    if (n === 0) continue
+    ctx.out.warn(
+      `${thousands(n)} of ${thousands(doc.traffic.lines)} lines (${pct(n / doc.traffic.lines)}) have no ${field}: no rule part that reads it blocks them. Is the traffic export dropping it?`,
+    )
+  }
   if (doc.traffic.skipped_invalid + doc.traffic.skipped_out_of_order > 0) {
     ctx.out.warn(
       `skipped ${doc.traffic.skipped_invalid} invalid and ${doc.traffic.skipped_out_of_order} out-of-order line(s) (--skip-invalid).`,

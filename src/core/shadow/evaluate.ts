@@ -50,6 +50,11 @@ export interface EvaluationDoc {
     lines: number
     skipped_invalid: number
     skipped_out_of_order: number
+    /**
+     * Per field the rules read: the valid lines without it. A rule part reading a field never
+     * blocks a request without it, so a log that dropped a field makes that rule look harmless.
+     */
+    missing_fields: Record<string, number>
     first_ts: string | null
     last_ts: string | null
   }
@@ -201,6 +206,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvaluationDoc>
       lines: r.lines,
       skipped_invalid: r.skipped.invalid,
       skipped_out_of_order: r.skipped.out_of_order,
+      missing_fields: r.missing_fields,
       first_ts: iso(t.first_ts),
       last_ts: iso(t.last_ts),
     },

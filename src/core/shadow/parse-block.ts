@@ -7,7 +7,7 @@
 import { compilePair, type CompiledPair, type StatelessLeaf } from './compile.js'
 import type { RulePart } from './rules.js'
 import { addEvent, newTally, tallyToData, type TallyData } from './tally.js'
-import { TrafficLineReader } from './traffic.js'
+import { fieldReader, TrafficLineReader } from './traffic.js'
 
 export interface BlockParserInput {
   control: RulePart
@@ -63,6 +63,11 @@ export type BlockMessage =
       rawLines: number
       invalid: InvalidLine[]
       invalidCount: number
+      /**
+       * Per field the rules read (the stateless leaves' fields, then the rate-limit keys): the
+       * valid lines without it, which no part of a rule reading it can block.
+       */
+      missing: number[]
       columns?: BlockColumns
       /**
        * the block's buffer, handed back (transferred) for the reader to fill again, or the id of
@@ -104,6 +109,7 @@ export function blockParser(input: BlockParserInput): BlockParser {
   // ignoreBOM: a decoder strips a BOM at the start of every piece; only the file's own is dropped (below).
   const decoder = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true })
   const leaves = pair.stateless.map((i) => pair.leaves[i]) as StatelessLeaf[]
+  const readers = leaves.map((l) => fieldReader(l.field))
   const reader = new TrafficLineReader(
     leaves.map((l) => l.field),
     pair.keys,
@@ -111,12 +117,13 @@ export function blockParser(input: BlockParserInput): BlockParser {
   )
   const dictionary: Dictionary = { maps: pair.keys.map(() => new Map()), size: 0 }
   const scratch = newScratch(input.mode === 'columns' ? 4096 : 0, pair.stateless.length, pair.keys.length)
-  return (task) => parseBlock(pair, leaves, input.mode, task, reader, dictionary, scratch)
+  return (task) => parseBlock(pair, leaves, readers, input.mode, task, reader, dictionary, scratch)
 }
 
 function parseBlock(
   pair: CompiledPair,
   statelessLeaves: readonly StatelessLeaf[],
+  readers: ReadonlyArray<(e: Record<string, unknown>) => unknown>,
   mode: BlockParserInput['mode'],
   task: BlockTask,
   reader: TrafficLineReader,
@@ -128,6 +135,7 @@ function parseBlock(
   const invalid: InvalidLine[] = []
   let invalidCount = 0
   let lines = 0
+  const missing = new Array<number>(S + K).fill(0)
 
   const tally = mode === 'tally' ? newTally() : null
   const vals = new Float64Array(pair.leaves.length)
@@ -158,6 +166,7 @@ function parseBlock(
         continue
       }
       const e = reader.event
+      for (let j = 0; j < S; j++) if (readers[j]!(e) == null) missing[j]!++
       if (tally) {
         for (let j = 0; j < S; j++) vals[pair.stateless[j]!] = statelessLeaves[j]!.score(e)
         addEvent(
@@ -188,6 +197,7 @@ function parseBlock(
         const v = reader.keys[k]
         if (v === undefined) {
           keyIds[n * K + k] = -1
+          missing[S + k]!++
           continue
         }
         const m = dictMaps[k]!
@@ -216,7 +226,15 @@ function parseBlock(
   readLines(body, from)
 
   // Blocks end with a newline, after which the loop stops: `line` is the count of lines.
-  const base = { type: 'block' as const, seq: task.seq, lines, rawLines: line, invalid, invalidCount }
+  const base = {
+    type: 'block' as const,
+    seq: task.seq,
+    lines,
+    rawLines: line,
+    invalid,
+    invalidCount,
+    missing,
+  }
   if (tally) return { ...base, tally: tallyToData(tally) }
   return { ...base, columns: { n, ...packColumns(scratch, n, S, K), dicts, dictReset } }
 }

@@ -108,6 +108,8 @@ export interface ReplayResult {
   workers: number
   /** blocks parsed by worker threads; the rest were parsed on the replay thread */
   worker_blocks: number
+  /** Per field the rules read: the valid lines without it (no part of a rule reading it blocks those). */
+  missing_fields: Record<string, number>
   /** 'events': decided per event by the block parsers; 'windows': rate-limit windows in time order */
   mode: 'events' | 'windows'
 }
@@ -220,6 +222,8 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
   const sequencer = windowed ? new Sequencer(pair, tally, options) : null
   const skipped = { invalid: 0, out_of_order: 0, examples: [] as InvalidLine[] }
   let lines = 0
+  /** per field the parsers report on (BlockMessage.missing): lines without it */
+  const missing = new Array<number>(pair.stateless.length + pair.keys.length).fill(0)
   /** lines (blank ones too) before the block taken next: block-relative line numbers + this */
   let lineBase = 0
   let failure: Error | null = null
@@ -254,6 +258,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     const base = lineBase + 1 // 1-based, as editors count
     lineBase += msg.rawLines
     lines += msg.lines
+    for (let j = 0; j < missing.length; j++) missing[j]! += msg.missing[j]!
     const firstInvalid = msg.invalid[0]
     const invalidError = firstInvalid
       ? new UsageError(`${options.file} line ${base + firstInvalid.line}: ${firstInvalid.error}.`, {
@@ -428,6 +433,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     compressed: input.compressed,
     workers: threads,
     worker_blocks: workerBlocks,
+    missing_fields: missingByField(pair, missing),
     mode: windowed ? 'windows' : 'events',
   }
 }
@@ -448,6 +454,14 @@ export function workerQueueCap(
 ): number {
   if (bytesLeft === null || bytesLeft < 0 || workers === 0) return perWorker
   return Math.min(perWorker, Math.ceil((Math.ceil(bytesLeft / blockBytes) + 1) / workers))
+}
+
+/** The parsers' per-leaf counts by field name (two leaves reading one field count the same lines). */
+function missingByField(pair: CompiledPair, missing: number[]): Record<string, number> {
+  const fields = [...pair.stateless.map((i) => (pair.leaves[i] as { field: string }).field), ...pair.keys]
+  const out: Record<string, number> = {}
+  fields.forEach((f, j) => (out[f] = Math.max(out[f] ?? 0, missing[j]!)))
+  return out
 }
 
 interface TrafficInput {
