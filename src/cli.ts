@@ -282,9 +282,13 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
 
   sub(credits, 'apply', 'many operations from JSON lines, one result line each', [
     'shieldx credits apply --file ops.jsonl',
-    `echo '{"op":"consume","tenant":"acme","amount":5}' | shieldx credits apply`,
+    `echo '{"op":"consume","tenant":"acme","amount":5}' | shieldx credits apply --batch usage-2026-11-23T04`,
   ])
     .option('--file <file>', 'JSON lines to apply (default: standard input)')
+    .option(
+      '--batch <id>',
+      "names the input in the keys of lines without idempotency_key (default: the file's SHA-256; needed on standard input)",
+    )
     .option(
       '--chunk-size <n>',
       'lines handed to each lane at a time, one transaction per lane (default 500)',
@@ -292,7 +296,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     )
     .addHelpText(
       'after',
-      '\nEach line: {"op":"topup|consume|reserve|commit|cancel","tenant":"acme","amount":5,"reservation":"...","ttl":"15m","idempotency_key":"..."}.\nA line without idempotency_key gets one from its line number and content, so re-running a file replays it.',
+      '\nEach line: {"op":"topup|consume|reserve|commit|cancel","tenant":"acme","amount":5,"reservation":"...","ttl":"15m","idempotency_key":"..."}.\nA line without idempotency_key gets one from the batch (the file contents, or --batch), its line number and content:\nre-running a file, or a batch ID, replays it; another file or ID is applied anew.',
     )
     .action(action(loadCredits, (m, ctx, _a, o) => m.apply(ctx, o)))
 

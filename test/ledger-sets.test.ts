@@ -5,7 +5,7 @@
  * must come out as if applied alone and in order: exactly once, its own result or error, its own
  * chain row, and the chain must verify.
  */
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -321,7 +321,7 @@ describe('credits apply on a new database', () => {
       const env = cleanEnv({ CREDITS_DATABASE_URL: fresh.url, SHIELDX_HOME: home, AUDIT_HMAC_KEY: auditKey })
       expect((await runCli(['migrate', 'up', '--no-backup'], { env })).code).toBe(0)
       const apply = async (lines: object[]) => {
-        const r = await runCli(['credits', 'apply'], {
+        const r = await runCli(['credits', 'apply', '--batch', randomUUID()], {
           env,
           input: lines.map((l) => JSON.stringify(l)).join('\n') + '\n',
         })

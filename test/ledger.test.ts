@@ -499,7 +499,11 @@ describe('credits apply', () => {
     ]) {
       for (const tenant of tenants) lines.push(JSON.stringify({ ...step, tenant }))
     }
-    const r = await cli(['credits', 'apply', '--chunk-size', '7'], {}, lines.join('\n') + '\n')
+    const r = await cli(
+      ['credits', 'apply', '--chunk-size', '7', '--batch', `lanes-${run}`],
+      {},
+      lines.join('\n') + '\n',
+    )
     const out = r.stdout
       .trim()
       .split('\n')
@@ -528,7 +532,10 @@ describe('credits apply', () => {
         JSON.stringify(ops[0]),
         JSON.stringify(ops[1]),
       ])
-      const [r] = await Promise.all([cli(['credits', 'apply', '--file', fifo]), writer])
+      const [r] = await Promise.all([
+        cli(['credits', 'apply', '--file', fifo, '--batch', `fifo-${run}`]),
+        writer,
+      ])
       expect(r.code, r.stderr).toBe(0)
       expect(
         r.stdout
@@ -551,11 +558,45 @@ describe('credits apply', () => {
     expect(dir.stderr).not.toMatch(/bug/)
   })
 
-  it('reads standard input', async () => {
+  it('reads standard input: a line without a key needs --batch; the same batch replays, another applies anew', async () => {
     const tenant = t('stdin')
-    const r = await cli(['credits', 'apply'], {}, `${JSON.stringify({ op: 'topup', tenant, amount: 3 })}\n`)
+    const line = `${JSON.stringify({ op: 'topup', tenant, amount: 3 })}\n`
+    const nameless = await cli(['credits', 'apply'], {}, line)
+    expect(nameless.code).toBe(1)
+    expect(JSON.parse(nameless.stdout.trim()).error.message).toMatch(
+      /^line 1 has no idempotency_key, and standard input has no name to derive one from: pass --batch ID/,
+    )
+    expect(await account(tenant)).toBeNull()
+    const r = await cli(['credits', 'apply', '--batch', `hour-1-${run}`], {}, line)
     expect(r.code, r.stderr).toBe(0)
     expect(JSON.parse(r.stdout.trim()).result).toMatchObject({ balance: 3 })
+    const retry = await cli(['credits', 'apply', '--batch', `hour-1-${run}`], {}, line)
+    expect(JSON.parse(retry.stdout.trim()).result).toMatchObject({ balance: 3, replayed: true })
+    const next = await cli(['credits', 'apply', '--batch', `hour-2-${run}`], {}, line)
+    expect(JSON.parse(next.stdout.trim()).result).toMatchObject({ balance: 6 })
+    expect((await cli(['credits', 'apply', '--batch', 'has space'], {}, line)).code).toBe(2)
+  })
+
+  it('two files with the same line at the same place are two batches: both applied, each replayed on its own', async () => {
+    const tenant = t('hourly')
+    const text = `${JSON.stringify({ op: 'topup', tenant, amount: 100 })}\n${JSON.stringify({ op: 'consume', tenant, amount: 5 })}\n`
+    const first = path.join(os.tmpdir(), `shx-hour1-${run}.jsonl`)
+    const second = path.join(os.tmpdir(), `shx-hour2-${run}.jsonl`)
+    fs.writeFileSync(first, text)
+    // The next hour: the same consume on line 2, and a line more.
+    fs.writeFileSync(second, text + `${JSON.stringify({ op: 'consume', tenant, amount: 1 })}\n`)
+    try {
+      expect((await cli(['credits', 'apply', '--file', first])).code).toBe(0)
+      expect(await account(tenant)).toEqual({ balance: 95, reserved: 0 })
+      const again = await cli(['credits', 'apply', '--file', first])
+      expect(again.stderr).toContain('2 operation(s): 0 applied, 2 replayed, 0 failed')
+      const other = await cli(['credits', 'apply', '--file', second])
+      expect(other.stderr).toContain('3 operation(s): 3 applied, 0 replayed, 0 failed')
+      expect(await account(tenant)).toEqual({ balance: 189, reserved: 0 })
+    } finally {
+      fs.rmSync(first, { force: true })
+      fs.rmSync(second, { force: true })
+    }
   })
 })
 

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import readline from 'node:readline'
 import type { Readable } from 'node:stream'
@@ -219,12 +219,21 @@ export async function history(ctx: Context, tenant: string, opts: { limit: numbe
   )
 }
 
-export async function apply(ctx: Context, opts: { file?: string; chunkSize?: number }) {
+export async function apply(ctx: Context, opts: { file?: string; chunkSize?: number; batch?: string }) {
+  if (opts.batch !== undefined && !/^[A-Za-z0-9._:-]{1,100}$/.test(opts.batch)) {
+    throw new UsageError(`--batch must be 1-100 letters, digits, '.', '_', ':' or '-'; got '${opts.batch}'.`)
+  }
   const l = await ledger(ctx)
   const touched = new Set<string>()
-  const input = !opts.file || opts.file === '-' ? ctx.io.stdin : openInput(opts.file)
+  const stdin = !opts.file || opts.file === '-'
+  const input = stdin ? ctx.io.stdin : openInput(opts.file!)
   const lines = readline.createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })
+  // Only when a line without a key needs it: a file is named by its contents, read once more.
+  let batch: string | null | undefined = opts.batch
+  const batchName = () =>
+    (batch ??= stdin || !fs.statSync(opts.file!).isFile() ? null : fileDigest(opts.file!))
   const summary = await applyLines(l.db.pool, lines, l.keys, {
+    batch: batchName,
     ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
     // One lane per pooled connection (the embedded database has one).
     lanes: l.db.kind === 'embedded' ? 1 : 4,
@@ -241,6 +250,19 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
     `${summary.lines} operation(s): ${summary.applied} applied, ${summary.replayed} replayed, ${summary.failed} failed.`,
   )
   if (summary.failed > 0) ctx.exitCode = EXIT.failed
+}
+
+/** A file's SHA-256 (hex, first 32), read in pieces: the batch name of its lines' derived keys. */
+function fileDigest(file: string): string {
+  const hash = createHash('sha256')
+  const buf = Buffer.allocUnsafe(1 << 20)
+  const fd = fs.openSync(file, 'r')
+  try {
+    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) hash.update(buf.subarray(0, n))
+  } finally {
+    fs.closeSync(fd)
+  }
+  return hash.digest('hex').slice(0, 32)
 }
 
 function openInput(file: string): Readable {

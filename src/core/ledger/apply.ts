@@ -8,8 +8,11 @@
  * commit or cancel to its reservation's tenant's), so its operations apply in file order. Results
  * are put back in input order before they are printed.
  *
- * A line without an idempotency key gets one derived from its line number and content: running
- * the same file again after a crash replays what was applied instead of applying it twice.
+ * A line without an idempotency key gets one derived from its input's batch (the file's SHA-256,
+ * or --batch), its line number and its content: running the same file again after a crash replays
+ * what was applied instead of applying it twice, and another file is another batch, however alike
+ * its lines (an hourly usage file's first line is often the last hour's). Standard input has no
+ * identity of its own: there, such a line needs --batch.
  */
 import { createHash } from 'node:crypto'
 import type pg from 'pg'
@@ -48,7 +51,7 @@ interface ParsedLine {
 }
 
 /** One JSON object per line: {"op":"consume","tenant":"acme","amount":5,"idempotency_key":"k1"} */
-export function parseOperation(text: string, line: number): ParsedLine {
+export function parseOperation(text: string, line: number, batch: () => string | null): ParsedLine {
   try {
     let raw: Record<string, unknown>
     try {
@@ -90,10 +93,16 @@ export function parseOperation(text: string, line: number): ParsedLine {
           `${at('op')} must be one of topup, consume, reserve, commit, cancel; got ${JSON.stringify(raw.op)}.`,
         )
     }
-    const key =
-      raw.idempotency_key === undefined
-        ? `apply:${line}:${createHash('sha256').update(text).digest('hex').slice(0, 32)}`
-        : v.idempotencyKey(raw.idempotency_key)
+    let key: string
+    if (raw.idempotency_key === undefined) {
+      const b = batch()
+      if (b === null) {
+        throw new UsageError(
+          `line ${line} has no idempotency_key, and standard input has no name to derive one from: pass --batch ID (the same ID again replays the batch), or give each line its own key.`,
+        )
+      }
+      key = `apply:${b}:${line}:${createHash('sha256').update(text).digest('hex').slice(0, 32)}`
+    } else key = v.idempotencyKey(raw.idempotency_key)
     return { line, request, key }
   } catch (err) {
     if (err instanceof UsageError) return { line, error: { code: 'USAGE', message: err.message } }
@@ -114,6 +123,8 @@ export async function applyLines(
     /** Called with the results that became printable, in input order (a batch per call). */
     onResults: (r: ApplyLineResult[]) => void
     signal?: AbortSignal
+    /** The input's name in the keys derived for lines without one (null: such lines are refused). */
+    batch?: () => string | null
   },
 ): Promise<ApplySummary> {
   // 500: 100,000 consumes over 1,000 tenants on four lanes ran at 14.8k-18.4k ops/s against
@@ -122,6 +133,7 @@ export async function applyLines(
   // one tenant has them (2,000, about half a second of its lock). A retry redoes a transaction
   // whole: no larger.
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE
+  const batch = options.batch ?? (() => null)
   const laneCount = Math.max(1, options.lanes ?? 1)
   /** Lines read and not yet printed, at most: then reading waits for the lanes to catch up. */
   const maxPending = 3 * chunkSize * laneCount
@@ -201,7 +213,7 @@ export async function applyLines(
     n++
     if (text.trim() === '') continue
     if (options.signal?.aborted || state.failure) break
-    const p = parseOperation(text, n)
+    const p = parseOperation(text, n, batch)
     order.push(n)
     if (!p.request) done.set(n, { line: n, ok: false, error: p.error! })
     else readAhead.push(p)
