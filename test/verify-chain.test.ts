@@ -112,6 +112,42 @@ describe('tampering, each detected with the right reason (exit 4)', () => {
     expect(brokenFor(v.doc, 't-edit')).toEqual([{ tenant_id: 't-edit', seq: 3, reason: 'hash_mismatch' }])
   })
 
+  it('a balance or a reservation changed with an UPDATE of the account (the chain itself intact): balance_mismatch at the head', async () => {
+    await tenantWithHistory('t-mint', 3)
+    const head = Number(
+      (
+        await db.query<{ s: string }>(
+          `select chain_seq as s from credits.credit_accounts where tenant_id = 't-mint'`,
+        )
+      ).rows[0]!.s,
+    )
+    // No trigger to switch off: one UPDATE mints credits, and every row of the chain still verifies.
+    await db.query(`update credits.credit_accounts set balance = balance + 99000 where tenant_id = 't-mint'`)
+    const v = await verify()
+    expect(v.code).toBe(4)
+    expect(brokenFor(v.doc, 't-mint')).toEqual([
+      { tenant_id: 't-mint', seq: head, reason: 'balance_mismatch' },
+    ])
+    const one = await verify(['--tenant', 't-mint'])
+    expect(one.code).toBe(4)
+    expect(one.doc.broken).toEqual([{ tenant_id: 't-mint', seq: head, reason: 'balance_mismatch' }])
+    await db.query(
+      `update credits.credit_accounts set balance = balance - 99000, reserved = 7 where tenant_id = 't-mint'`,
+    )
+    expect(brokenFor((await verify()).doc, 't-mint')).toEqual([
+      { tenant_id: 't-mint', seq: head, reason: 'balance_mismatch' },
+    ])
+    await db.query(`update credits.credit_accounts set reserved = 0 where tenant_id = 't-mint'`)
+    expect(brokenFor((await verify()).doc, 't-mint')).toEqual([])
+    // An account with no chain at all must hold nothing.
+    await db.query(
+      `insert into credits.credit_accounts (tenant_id, balance, version) values ('t-ghost', 500, 1)`,
+    )
+    expect(brokenFor((await verify()).doc, 't-ghost')).toEqual([
+      { tenant_id: 't-ghost', seq: 1, reason: 'balance_mismatch' },
+    ])
+  })
+
   it('a deleted middle row: missing_row at its seq', async () => {
     await tenantWithHistory('t-gap')
     await tamper(`delete from credits.audit_logs where tenant_id = 't-gap' and seq = 2`)

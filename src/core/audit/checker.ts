@@ -10,7 +10,14 @@
 import { type ChainKey, ChainMessage, GENESIS, type WireRow } from './chain.js'
 import type { HmacLanes, LaneOwner } from './hmac-lanes.js'
 
-export type BreakReason = 'hash_mismatch' | 'missing_row' | 'reordered' | 'truncated' | 'unknown_key'
+export type BreakReason =
+  | 'hash_mismatch'
+  | 'missing_row'
+  | 'reordered'
+  | 'truncated'
+  | 'unknown_key'
+  /** The account's balance or reservation is not what its chain's head row says (verify.ts). */
+  | 'balance_mismatch'
 
 export interface Broken {
   tenant_id: string

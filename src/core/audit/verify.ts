@@ -124,6 +124,13 @@ export async function verifyChain(
     (t) => !seen.has(t) && (!options.tenant || t === options.tenant),
   )
   for (const t of vanished) broken.push({ tenant_id: t, seq: 1, reason: 'truncated' })
+  // The chain is the history, the account row the state it led to: a balance changed with an
+  // UPDATE (no row written) leaves every chain intact, so each account is held to its head row.
+  const chainBroken = new Set(broken.map((b) => b.tenant_id))
+  for (const d of await accountsOffTheirHead(db.pool, options.tenant)) {
+    if (!chainBroken.has(d.tenant_id))
+      broken.push({ tenant_id: d.tenant_id, seq: d.seq, reason: 'balance_mismatch' })
+  }
   const tenants = parts.reduce((n, p) => n + p.tenants, 0) + vanished.length
   broken.sort((a, b) => (a.tenant_id < b.tenant_id ? -1 : a.tenant_id > b.tenant_id ? 1 : 0))
 
@@ -165,6 +172,27 @@ export async function verifyChain(
   }
   if (!options.tenant && options.record !== false) await recordRun(db.pool, startedAt, result, checkpointId)
   return result
+}
+
+/**
+ * Accounts whose balance or reservation differs from the balance_after / reserved_after of the
+ * row at their chain's head (an account without rows must hold nothing): one index lookup each.
+ */
+async function accountsOffTheirHead(
+  pool: Database['pool'],
+  tenant: string | undefined,
+): Promise<Array<{ tenant_id: string; seq: number }>> {
+  const { rows } = await pool.query<{ tenant_id: string; seq: string }>(
+    `select a.tenant_id, greatest(a.chain_seq, 1) as seq
+       from credits.credit_accounts a
+       left join credits.audit_logs l on l.tenant_id = a.tenant_id and l.seq = a.chain_seq
+      where ($1::text is null or a.tenant_id = $1)
+        and case when a.chain_seq = 0 then a.balance <> 0 or a.reserved <> 0
+                 else l.id is null or l.balance_after <> a.balance or l.reserved_after <> a.reserved end
+      order by a.tenant_id`,
+    [tenant ?? null],
+  )
+  return rows.map((r) => ({ tenant_id: r.tenant_id, seq: Number(r.seq) }))
 }
 
 function mergeHeads(checkpoints: Checkpoint[]): Record<string, Head> {
