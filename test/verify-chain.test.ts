@@ -87,6 +87,24 @@ describe('an intact ledger', () => {
     }
   })
 
+  it('a wrong AUDIT_HMAC_KEY (same key id, other bytes): exit 4, with a warning to check the key before crying tampering', async () => {
+    const wrong = `k1:${randomBytes(32).toString('base64')}`
+    const r = await cli(['--json', 'verify-chain'], { AUDIT_HMAC_KEY: wrong })
+    expect(r.code).toBe(4)
+    expect(JSON.parse(r.stdout).broken.every((b: { seq: number }) => b.seq === 1)).toBe(true)
+    expect(r.stderr).toContain('every chain breaks at its first row: check that AUDIT_HMAC_KEY holds the key')
+    // The right key: intact, and no such warning.
+    const ok = await cli(['--json', 'verify-chain'])
+    expect(ok.code).toBe(0)
+    expect(ok.stderr).not.toContain('first row')
+  })
+
+  it('--tenant naming no tenant at all is exit 1 saying so, not a clean check of 0 tenants', async () => {
+    const r = await cli(['--json', 'verify-chain', '--tenant', 'no-such-tenant'])
+    expect(r.code).toBe(1)
+    expect(JSON.parse(r.stdout).error).toMatchObject({ code: 'ACCOUNT_NOT_FOUND' })
+  })
+
   it('the append-only triggers refuse UPDATE, DELETE and TRUNCATE to a normal session', async () => {
     await expect(db.query(`update credits.audit_logs set amount = 1`)).rejects.toThrow(/append-only/)
     await expect(db.query(`delete from credits.audit_logs`)).rejects.toThrow(/append-only/)

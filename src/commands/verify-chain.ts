@@ -1,6 +1,6 @@
 import type { Context } from '../context.js'
 import { startVerifyThreads, verifyChain } from '../core/audit/verify.js'
-import { EXIT, UsageError } from '../core/errors.js'
+import { EXIT, OperationError, UsageError } from '../core/errors.js'
 import { serverUrl } from '../core/db/pool.js'
 import { openLedger } from '../core/ledger/ledger.js'
 import * as v from '../core/ledger/validate.js'
@@ -37,7 +37,20 @@ export async function verify(
   })
   shown.done()
 
+  if (tenant && result.tenants_checked === 0 && result.ok) {
+    // A typo must not read as a clean check.
+    throw new OperationError(`There is no tenant '${tenant}': no account and no audit rows.`, {
+      code: 'ACCOUNT_NOT_FOUND',
+    })
+  }
   if (!result.ok) ctx.exitCode = EXIT.integrity
+  // Every chain broken at its first row is what a wrong key looks like, more often than tampering.
+  const atFirstRow = result.broken.filter((b) => b.seq === 1 && b.reason === 'hash_mismatch').length
+  if (result.tenants_checked > 0 && atFirstRow === result.tenants_checked) {
+    ctx.out.warn(
+      'every chain breaks at its first row: check that AUDIT_HMAC_KEY holds the key these rows were signed with before treating this as tampering.',
+    )
+  }
   if (ctx.out.json) return ctx.out.document(result)
   if (result.ok) {
     ctx.out.result(

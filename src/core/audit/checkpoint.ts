@@ -55,9 +55,13 @@ export function verifyCheckpoint(keys: Keyring, cp: Checkpoint, origin: string):
   const expected = createHmac('sha256', key.bytes).update(body(cp)).digest()
   const given = Buffer.from(cp.signature, 'hex')
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-    throw new IntegrityError(`The checkpoint in ${origin} has an invalid signature: it was altered.`, {
-      code: 'CHECKPOINT_FORGED',
-    })
+    throw new IntegrityError(
+      `The checkpoint in ${origin} has an invalid signature under key '${cp.key_id}': it was altered, or AUDIT_HMAC_KEY holds other bytes under that key id.`,
+      {
+        code: 'CHECKPOINT_FORGED',
+        hint: 'Check AUDIT_HMAC_KEY first (a rotation that changed the bytes but kept the id); if it is right, treat this as tampering.',
+      },
+    )
   }
 }
 
