@@ -42,7 +42,9 @@ describe('connecting', () => {
       const started = Date.now()
       const err = await open(`postgres://postgres:pw123456@127.0.0.1:${port}/x`, 1000).catch((e) => e)
       const took = Date.now() - started
-      expect(err).toBeInstanceOf(OperationError)
+      // Timed out, as --timeout promises: exit 124, not 1.
+      expect(err).toBeInstanceOf(TimeoutError)
+      expect(err.exitCode).toBe(124)
       expect(err.message).toBe(`Cannot connect to PostgreSQL at 127.0.0.1:${port}: no answer within 1s.`)
       expect(took).toBeLessThan(5000)
     } finally {

@@ -8,7 +8,7 @@ import { Client, Pool } from './driver.js'
 import { tildify } from '../config/paths.js'
 import { redactUrl, urlUserinfo } from '../config/redact.js'
 import { embeddedDataDir, type Settings } from '../config/settings.js'
-import { OperationError, UsageError } from '../errors.js'
+import { OperationError, TimeoutError, UsageError } from '../errors.js'
 import { type EmbeddedServer, startEmbedded } from './embedded.js'
 import type { PgErrorLike } from './pg-errors.js'
 
@@ -282,9 +282,16 @@ function parseTarget(url: string, source: string): Target {
   }
 }
 
-function connectError(err: unknown, t: Target, timeoutMs: number): OperationError {
+function connectError(err: unknown, t: Target, timeoutMs: number): OperationError | TimeoutError {
   const e = err as PgErrorLike
   const where = `PostgreSQL at ${t.host}:${t.port}`
+  // A server that never answered within --timeout: timed out (exit 124), as the README promises.
+  if (!e.code && /timeout/i.test(e.message ?? '')) {
+    return new TimeoutError(`Cannot connect to ${where}: no answer within ${timeoutMs / 1000}s.`, {
+      code: 'DB_UNREACHABLE',
+      cause: err,
+    })
+  }
   const reason = (() => {
     switch (e.code) {
       case 'ECONNREFUSED':
