@@ -158,6 +158,22 @@ describe('topup and consume', () => {
     expect(await account(tenant)).toBeNull()
   })
 
+  it('refuses a topup past the largest exact balance (2^53 - 1): exit 1 BALANCE_LIMIT, alone or in credits apply, nothing written', async () => {
+    const tenant = t('huge')
+    expect((await cli(['credits', 'topup', tenant, String(Number.MAX_SAFE_INTEGER)])).code).toBe(0)
+    const one = await json(['credits', 'topup', tenant, '1'])
+    expect(one.code).toBe(1)
+    expect(one.doc.error).toMatchObject({ code: 'BALANCE_LIMIT' })
+    const applied = await cli(
+      ['credits', 'apply', '--batch', `huge-${run}`],
+      {},
+      `${JSON.stringify({ op: 'topup', tenant, amount: 2 })}\n`,
+    )
+    expect(applied.code).toBe(1)
+    expect(JSON.parse(applied.stdout.trim()).error.code).toBe('BALANCE_LIMIT')
+    expect(await account(tenant)).toEqual({ balance: Number.MAX_SAFE_INTEGER, reserved: 0 })
+  })
+
   it('rejects a malformed tenant with exit 2', async () => {
     const r = await cli(['credits', 'topup', "acme'; drop table x; --", '5'])
     expect(r.code).toBe(2)

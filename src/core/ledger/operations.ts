@@ -944,6 +944,13 @@ function planChange(
   const available = balance - reserved
   switch (req.kind) {
     case 'topup':
+      // Past 2^53 - 1 a balance is no longer exact in JavaScript (nor safe to read back).
+      if (balance + req.amount > Number.MAX_SAFE_INTEGER) {
+        return new OperationError(
+          `A topup of ${req.amount} would take tenant '${req.tenantId}' (balance ${balance}) past the largest balance shieldx keeps exact, ${Number.MAX_SAFE_INTEGER}.`,
+          { code: 'BALANCE_LIMIT', data: { tenant_id: req.tenantId, balance, requested: req.amount } },
+        )
+      }
       return { amount: req.amount, balanceDelta: req.amount, reservedDelta: 0 }
     case 'consume':
     case 'reserve':
