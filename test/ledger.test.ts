@@ -12,7 +12,7 @@ import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseKeyring } from '../src/core/config/secrets.js'
 import { decryptPaymentToken } from '../src/core/crypto/payment.js'
-import { runCli, tempHome } from './helpers/cli.js'
+import { BIN, runCli, tempHome } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { cleanEnv, redisUrl } from './helpers/env.js'
 
@@ -591,6 +591,25 @@ describe('credits apply', () => {
     const next = await cli(['credits', 'apply', '--batch', `hour-2-${run}`], {}, line)
     expect(JSON.parse(next.stdout.trim()).result).toMatchObject({ balance: 6 })
     expect((await cli(['credits', 'apply', '--batch', 'has space'], {}, line)).code).toBe(2)
+  })
+
+  it('interrupted while its input is quiet: exit 130 at once, and the line read but not yet applied is not applied', async () => {
+    const tenant = t('quiet')
+    const child = execa(process.execPath, [BIN, 'credits', 'apply', '--batch', `quiet-${run}`], {
+      env: env(),
+      extendEnv: false,
+      reject: false,
+      timeout: 30_000,
+    })
+    child.stdin!.write(`${JSON.stringify({ op: 'topup', tenant, amount: 3 })}\n`)
+    await new Promise((r) => setTimeout(r, 1500))
+    const started = Date.now()
+    child.kill('SIGINT')
+    const r = await child
+    expect(r.exitCode).toBe(130)
+    expect(Date.now() - started).toBeLessThan(5000)
+    expect(String(r.stdout)).toBe('')
+    expect(await account(tenant)).toBeNull()
   })
 
   it('two files with the same line at the same place are two batches: both applied, each replayed on its own', async () => {

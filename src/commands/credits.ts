@@ -228,6 +228,13 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
   const stdin = !opts.file || opts.file === '-'
   const input = stdin ? ctx.io.stdin : openInput(opts.file!)
   const lines = readline.createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })
+  // Ctrl-C stops the reading too: a pipe that sends nothing more must not hold the command open.
+  const stopReading = () => {
+    lines.close()
+    input.destroy()
+  }
+  ctx.signal.addEventListener('abort', stopReading, { once: true })
+  ctx.onCleanup(async () => ctx.signal.removeEventListener('abort', stopReading))
   // Only when a line without a key needs it: a file is named by its contents, read once more.
   let batch: string | null | undefined = opts.batch
   const batchName = () =>

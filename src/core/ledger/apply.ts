@@ -225,7 +225,8 @@ export async function applyLines(
       wake = null
     }
   }
-  if (!state.failure) await handOut()
+  // Interrupted: what was read and not yet handed out is not applied (nor printed).
+  if (!state.failure && !options.signal?.aborted) await handOut()
   await Promise.all(lanes.map((l) => l.tail))
   if (state.failure) throw state.failure.error
   emitReady()
