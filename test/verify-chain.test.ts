@@ -99,6 +99,24 @@ describe('an intact ledger', () => {
     expect(ok.stderr).not.toContain('first row')
   })
 
+  it('a --checkpoint-file that cannot be written: exit 2, and no checkpoint is recorded in the database either', async () => {
+    const before = Number(
+      (await db.query<{ n: string }>('select count(*) as n from credits.audit_checkpoints')).rows[0]!.n,
+    )
+    for (const file of ['/proc/shieldx-no-such-dir/ck.json', path.join(home, 'a-file', 'ck.json')]) {
+      fs.writeFileSync(path.join(home, 'a-file'), 'x')
+      const r = await cli(['--json', 'verify-chain', '--checkpoint', '--checkpoint-file', file])
+      expect(r.code, file).toBe(2)
+      expect(JSON.parse(r.stdout).error.message).toMatch(
+        /^--checkpoint-file: cannot use .* as a directory \(/,
+      )
+    }
+    const after = Number(
+      (await db.query<{ n: string }>('select count(*) as n from credits.audit_checkpoints')).rows[0]!.n,
+    )
+    expect(after).toBe(before)
+  })
+
   it('--tenant naming no tenant at all is exit 1 saying so, not a clean check of 0 tenants', async () => {
     const r = await cli(['--json', 'verify-chain', '--tenant', 'no-such-tenant'])
     expect(r.code).toBe(1)

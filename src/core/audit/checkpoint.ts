@@ -9,6 +9,7 @@ import path from 'node:path'
 import type pg from 'pg'
 import type { Keyring } from '../config/secrets.js'
 import { IntegrityError, OperationError, UsageError } from '../errors.js'
+import { makeDir } from '../fs/make-dir.js'
 import type { Head } from './checker.js'
 
 export const CHECKPOINT_FORMAT = 'shieldx.checkpoint.v1'
@@ -140,8 +141,9 @@ export function readCheckpointFile(file: string, keys: Keyring): Checkpoint {
 /** Written to FILE.partial, fsynced, renamed: a crash never leaves half a checkpoint. */
 export function writeCheckpointFile(file: string, cp: Checkpoint): void {
   const partial = `${file}.partial`
+  // Its directory made as --dir's are (a recursive mkdir spins for ever under /proc).
+  makeDir(path.dirname(path.resolve(file)), '--checkpoint-file')
   try {
-    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true })
     const fd = fs.openSync(partial, 'w', 0o600)
     try {
       fs.writeSync(fd, JSON.stringify(cp, null, 2) + '\n')

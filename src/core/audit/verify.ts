@@ -143,8 +143,10 @@ export async function verifyChain(
       rows_total: rows,
       heads,
     })
-    checkpointId = await storeCheckpoint(db.pool, cp)
+    // The file first: if it cannot be written, nothing is recorded; a file written before the
+    // database refused its copy still holds a true checkpoint of a clean chain.
     if (options.checkpointFile) writeCheckpointFile(options.checkpointFile, cp)
+    checkpointId = await storeCheckpoint(db.pool, cp)
     written = {
       id: checkpointId,
       file: options.checkpointFile ?? null,
