@@ -117,6 +117,14 @@ describe('an intact ledger', () => {
     expect(after).toBe(before)
   })
 
+  it('--workers outside 1-64 is exit 2 before anything runs', async () => {
+    for (const n of ['0', '65', '100000']) {
+      const r = await cli(['verify-chain', '--workers', n])
+      expect(r.code, n).toBe(2)
+      expect(r.stderr).toContain(`--workers must be from 1 to 64; got ${n}.`)
+    }
+  })
+
   it('--tenant naming no tenant at all is exit 1 saying so, not a clean check of 0 tenants', async () => {
     const r = await cli(['--json', 'verify-chain', '--tenant', 'no-such-tenant'])
     expect(r.code).toBe(1)
