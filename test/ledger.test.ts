@@ -178,6 +178,11 @@ describe('topup and consume', () => {
     const r = await cli(['credits', 'topup', "acme'; drop table x; --", '5'])
     expect(r.code).toBe(2)
     expect(r.stderr).toContain('TENANT must be')
+    // A huge one is quoted cut short, with its length: one line, not 100 KB of it.
+    const long = await cli(['credits', 'topup', 'x'.repeat(100_000), '5'])
+    expect(long.code).toBe(2)
+    expect(long.stderr).toContain(`got "${'x'.repeat(59)}... (100002 characters).`)
+    expect(long.stderr.length).toBeLessThan(500)
   })
 
   it('never lets concurrent consumers take a balance below zero', async () => {

@@ -11,10 +11,16 @@ const TENANT = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/
 export function tenantId(value: unknown, field = 'TENANT'): string {
   if (typeof value !== 'string' || !TENANT.test(value)) {
     throw new UsageError(
-      `${field} must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', starting with a letter or digit; got ${JSON.stringify(value)}.`,
+      `${field} must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', starting with a letter or digit; got ${shown(value)}.`,
     )
   }
   return value
+}
+
+/** A bad value as an error quotes it: a long one cut (a 100 KB id is not a sentence). */
+function shown(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value)
+  return text.length > 80 ? `${text.slice(0, 60)}... (${text.length} characters)` : text
 }
 
 /** A positive whole number of credits. Accepts a number or the digits of one. */
