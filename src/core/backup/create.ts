@@ -190,12 +190,12 @@ async function serverDump(db: Database, schema: SchemaName, options: CreateOptio
       child.on('close', (code, signal) => {
         if (code === 0) resolve()
         else {
-          const first = stderr.trim().split('\n')[0] ?? ''
+          const first = (stderr.trim().split('\n')[0] ?? '').replace(/^pg_dump: (error: )?/, '')
           // Without -j, pg_dump bounds its lock waits with a statement timeout: that is the message.
           if (/could not obtain lock|canceling statement due to (statement|lock) timeout/.test(stderr)) {
             return reject(
               new TimeoutError(
-                `pg_dump waited longer than ${options.timeoutMs / 1000}s for a lock: ${first.replace(/^pg_dump: (error: )?/, '')}`,
+                `pg_dump waited longer than ${options.timeoutMs / 1000}s for a lock: ${first}`,
                 {
                   hint: 'Something holds a table of the schema (a migration, VACUUM FULL); raise --timeout or try again.',
                 },
@@ -203,12 +203,9 @@ async function serverDump(db: Database, schema: SchemaName, options: CreateOptio
             )
           }
           reject(
-            new OperationError(
-              `pg_dump failed (${signal ?? `exit ${code}`}): ${first.replace(/^pg_dump: (error: )?/, '')}`,
-              {
-                code: 'PG_DUMP_FAILED',
-              },
-            ),
+            new OperationError(`pg_dump failed (${signal ?? `exit ${code}`}): ${first}`, {
+              code: 'PG_DUMP_FAILED',
+            }),
           )
         }
       })

@@ -23,7 +23,7 @@ export interface TargetState {
   serverMajor: number
 }
 
-export function databaseOf(url: string): string {
+function databaseOf(url: string): string {
   const at = url.lastIndexOf('@')
   const afterHost = url.slice(at === -1 ? url.indexOf('//') + 2 : at + 1)
   const slash = afterHost.indexOf('/')

@@ -206,8 +206,10 @@ function parseRetention(raw: Resolved<string>): number {
   return n
 }
 
-/** "--timeout" for a flag, "SHIELDX_TIMEOUT" for env, "timeout (profile x)" otherwise. */
-/** How an error names a setting: the flag or variable it came from, or the key and its file. */
+/**
+ * How an error names a setting: "--timeout" for a flag, "SHIELDX_TIMEOUT" for env, "timeout in
+ * profile x (file)" otherwise.
+ */
 export function settingLabel(source: string, key: string): string {
   if (source.startsWith('flag ')) return source.slice(5)
   if (source.startsWith('env ')) return source.slice(4)
