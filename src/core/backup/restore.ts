@@ -180,16 +180,18 @@ export function toolSink(
       cb(err)
     },
   })
+  // Callers destroy it with an error they report themselves (or the tool's exit reports it), often
+  // outside any pipeline: unheard, that error would crash the process as 'a bug in shieldx'.
+  stdin.on('error', () => {})
   return { stdin, done }
 }
 
 /**
- * A Writable that passes what it is given on to `next` and, beside it, through
- * archiveDecompressor into a RowCounter; `rows()` once the stream has ended.
+ * A Writable that passes what it is given on to `next` (a toolSink's stdin, which may be destroyed
+ * with an error outside any pipeline) and, beside it, through archiveDecompressor into a
+ * RowCounter; `rows()` once the stream has ended.
  */
 function dataCheck(next: Writable) {
-  // Destroyed with the stream's error below, outside any pipeline: the tool's own exit reports it.
-  next.on('error', () => {})
   const counter = new RowCounter()
   const plain = archiveDecompressor()
   const counted = pipeline(
@@ -410,9 +412,7 @@ export async function restoreInto(
       await streamDump(file, manifest, keys, new EndlessWritable(psql.stdin), options)
     }
   } catch (err) {
-    // Kill psql before its input ends: at end of input it would commit what it had. (The error it
-    // is destroyed with is the one thrown below; unheard on the stream, it would crash the process.)
-    psql.stdin.on('error', () => {})
+    // Kill psql before its input ends: at end of input it would commit what it had.
     psql.stdin.destroy(err as Error)
     await psql.done.catch(() => {})
     throw err
