@@ -175,7 +175,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     'shieldx migrate down --schema credits --to 1 --yes',
   ])
     .addOption(schemaOption('all'))
-    .option('--steps <n>', 'revert this many migrations per schema (default 1)', countArg('--steps'))
+    .option('--steps <n>', 'revert this many migrations per schema (default 1)', intArg('--steps', 1))
     .option('--to <version>', 'revert every migration above this version', intArg('--to'))
     .option('--dry-run', 'print the plan and change nothing')
     .action(action(loadMigrate, (m, ctx, _a, o) => m.down(ctx, o)))
@@ -276,7 +276,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     'shieldx credits history acme --since 24h --json',
   ])
     .argument('<tenant>', 'tenant id')
-    .option('--limit <n>', 'at most this many', countArg('--limit'), 50)
+    .option('--limit <n>', 'at most this many', intArg('--limit', 1), 50)
     .option('--since <when>', 'a date, a timestamp, or a duration back from now (24h)')
     .action(action(loadCredits, (m, ctx, a, o) => m.history(ctx, a[0] as string, o)))
 
@@ -292,7 +292,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option(
       '--chunk-size <n>',
       'lines handed to each lane at a time, one transaction per lane (default 500)',
-      countArg('--chunk-size'),
+      intArg('--chunk-size', 1),
     )
     .addHelpText(
       'after',
@@ -312,7 +312,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option(
       '--workers <n>',
       'threads verifying, this one included (default: one per core)',
-      intArg('--workers'),
+      intArg('--workers', 1, 64),
     )
     .option('--checkpoint', 'after a clean run, record every chain head, signed')
     .option(
@@ -505,7 +505,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     )
   sub(evaluate, 'list', 'stored evaluations, newest first', ['shieldx evaluate list --rule ip-burst --json'])
     .option('--rule <rule>', 'only evaluations of this rule (as candidate or control)')
-    .option('--limit <n>', 'at most this many (default 20)', countArg('--limit'))
+    .option('--limit <n>', 'at most this many (default 20)', intArg('--limit', 1))
     .action(action(loadEvaluate, (m, ctx, _a, o) => m.list(ctx, o)))
   sub(evaluate, 'show', 'one stored evaluation, whole', [
     'shieldx evaluate show 0b6f3c1e-8a5d-4f0e-9c51-2f7d1f0c9a11 --json',
@@ -640,19 +640,17 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
   return program
 }
 
-function intArg(flag: string) {
+/**
+ * A whole-number flag. `min` where 0 would quietly do nothing (a --limit of 0 lists nothing);
+ * `max` where a huge value is a mistake, not a wish (--workers).
+ */
+function intArg(flag: string, min = 0, max = Infinity) {
+  const bounded = Number.isFinite(max)
+  const expected = bounded ? `from ${min} to ${max}` : `a whole number${min > 0 ? ` of ${min} or more` : ''}`
   return (value: string): number => {
-    if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`${flag} must be a whole number.`)
-    return Number(value)
-  }
-}
-
-/** A count of things to show or do, where 0 would quietly do nothing: 1 or more. */
-function countArg(flag: string) {
-  const whole = intArg(flag)
-  return (value: string): number => {
-    const n = /^\d+$/.test(value) ? whole(value) : NaN
-    if (!(n >= 1)) throw new InvalidArgumentError(`${flag} must be a whole number of 1 or more.`)
+    const n = /^\d+$/.test(value) ? Number(value) : NaN
+    if (!(n >= min && n <= max))
+      throw new InvalidArgumentError(`${flag} must be ${expected}${bounded ? `; got ${value}` : ''}.`)
     return n
   }
 }

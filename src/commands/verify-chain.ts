@@ -13,9 +13,6 @@ export async function verify(
 ) {
   const tenant = opts.tenant === undefined ? undefined : v.tenantId(opts.tenant, '--tenant')
   if (opts.checkpoint && tenant) throw new UsageError('--checkpoint records every tenant: drop --tenant.')
-  // As evaluate's: threads beyond the cores only fight for them, and 0 would quietly mean the default.
-  if (opts.workers !== undefined && (opts.workers < 1 || opts.workers > 64))
-    throw new UsageError(`--workers must be from 1 to 64; got ${opts.workers}.`)
   const settings = ctx.settings()
   // The worker threads boot and connect while this thread opens and checks the database.
   const threads = startVerifyThreads(serverUrl(settings, 'credits'), {
