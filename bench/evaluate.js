@@ -26,7 +26,7 @@ export const title = 'Shadow evaluation of a rule on generated traffic'
 
 const BIG = 1_000_000
 const SMALL = 250_000
-const ROUNDS = 3
+const ROUNDS = 5
 
 export const about =
   `\`shieldx traffic generate --attack-rate 0.2 --seed 1\` writes ${BIG.toLocaleString('en-US')} and ${SMALL.toLocaleString('en-US')} events ` +
