@@ -296,7 +296,17 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     )
     .addHelpText(
       'after',
-      '\nEach line: {"op":"topup|consume|reserve|commit|cancel","tenant":"acme","amount":5,"reservation":"...","ttl":"15m","idempotency_key":"..."}.\nA line without idempotency_key gets one from the batch (the file contents, or --batch), its line number and content:\nre-running a file, or a batch ID, replays it; another file or ID is applied anew.',
+      [
+        '',
+        'Each line is one JSON object with the fields of its op, and no others (a misspelt field fails the line):',
+        '  topup, consume  op, tenant, amount, description, idempotency_key',
+        '  reserve         op, tenant, amount, description, ttl (default 15m), idempotency_key',
+        '  commit          op, reservation, amount (optional: the rest is released), idempotency_key',
+        '  cancel          op, reservation, idempotency_key',
+        'amount is a JSON number of whole credits. A line without idempotency_key gets one from the batch',
+        '(the file contents, or --batch), its line number and content: re-running a file, or a batch ID,',
+        'replays it; another file or ID is applied anew.',
+      ].join('\n'),
     )
     .action(action(loadCredits, (m, ctx, _a, o) => m.apply(ctx, o)))
 

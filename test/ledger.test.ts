@@ -536,6 +536,38 @@ describe('credits apply', () => {
     for (const tenant of tenants) expect(await account(tenant)).toEqual({ balance: 0, reserved: 0 })
   })
 
+  it('fails a line with a field its op does not take, or an amount given as a string, and applies the rest', async () => {
+    const tenant = t('strict')
+    const lines = [
+      { op: 'topup', tenant, amount: 50 },
+      // a misspelt key would otherwise be dropped and the line charged under a derived one
+      { op: 'consume', tenant, amount: 5, idempotency_kye: 'strict-k1' },
+      { op: 'consume', tenant, amount: '7' },
+      { op: 'consume', tenant, amount: 1e1 },
+      { op: 'reserve', tenant, amount: 5, descripton: 'typo' },
+      { op: 'cancel', reservation: '5d0c2f9e-1b7a-4f7e-9d7a-2b1c3d4e5f60', amount: 3 },
+    ].map((l) => JSON.stringify(l))
+    const r = await cli(['credits', 'apply', '--batch', `strict-${run}`], {}, lines.join('\n') + '\n')
+    expect(r.code).toBe(1)
+    const out = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+    expect(out.map((o) => o.ok)).toEqual([true, false, false, true, false, false])
+    expect(out[1].error).toEqual({
+      code: 'USAGE',
+      message:
+        'line 2: "idempotency_kye" is not a field of a consume line; it takes op, tenant, amount, description, idempotency_key.',
+    })
+    expect(out[2].error.message).toBe('line 3: amount must be a JSON number, not a string; got "7".')
+    expect(out[4].error.message).toMatch(
+      /^line 5: "descripton" is not a field of a reserve line; it takes .*ttl/,
+    )
+    expect(out[5].error.message).toMatch(/^line 6: "amount" is not a field of a cancel line/)
+    // only the topup and the consume of 1e1 (JSON's 10) were applied
+    expect(await account(tenant)).toEqual({ balance: 40, reserved: 0 })
+  })
+
   it("reads a named pipe (--file FIFO) to its writer's end", async () => {
     const tenant = t('fifo')
     const fifo = path.join(os.tmpdir(), `shx-ops-${run}.fifo`)

@@ -50,6 +50,15 @@ interface ParsedLine {
   error?: { code: string; message: string }
 }
 
+/** The fields each kind of line takes. */
+const FIELDS: Record<string, readonly string[]> = {
+  topup: ['op', 'tenant', 'amount', 'description', 'idempotency_key'],
+  consume: ['op', 'tenant', 'amount', 'description', 'idempotency_key'],
+  reserve: ['op', 'tenant', 'amount', 'description', 'ttl', 'idempotency_key'],
+  commit: ['op', 'reservation', 'amount', 'idempotency_key'],
+  cancel: ['op', 'reservation', 'idempotency_key'],
+}
+
 /** One JSON object per line: {"op":"consume","tenant":"acme","amount":5,"idempotency_key":"k1"} */
 export function parseOperation(text: string, line: number, batch: () => string | null): ParsedLine {
   try {
@@ -62,6 +71,21 @@ export function parseOperation(text: string, line: number, batch: () => string |
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
       throw new UsageError(`line ${line} must be a JSON object.`)
     const at = (field: string) => `line ${line}: ${field}`
+    const fields = typeof raw.op === 'string' && Object.hasOwn(FIELDS, raw.op) ? FIELDS[raw.op] : undefined
+    if (fields) {
+      // A misspelt field is not dropped: "idempotency_kye" would have been charged under a derived
+      // key, and "descripton" lost from the audit trail.
+      const unknown = Object.keys(raw).find((f) => !fields.includes(f))
+      if (unknown !== undefined)
+        throw new UsageError(
+          `${at(JSON.stringify(unknown.length > 40 ? `${unknown.slice(0, 40)}…` : unknown))} is not a field of a ${raw.op as string} line; it takes ${fields.join(', ')}.`,
+        )
+      // A number as JSON has it: "7" is a string, where a whole number of credits is asked for.
+      if (typeof raw.amount === 'string')
+        throw new UsageError(
+          `${at('amount')} must be a JSON number, not a string; got ${JSON.stringify(raw.amount.slice(0, 40))}.`,
+        )
+    }
     let request: LedgerRequest
     switch (raw.op) {
       case 'topup':
