@@ -493,8 +493,8 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option('--fn-cost <c>', 'cost of missing one attack')
     .option(
       '--workers <n>',
-      'threads replaying the traffic, the one reading it included (default: one per core)',
-      intArg('--workers'),
+      'threads replaying the traffic, the one reading it included (default: one per core, at most 64)',
+      intArg('--workers', 1, 64),
     )
     .option('--seed <n>', 'seed of the Thompson sampling (default 1)', intArg('--seed'))
     .option('--draws <n>', 'Thompson draws (default and minimum 100000)', intArg('--draws'))

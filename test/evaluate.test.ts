@@ -1026,6 +1026,11 @@ describe('evaluate', () => {
     const none = await cli(['evaluate', 'list', '--limit', '0'])
     expect(none.code).toBe(2)
     expect(none.stderr).toContain('--limit must be a whole number of 1 or more')
+    for (const n of ['0', '65']) {
+      const r = await cli([...BURST_VS_STATUS, '--traffic', traffic, '--workers', n, '--no-store'])
+      expect(r.code, n).toBe(2)
+      expect(r.stderr).toContain(`--workers must be from 1 to 64; got ${n}.`)
+    }
   })
 
   it('adds the expected cost per 10,000 requests with --fp-cost/--fn-cost', async () => {
