@@ -647,6 +647,13 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
     expect(failed.detail).toMatch(
       /^Chunk 0 \(bytes \d+-\d+ of the file\) failed authentication: wrong BACKUP_KEY/,
     )
+    // the file is as written, which points at the key, not the disk
+    expect(v.doc.checks.find((c: { name: string }) => c.name === 'checksum')).toMatchObject({
+      ok: true,
+      detail: expect.stringMatching(
+        /^SHA-256 matches the manifest: the file is as it was written .*BACKUP_KEY/,
+      ),
+    })
     expect(readManifest(file).verified).toBeUndefined()
 
     const t = await createEmptyDatabase('wrongkey')
@@ -676,15 +683,19 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
     const v = await json(['backup', 'verify', file])
     expect(v.code).toBe(4)
     const failed = v.doc.checks.filter((c: { ok: boolean }) => !c.ok)
-    expect(failed).toHaveLength(1)
+    expect(failed.map((c: { name: string }) => c.name)).toEqual(['chunks', 'checksum'])
     expect(failed[0].detail).toContain(`Chunk 2 (bytes ${start}-${end} of the file) failed authentication`)
+    // the whole file's checksum, taken after the read stopped at the damage: the file changed
+    expect(failed[1].detail).toMatch(
+      /^SHA-256 [0-9a-f]{12}\.\.\. is not the manifest's .*: the file changed after it was written$/,
+    )
     // The failure is recorded, and the earlier pass taken back: prune must not keep it as the
     // newest verified backup, and list says it failed.
     expect(readManifest(file).verified).toBeUndefined()
-    expect(readManifest(file).verify_failed).toMatchObject({ checks: ['chunks'] })
+    expect(readManifest(file).verify_failed).toMatchObject({ checks: ['chunks', 'checksum'] })
     const l = await json(['backup', 'list', '--dir', path.dirname(file)])
     const entry = l.doc.backups.find((b: { file: string }) => b.file === file)
-    expect(entry).toMatchObject({ verified: null, verify_failed: { checks: ['chunks'] } })
+    expect(entry).toMatchObject({ verified: null, verify_failed: { checks: ['chunks', 'checksum'] } })
     const text = await cli(['backup', 'list', '--dir', path.dirname(file)])
     expect(text.stdout).toMatch(new RegExp(`FAILED\\s+${path.basename(file).replace(/\./g, '\\.')}`))
   })
