@@ -219,7 +219,7 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
     mode: windowed ? 'columns' : 'tally',
   }
   const tally = newTally()
-  const sequencer = windowed ? new Sequencer(pair, tally, options) : null
+  const sequencer = windowed ? new Sequencer(pair, tally, options, threads) : null
   const skipped = { invalid: 0, out_of_order: 0, examples: [] as InvalidLine[] }
   let lines = 0
   /** per field the parsers report on (BlockMessage.missing): lines without it */
@@ -923,8 +923,10 @@ class TsList {
  * (block, row) pairs that grows when full and is otherwise reused, so queueing makes no garbage.
  */
 class EventRing {
-  private blocks: Array<Block | undefined> = new Array(1 << 12).fill(undefined)
-  private rows = new Int32Array(1 << 12)
+  // 16,384: a minute of disorder at a few hundred requests a second without growing. Each growth
+  // is code the windows' loop has not run yet, so V8 throws that loop's optimized code away.
+  private blocks: Array<Block | undefined> = new Array(1 << 14).fill(undefined)
+  private rows = new Int32Array(1 << 14)
   private head = 0
   /** how many are queued */
   size = 0
@@ -1008,13 +1010,20 @@ class Sequencer {
   private heap: Late[] = []
   private readonly vals: Float64Array
   /** per parser: its key ids -> the lists (and the key names, to resolve a swept list again) */
-  private readonly caches: Array<{ lists: TsList[][]; names: string[][] }> = []
+  /**
+   * One slot per parser, made up front: an array that grew when a worker's first block came in
+   * made V8 throw away the windows' optimized code (an out-of-bounds read).
+   */
+  private readonly caches: Array<{ lists: TsList[][]; names: string[][] } | null>
 
   constructor(
     private readonly pair: CompiledPair,
     private readonly tally: Tally,
     private readonly options: Pick<ReplayOptions, 'maxDisorderMs' | 'skipInvalid' | 'sampleSize' | 'file'>,
+    /** the block parsers: this thread's and the workers' */
+    parsers: number,
   ) {
+    this.caches = Array.from({ length: parsers }, () => null)
     this.maps = pair.keys.map(() => new Map())
     this.rateKey = pair.rate.map((i) => pair.keys.indexOf((pair.leaves[i] as RateLeaf).key))
     this.maxWindow = pair.keys.map((k) =>
