@@ -305,7 +305,8 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
         '  cancel          op, reservation, idempotency_key',
         'amount is a JSON number of whole credits. A line without idempotency_key gets one from the batch',
         '(the file contents, or --batch), its line number and content: re-running a file, or a batch ID,',
-        'replays it; another file or ID is applied anew.',
+        'replays it; another file or ID is applied anew. Input that goes quiet for 100 ms has the lines read so far',
+        'applied then: a pipe that sends a few lines and waits gets their results while it waits.',
       ].join('\n'),
     )
     .action(action(loadCredits, (m, ctx, _a, o) => m.apply(ctx, o)))

@@ -245,6 +245,7 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
     // One lane per pooled connection (the embedded database has one).
     lanes: l.db.kind === 'embedded' ? 1 : 4,
     signal: ctx.signal,
+    stopReading,
     // One JSON line per operation on stdout, in input order, whatever the output mode.
     onResults: (rs) => {
       for (const r of rs) if (r.result) touched.add(r.result.tenant_id)
