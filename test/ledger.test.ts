@@ -543,10 +543,13 @@ describe('credits apply', () => {
       // a misspelt key would otherwise be dropped and the line charged under a derived one
       { op: 'consume', tenant, amount: 5, idempotency_kye: 'strict-k1' },
       { op: 'consume', tenant, amount: '7' },
-      { op: 'consume', tenant, amount: 1e1 },
+      // exponent notation, as JSON allows: 10
+      '1e1',
       { op: 'reserve', tenant, amount: 5, descripton: 'typo' },
       { op: 'cancel', reservation: '5d0c2f9e-1b7a-4f7e-9d7a-2b1c3d4e5f60', amount: 3 },
-    ].map((l) => JSON.stringify(l))
+    ].map((l) =>
+      l === '1e1' ? `{"op":"consume","tenant":${JSON.stringify(tenant)},"amount":1e1}` : JSON.stringify(l),
+    )
     const r = await cli(['credits', 'apply', '--batch', `strict-${run}`], {}, lines.join('\n') + '\n')
     expect(r.code).toBe(1)
     const out = r.stdout

@@ -113,7 +113,7 @@ async function checkBackup(
       // The read stopped at the damage, before the whole file's checksum: it is taken now, as it
       // tells the causes apart. A file that changed after it was written fails it; one that is as
       // written, with a chunk that will not authenticate, points at the key.
-      checks.push(await checksumCheck(file, manifest))
+      checks.push(await checksumCheck(file, manifest, err.data?.part === 'table_data', options.signal))
     }
     return false
   }
@@ -123,23 +123,43 @@ async function checkBackup(
   return checks.every((c) => c.ok)
 }
 
-/** The whole file's SHA-256 against the manifest's, read on its own. */
-async function checksumCheck(file: string, manifest: Manifest): Promise<Check> {
+/**
+ * The whole file's SHA-256 against the manifest's, read on its own. `authenticated`: every chunk
+ * passed, and the damage was found in the data inside them.
+ */
+async function checksumCheck(
+  file: string,
+  manifest: Manifest,
+  authenticated: boolean,
+  signal: AbortSignal | undefined,
+): Promise<Check> {
   const hash = createHash('sha256')
-  await pipeline(fs.createReadStream(file, { highWaterMark: 1 << 18 }), hash)
+  try {
+    await pipeline(
+      fs.createReadStream(file, { highWaterMark: 1 << 18 }),
+      hash,
+      ...(signal ? [{ signal }] : []),
+    )
+  } catch (err) {
+    // A file gone or unreadable now is still a failed verify (exit 4), not a crash.
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message
+    return { name: 'checksum', ok: false, detail: `the file could not be read again to check it (${code})` }
+  }
   const digest = hash.digest('hex')
-  return digest === manifest.sha256
-    ? {
-        name: 'checksum',
-        ok: true,
-        detail:
-          'SHA-256 matches the manifest: the file is as it was written (if a chunk fails, check BACKUP_KEY: its id matches, its bytes may not)',
-      }
-    : {
-        name: 'checksum',
-        ok: false,
-        detail: `SHA-256 ${digest.slice(0, 12)}... is not the manifest's ${manifest.sha256.slice(0, 12)}...: the file changed after it was written`,
-      }
+  if (digest !== manifest.sha256) {
+    return {
+      name: 'checksum',
+      ok: false,
+      detail: `SHA-256 ${digest.slice(0, 12)}... is not the manifest's ${manifest.sha256.slice(0, 12)}...: the file changed after it was written`,
+    }
+  }
+  return {
+    name: 'checksum',
+    ok: true,
+    detail: authenticated
+      ? 'SHA-256 matches the manifest: the file is as it was written, so the dump was damaged before it was encrypted'
+      : 'SHA-256 matches the manifest: the file is as it was written (if a chunk fails, check BACKUP_KEY: its id matches, its bytes may not)',
+  }
 }
 
 async function restoreTest(file: string, manifest: Manifest, options: VerifyBackupOptions): Promise<Check[]> {

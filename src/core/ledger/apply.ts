@@ -83,7 +83,7 @@ export function parseOperation(text: string, line: number, batch: () => string |
       // A number as JSON has it: "7" is a string, where a whole number of credits is asked for.
       if (typeof raw.amount === 'string')
         throw new UsageError(
-          `${at('amount')} must be a JSON number, not a string; got ${JSON.stringify(raw.amount.slice(0, 40))}.`,
+          `${at('amount')} must be a JSON number, not a string; got ${JSON.stringify(raw.amount.length > 40 ? `${raw.amount.slice(0, 40)}…` : raw.amount)}.`,
         )
     }
     let request: LedgerRequest
@@ -209,16 +209,22 @@ export async function applyLines(
     buffer: [] as ParsedLine[],
     tail: Promise.resolve(),
   }))
+  /** Chunks handed to the lanes and not yet finished. */
+  let inFlight = 0
   const submit = (lane: (typeof lanes)[number]) => {
     const chunk = lane.buffer
     lane.buffer = []
+    inFlight++
     lane.tail = lane.tail.then(async () => {
       try {
-        if (!state.failure) for (const r of await runChunk(pool, chunk, keys)) done.set(r.line, r)
+        // After Ctrl-C or a failure, chunks still queued behind a lane's transaction are not applied.
+        if (!state.failure && !options.signal?.aborted)
+          for (const r of await runChunk(pool, chunk, keys)) done.set(r.line, r)
         emitReady()
       } catch (err) {
         fail(err)
       } finally {
+        inFlight--
         wake?.()
       }
     })
@@ -238,6 +244,7 @@ export async function applyLines(
       p.request && !('tenantId' in p.request) ? [p.request.reservationId] : [],
     )
     const tenantOf = reservationIds.length > 0 ? await reservationTenants(pool, reservationIds) : null
+    if (state.failure || options.signal?.aborted) return
     for (const p of taken) {
       if (!p.request) continue
       const tenant =
@@ -259,9 +266,11 @@ export async function applyLines(
   /** The loop waits for the lanes, not for input: that is not the input going quiet. */
   let catchingUp = false
   let idleTimer: NodeJS.Timeout | null = null
+  /** The reading is over (ended, failed or interrupted): the timer hands nothing out any more. */
+  let closed = false
   const onIdle = () => {
     idleTimer = null
-    if (readAhead.length === 0 || state.failure || options.signal?.aborted) return
+    if (closed || readAhead.length === 0 || state.failure || options.signal?.aborted) return
     const quiet = catchingUp ? 0 : performance.now() - lastRead
     if (quiet < idleMs) {
       idleTimer = setTimeout(onIdle, idleMs - quiet)
@@ -270,35 +279,52 @@ export async function applyLines(
     flush().catch(fail)
   }
 
+  const wakeOnAbort = () => wake?.()
+  options.signal?.addEventListener('abort', wakeOnAbort, { once: true })
   let n = 0
-  for await (const text of lines) {
-    n++
-    if (text.trim() === '') continue
-    if (options.signal?.aborted || state.failure) break
-    const p = parseOperation(text, n, batch)
-    order.push(n)
-    if (!p.request) done.set(n, { line: n, ok: false, error: p.error! })
-    else {
-      readAhead.push(p)
-      lastRead = performance.now()
-      if (idleTimer === null && idleMs > 0) idleTimer = setTimeout(onIdle, idleMs)
-    }
-    // Every chunkSize x lanes lines, the lanes get theirs (as the flush did, without waiting).
-    if (readAhead.length >= chunkSize * laneCount) await flush()
-    emitReady()
-    if (order.length - next > maxPending) {
-      catchingUp = true
-      while (order.length - next > maxPending && !state.failure) {
-        await new Promise<void>((resolve) => (wake = resolve))
-        wake = null
+  try {
+    for await (const text of lines) {
+      n++
+      if (text.trim() === '') continue
+      if (options.signal?.aborted || state.failure) break
+      const p = parseOperation(text, n, batch)
+      order.push(n)
+      if (!p.request) done.set(n, { line: n, ok: false, error: p.error! })
+      else {
+        readAhead.push(p)
+        lastRead = performance.now()
+        if (idleTimer === null && idleMs > 0) idleTimer = setTimeout(onIdle, idleMs)
       }
-      catchingUp = false
-      lastRead = performance.now()
+      // Every chunkSize x lanes lines, the lanes get theirs (as the flush did, without waiting).
+      if (readAhead.length >= chunkSize * laneCount) await flush()
+      emitReady()
+      if (order.length - next > maxPending) {
+        catchingUp = true
+        while (order.length - next > maxPending && !state.failure && !options.signal?.aborted) {
+          // Refused lines wait to be printed behind the valid ones before them: with no lane at
+          // work, those are all still read ahead, and only a hand-out moves anything.
+          if (inFlight === 0 && readAhead.length > 0) {
+            await flush()
+            continue
+          }
+          await new Promise<void>((resolve) => (wake = resolve))
+          wake = null
+        }
+        catchingUp = false
+        lastRead = performance.now()
+      }
     }
+  } catch (err) {
+    // The input failed (a read error, a file gone): what was read ahead is not applied, and
+    // nothing is left running when this returns.
+    fail(err)
+  } finally {
+    closed = true
+    if (idleTimer !== null) clearTimeout(idleTimer)
+    options.signal?.removeEventListener('abort', wakeOnAbort)
   }
-  if (idleTimer !== null) clearTimeout(idleTimer)
   // Interrupted: what was read and not yet handed out is not applied (nor printed).
-  if (!state.failure && !options.signal?.aborted) await flush()
+  if (!state.failure && !options.signal?.aborted) await flush().catch(fail)
   await handing.catch(() => {})
   await Promise.all(lanes.map((l) => l.tail))
   if (state.failure) throw state.failure.error
