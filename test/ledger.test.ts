@@ -658,8 +658,12 @@ describe('credits apply', () => {
     )
     expect((await results(2)).map((r) => r.result?.balance)).toEqual([10, 6])
     expect(await account(tenant)).toEqual({ balance: 6, reserved: 0 })
+    // a balance read fills the cache; the stream's next write must not leave it stale until the end
+    expect((await json(['credits', 'balance', tenant])).doc).toMatchObject({ balance: 6 })
     child.stdin!.write(`${JSON.stringify({ op: 'consume', tenant, amount: 1 })}\n`)
     expect((await results(3)).map((r) => r.result?.balance)).toEqual([10, 6, 5])
+    await new Promise((r) => setTimeout(r, 1500))
+    expect((await json(['credits', 'balance', tenant])).doc).toMatchObject({ balance: 5 })
     const started = Date.now()
     child.kill('SIGINT')
     const r = await child

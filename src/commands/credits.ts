@@ -224,7 +224,19 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
     throw new UsageError(`--batch must be 1-100 letters, digits, '.', '_', ':' or '-'; got '${opts.batch}'.`)
   }
   const l = await ledger(ctx)
+  // Every write invalidates its tenant's cached balance: here at most a second after it, once per
+  // tenant, so that a long stream does not leave `credits balance` reading the cache from before.
   const touched = new Set<string>()
+  let invalidated = Promise.resolve()
+  const invalidateTouched = () => {
+    if (touched.size === 0) return invalidated
+    const tenants = [...touched]
+    touched.clear()
+    invalidated = invalidated.then(async () => {
+      await Promise.all(tenants.map((t) => l.cache.invalidate(t)))
+    })
+    return invalidated
+  }
   const stdin = !opts.file || opts.file === '-'
   const input = stdin ? ctx.io.stdin : openInput(opts.file!)
   const lines = readline.createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })
@@ -239,21 +251,28 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
   let batch: string | null | undefined = opts.batch
   const batchName = () =>
     (batch ??= stdin || !fs.statSync(opts.file!).isFile() ? null : fileDigest(opts.file!))
-  const summary = await applyLines(l.db.pool, lines, l.keys, {
-    batch: batchName,
-    ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
-    // One lane per pooled connection (the embedded database has one).
-    lanes: l.db.kind === 'embedded' ? 1 : 4,
-    signal: ctx.signal,
-    stopReading,
-    // One JSON line per operation on stdout, in input order, whatever the output mode.
-    onResults: (rs) => {
-      for (const r of rs) if (r.result) touched.add(r.result.tenant_id)
-      ctx.out.jsonLines(rs)
-    },
-  })
-  // Every write invalidates its tenant's cached balance; here once per tenant at the end.
-  await Promise.all([...touched].map((t) => l.cache.invalidate(t)))
+  const invalidating = setInterval(() => void invalidateTouched(), 1000)
+  invalidating.unref()
+  let summary: Awaited<ReturnType<typeof applyLines>>
+  try {
+    summary = await applyLines(l.db.pool, lines, l.keys, {
+      batch: batchName,
+      ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
+      // One lane per pooled connection (the embedded database has one).
+      lanes: l.db.kind === 'embedded' ? 1 : 4,
+      signal: ctx.signal,
+      stopReading,
+      // One JSON line per operation on stdout, in input order, whatever the output mode.
+      onResults: (rs) => {
+        for (const r of rs) if (r.result) touched.add(r.result.tenant_id)
+        ctx.out.jsonLines(rs)
+      },
+    })
+  } finally {
+    // Failed or interrupted too: what was written before is invalidated (the cache never throws).
+    clearInterval(invalidating)
+    await invalidateTouched()
+  }
   ctx.out.info(
     `${summary.lines} operation(s): ${summary.applied} applied, ${summary.replayed} replayed, ${summary.failed} failed.`,
   )
