@@ -88,8 +88,10 @@ function fromDatabase(err: unknown): ShieldxError | null {
   // SQLSTATE classes that describe the server and its surroundings, not our SQL: authorisation
   // (28), a missing database (3D), resources such as disk or connections (53), an operator's
   // intervention (57), system errors (58). Anything else from the server stays a bug of ours.
+  // Also a database closed to connections (ALTER DATABASE ... ALLOW_CONNECTIONS false): 55000.
   const sqlstate = (err as { code?: unknown }).code
-  if (typeof sqlstate === 'string' && /^(28|3D|53|57|58)[0-9A-Z]{3}$/.test(sqlstate)) {
+  const closed = sqlstate === '55000' && /is not currently accepting connections/.test(err.message)
+  if (typeof sqlstate === 'string' && (closed || /^(28|3D|53|57|58)[0-9A-Z]{3}$/.test(sqlstate))) {
     return new OperationError(`The database server refused: ${err.message} [SQLSTATE ${sqlstate}].`, {
       code: 'DB_REFUSED',
       cause: err,

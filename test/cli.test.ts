@@ -281,13 +281,19 @@ describe('the error boundary', () => {
     for (const [message, code] of [
       ['database "r1" does not exist', '3D000'],
       ['could not extend file "base/16384/2619": No space left on device', '53100'],
+      // ALTER DATABASE ... ALLOW_CONNECTIONS false while a command runs
+      ['database "r1" is not currently accepting connections', '55000'],
     ]) {
       const refused = capture()
       expect(handleError(Object.assign(new Error(message), { code }), refused.output)).toBe(EXIT.failed)
       expect(refused.stderr).toContain(`error: The database server refused: ${message} [SQLSTATE ${code}].`)
       expect(refused.stderr).not.toContain('bug')
     }
-    // Our own SQL going wrong is still a bug.
+    // Our own SQL going wrong is still a bug, 55000 included.
+    const state = capture()
+    const inUse = Object.assign(new Error('cannot refresh materialized view concurrently'), { code: '55000' })
+    expect(handleError(inUse, state.output)).toBe(EXIT.failed)
+    expect(state.stderr).toContain('This is a bug in shieldx')
     const ours = capture()
     const syntax = Object.assign(new Error('syntax error at or near "selct"'), { code: '42601' })
     expect(handleError(syntax, ours.output)).toBe(EXIT.failed)
