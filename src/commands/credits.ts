@@ -253,9 +253,14 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
     (batch ??= stdin || !fs.statSync(opts.file!).isFile() ? null : fileDigest(opts.file!))
   const invalidating = setInterval(() => void invalidateTouched(), 1000)
   invalidating.unref()
-  let summary: Awaited<ReturnType<typeof applyLines>>
+  // What was printed, counted here too: the summary is written however the run ends.
+  const printed = { lines: 0, applied: 0, replayed: 0, failed: 0 }
+  const summarize = (how: string) =>
+    ctx.out.info(
+      `${printed.lines} operation(s): ${printed.applied} applied, ${printed.replayed} replayed, ${printed.failed} failed${how}.`,
+    )
   try {
-    summary = await applyLines(l.db.pool, lines, l.keys, {
+    await applyLines(l.db.pool, lines, l.keys, {
       batch: batchName,
       ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
       // One lane per pooled connection (the embedded database has one).
@@ -264,19 +269,36 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
       stopReading,
       // One JSON line per operation on stdout, in input order, whatever the output mode.
       onResults: (rs) => {
-        for (const r of rs) if (r.result) touched.add(r.result.tenant_id)
+        for (const r of rs) {
+          printed.lines++
+          if (!r.ok) printed.failed++
+          else if (r.result?.replayed) printed.replayed++
+          else printed.applied++
+          if (r.result) touched.add(r.result.tenant_id)
+        }
         ctx.out.jsonLines(rs)
       },
     })
+  } catch (err) {
+    // Stopped (Ctrl-C, a lost database): every operation that committed has its line above;
+    // running the same input again replays those and applies the rest.
+    summarize(
+      ctx.signal.aborted
+        ? ', then interrupted; a line without a result line was not applied'
+        : ', then stopped by the error below; a line without a result line was not applied',
+    )
+    throw err
   } finally {
     // Failed or interrupted too: what was written before is invalidated (the cache never throws).
     clearInterval(invalidating)
     await invalidateTouched()
   }
-  ctx.out.info(
-    `${summary.lines} operation(s): ${summary.applied} applied, ${summary.replayed} replayed, ${summary.failed} failed.`,
-  )
-  if (summary.failed > 0) ctx.exitCode = EXIT.failed
+  if (ctx.signal.aborted) {
+    summarize(', then interrupted; a line without a result line was not applied')
+    return
+  }
+  summarize('')
+  if (printed.failed > 0) ctx.exitCode = EXIT.failed
 }
 
 /** A file's SHA-256 (hex, first 32), read in pieces: the batch name of its lines' derived keys. */

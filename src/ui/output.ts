@@ -74,9 +74,13 @@ export class Output {
     this.io.stdout.write(JSON.stringify(doc, jsonReplacer) + '\n')
   }
 
-  /** Several JSON lines in one write (a stream's results as they become ready). */
+  /**
+   * Several JSON lines in one write (a stream's results as they become ready). Written after
+   * Ctrl-C too: each reports something already done (credits apply: an operation committed while
+   * the run was stopping), and a caller that is not told would not know it happened.
+   */
   jsonLines(docs: unknown[]): void {
-    if (this.silenced() || docs.length === 0) return
+    if (docs.length === 0) return
     let text = ''
     for (const doc of docs) {
       let line: string

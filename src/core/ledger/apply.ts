@@ -327,8 +327,22 @@ export async function applyLines(
   if (!state.failure && !options.signal?.aborted) await flush().catch(fail)
   await handing.catch(() => {})
   await Promise.all(lanes.map((l) => l.tail))
-  if (state.failure) throw state.failure.error
   emitReady()
+  if (state.failure || options.signal?.aborted) {
+    // Stopped: lanes run side by side, so an operation may have committed after an earlier line
+    // that never will. Every result there is still goes out (in input order, with gaps): no
+    // committed operation goes unreported.
+    const rest = [...done.keys()].sort((a, b) => a - b).map((line) => done.get(line)!)
+    done.clear()
+    for (const r of rest) {
+      summary.lines++
+      if (!r.ok) summary.failed++
+      else if (r.result?.replayed) summary.replayed++
+      else summary.applied++
+    }
+    if (rest.length > 0) options.onResults(rest)
+  }
+  if (state.failure) throw state.failure.error
   return summary
 }
 
