@@ -305,8 +305,10 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
         '  cancel          op, reservation, idempotency_key',
         'amount is a JSON number of whole credits. A line without idempotency_key gets one from the batch',
         '(the file contents, or --batch), its line number and content: re-running a file, or a batch ID,',
-        'replays it; another file or ID is applied anew. Input that goes quiet for 100 ms has the lines read so far',
-        'applied then: a pipe that sends a few lines and waits gets their results while it waits.',
+        "replays it; another file or ID is applied anew. A derived key counts the line's number: a service that",
+        'resends lines from the middle of a batch must give each line its own idempotency_key.',
+        'Lines read are applied once the input is quiet for 100 ms, or a second after the first of them came:',
+        'a pipe gets its results as it goes, not when 2,000 lines have come or it closes.',
       ].join('\n'),
     )
     .action(action(loadCredits, (m, ctx, _a, o) => m.apply(ctx, o)))

@@ -106,6 +106,34 @@ describe('applyLines', () => {
     expect(await balance(tenant)).toBe(5)
   })
 
+  it('a steady trickle that is never quiet for 100 ms has its lines applied within about a second, not at 2,000 lines', async () => {
+    const tenant = `trickle-${run}`
+    const started = performance.now()
+    let firstResultAt = 0
+    let sent = 0
+    const summary = await applyLines(
+      pool,
+      (async function* () {
+        for (; sent < 40; sent++) {
+          yield line({ op: 'topup', tenant, amount: 1 })
+          await new Promise((r) => setTimeout(r, 50))
+        }
+      })(),
+      keys,
+      {
+        batch: () => `trickle-${run}`,
+        onResults: () => {
+          if (firstResultAt === 0) firstResultAt = performance.now()
+        },
+      },
+    )
+    expect(summary.applied).toBe(40)
+    // the first results came while the input was still coming (it takes 2 s in all)
+    expect(firstResultAt - started).toBeLessThan(1600)
+    expect(firstResultAt - started).toBeGreaterThan(0)
+    expect(await balance(tenant)).toBe(40)
+  })
+
   it('Ctrl-C at a result: the chunks queued behind it are not applied', async () => {
     const tenant = `abort-${run}`
     const lines = [

@@ -547,16 +547,23 @@ describe('credits apply', () => {
       '1e1',
       { op: 'reserve', tenant, amount: 5, descripton: 'typo' },
       { op: 'cancel', reservation: '5d0c2f9e-1b7a-4f7e-9d7a-2b1c3d4e5f60', amount: 3 },
+      { tenant, amount: 1 },
+      { op: 'reserve', tenant, amount: 1, ttl: 'soon' },
     ].map((l) =>
       l === '1e1' ? `{"op":"consume","tenant":${JSON.stringify(tenant)},"amount":1e1}` : JSON.stringify(l),
     )
-    const r = await cli(['credits', 'apply', '--batch', `strict-${run}`], {}, lines.join('\n') + '\n')
+    // a byte-order mark before the first line, as editors on Windows write it
+    const r = await cli(
+      ['credits', 'apply', '--batch', `strict-${run}`],
+      {},
+      '\ufeff' + lines.join('\n') + '\n',
+    )
     expect(r.code).toBe(1)
     const out = r.stdout
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l))
-    expect(out.map((o) => o.ok)).toEqual([true, false, false, true, false, false])
+    expect(out.map((o) => o.ok)).toEqual([true, false, false, true, false, false, false, false])
     expect(out[1].error).toEqual({
       code: 'USAGE',
       message:
@@ -567,6 +574,10 @@ describe('credits apply', () => {
       /^line 5: "descripton" is not a field of a reserve line; it takes .*ttl/,
     )
     expect(out[5].error.message).toMatch(/^line 6: "amount" is not a field of a cancel line/)
+    expect(out[6].error.message).toBe(
+      'line 7 has no op; it must be one of topup, consume, reserve, commit, cancel.',
+    )
+    expect(out[7].error.message).toMatch(/^line 8: ttl must be a duration like 30s/)
     // only the topup and the consume of 1e1 (JSON's 10) were applied
     expect(await account(tenant)).toEqual({ balance: 40, reserved: 0 })
   })

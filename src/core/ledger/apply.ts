@@ -94,11 +94,11 @@ export function parseOperation(text: string, line: number, batch: () => string |
         const common = {
           tenantId: v.tenantId(raw.tenant, at('tenant')),
           amount: v.amount(raw.amount, at('amount')),
-          description: v.description(raw.description),
+          description: v.description(raw.description, at('description')),
         }
         request =
           raw.op === 'reserve'
-            ? { kind: 'reserve', ...common, ttlMs: v.ttl(raw.ttl ?? '15m') }
+            ? { kind: 'reserve', ...common, ttlMs: v.ttl(raw.ttl ?? '15m', at('ttl')) }
             : { kind: raw.op, ...common }
         break
       }
@@ -114,7 +114,9 @@ export function parseOperation(text: string, line: number, batch: () => string |
         break
       default:
         throw new UsageError(
-          `${at('op')} must be one of topup, consume, reserve, commit, cancel; got ${JSON.stringify(raw.op)}.`,
+          raw.op === undefined
+            ? `line ${line} has no op; it must be one of topup, consume, reserve, commit, cancel.`
+            : `${at('op')} must be one of topup, consume, reserve, commit, cancel; got ${JSON.stringify(raw.op)}.`,
         )
     }
     let key: string
@@ -126,7 +128,7 @@ export function parseOperation(text: string, line: number, batch: () => string |
         )
       }
       key = `apply:${b}:${line}:${createHash('sha256').update(text).digest('hex').slice(0, 32)}`
-    } else key = v.idempotencyKey(raw.idempotency_key)
+    } else key = v.idempotencyKey(raw.idempotency_key, at('idempotency_key'))
     return { line, request, key }
   } catch (err) {
     if (err instanceof UsageError) return { line, error: { code: 'USAGE', message: err.message } }
@@ -138,6 +140,11 @@ export function parseOperation(text: string, line: number, batch: () => string |
 export const DEFAULT_CHUNK_SIZE = 500
 /** How long the input may be quiet before the lines read so far are applied. */
 export const DEFAULT_IDLE_MS = 100
+/**
+ * How long a line may wait to be applied while input keeps coming: a steady trickle (100 lines a
+ * second) is never quiet for 100 ms, and would otherwise wait for 2,000 lines.
+ */
+const MAX_WAIT_MS = 1000
 
 export async function applyLines(
   pool: pg.Pool,
@@ -260,9 +267,12 @@ export async function applyLines(
   const flush = () => (handing = handing.then(handOut))
 
   // A pipe that sends a few lines and then waits (a service streaming its usage) has them applied
-  // once it has been quiet for idleMs, not when 2,000 lines have come or the pipe closes.
+  // once it has been quiet for idleMs, or a second after the first of them came, not when 2,000
+  // lines have come or the pipe closes.
   const idleMs = options.idleMs ?? DEFAULT_IDLE_MS
   let lastRead = 0
+  /** When the oldest line read ahead was read. */
+  let firstReadAhead = 0
   /** The loop waits for the lanes, not for input: that is not the input going quiet. */
   let catchingUp = false
   let idleTimer: NodeJS.Timeout | null = null
@@ -271,9 +281,12 @@ export async function applyLines(
   const onIdle = () => {
     idleTimer = null
     if (closed || readAhead.length === 0 || state.failure || options.signal?.aborted) return
-    const quiet = catchingUp ? 0 : performance.now() - lastRead
-    if (quiet < idleMs) {
-      idleTimer = setTimeout(onIdle, idleMs - quiet)
+    const now = performance.now()
+    // Waiting for the lanes is not the input going quiet, and they have work meanwhile.
+    const quiet = catchingUp ? 0 : now - lastRead
+    const waited = catchingUp ? 0 : now - firstReadAhead
+    if (quiet < idleMs && waited < MAX_WAIT_MS) {
+      idleTimer = setTimeout(onIdle, Math.min(idleMs - quiet, MAX_WAIT_MS - waited))
       return
     }
     flush().catch(fail)
@@ -283,16 +296,19 @@ export async function applyLines(
   options.signal?.addEventListener('abort', wakeOnAbort, { once: true })
   let n = 0
   try {
-    for await (const text of lines) {
+    for await (const raw of lines) {
       n++
+      // A byte-order mark (an editor on Windows) is not part of the first line's JSON.
+      const text = n === 1 && raw.charCodeAt(0) === 0xfeff ? raw.slice(1) : raw
       if (text.trim() === '') continue
       if (options.signal?.aborted || state.failure) break
       const p = parseOperation(text, n, batch)
       order.push(n)
       if (!p.request) done.set(n, { line: n, ok: false, error: p.error! })
       else {
-        readAhead.push(p)
         lastRead = performance.now()
+        if (readAhead.length === 0) firstReadAhead = lastRead
+        readAhead.push(p)
         if (idleTimer === null && idleMs > 0) idleTimer = setTimeout(onIdle, idleMs)
       }
       // Every chunkSize x lanes lines, the lanes get theirs (as the flush did, without waiting).

@@ -41,28 +41,28 @@ export function reservationId(value: unknown, field = 'RESERVATION'): string {
   return value.toLowerCase()
 }
 
-export function ttl(value: unknown): number {
-  const ms = parseDuration(String(value ?? ''), '--ttl')
-  if (ms < 1000) throw new UsageError(`--ttl must be at least 1s; got '${value}'.`)
+export function ttl(value: unknown, field = '--ttl'): number {
+  const ms = parseDuration(String(value ?? ''), field)
+  if (ms < 1000) throw new UsageError(`${field} must be at least 1s; got '${value}'.`)
   return ms
 }
 
-export function description(value: unknown): string | null {
+export function description(value: unknown, field = '--description'): string | null {
   if (value === undefined || value === null) return null
   if (typeof value !== 'string' || value.length > 1000 || /[\u0000-\u0008\u000b-\u001f\u007f]/.test(value)) {
-    throw new UsageError('--description must be text of at most 1000 characters, without control characters.')
+    throw new UsageError(`${field} must be text of at most 1000 characters, without control characters.`)
   }
   return value
 }
 
-export function idempotencyKey(value: unknown): string {
+export function idempotencyKey(value: unknown, field = '--idempotency-key'): string {
   if (
     typeof value !== 'string' ||
     value.length < 1 ||
     value.length > 255 ||
     /[\u0000-\u001f\u007f]/.test(value)
   ) {
-    throw new UsageError('--idempotency-key must be 1-255 printable characters.')
+    throw new UsageError(`${field} must be 1-255 printable characters.`)
   }
   return value
 }
