@@ -728,6 +728,43 @@ describe('credits apply', () => {
     }
   })
 
+  it('the reader of its output goes away (| head -1): applying stops, exit 1, and the rest is not applied', async () => {
+    const tenants = Array.from({ length: 100 }, (_, i) => t(`headed-${i}`))
+    const file = path.join(os.tmpdir(), `shx-headed-${run}.jsonl`)
+    fs.writeFileSync(
+      file,
+      Array.from({ length: 20_000 }, (_, i) =>
+        JSON.stringify({ op: 'topup', tenant: tenants[i % 100], amount: 1 }),
+      ).join('\n') + '\n',
+    )
+    try {
+      const r = await execa(
+        'bash',
+        [
+          '-c',
+          '"$0" "$1" credits apply --file "$2" | head -1 >/dev/null; echo "exit=${PIPESTATUS[0]}" >&2',
+          process.execPath,
+          BIN,
+          file,
+        ],
+        { env: env(), extendEnv: false, reject: false, timeout: 60_000 },
+      )
+      expect(String(r.stderr)).toContain('exit=1')
+      expect(String(r.stderr)).toContain(
+        'Standard output was closed, so applying stopped: the results of further lines could not be delivered.',
+      )
+      const held = await count(
+        'select coalesce(sum(balance), 0) as n from credits.credit_accounts where tenant_id = any($1)',
+        [tenants],
+      )
+      expect(held).toBeGreaterThan(0)
+      expect(held).toBeLessThan(20_000)
+      expect(String(r.stderr)).toContain(`${held} operation(s): ${held} applied`)
+    } finally {
+      fs.rmSync(file, { force: true })
+    }
+  })
+
   it('two files with the same line at the same place are two batches: both applied, each replayed on its own', async () => {
     const tenant = t('hourly')
     const text = `${JSON.stringify({ op: 'topup', tenant, amount: 100 })}\n${JSON.stringify({ op: 'consume', tenant, amount: 5 })}\n`

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import readline from 'node:readline'
 import type { Readable } from 'node:stream'
 import type { Context } from '../context.js'
-import { EXIT, UsageError } from '../core/errors.js'
+import { EXIT, OperationError, UsageError } from '../core/errors.js'
 import { validatePaymentToken } from '../core/crypto/payment.js'
 import { openReadStream } from '../core/fs/read-stream.js'
 import { applyLines } from '../core/ledger/apply.js'
@@ -247,6 +247,16 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
   }
   ctx.signal.addEventListener('abort', stopReading, { once: true })
   ctx.onCleanup(async () => ctx.signal.removeEventListener('abort', stopReading))
+  // Each line's result is what this command is for: once the reader of standard output has gone
+  // (the service reading it died, `| head`), nothing more is applied that nobody would be told of.
+  const outputClosed = new AbortController()
+  const onOutputError = (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') return
+    outputClosed.abort()
+    stopReading()
+  }
+  ctx.io.stdout.on('error', onOutputError)
+  ctx.onCleanup(async () => void ctx.io.stdout.off('error', onOutputError))
   // Only when a line without a key needs it: a file is named by its contents, read once more.
   let batch: string | null | undefined = opts.batch
   const batchName = () =>
@@ -265,7 +275,7 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
       ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
       // One lane per pooled connection (the embedded database has one).
       lanes: l.db.kind === 'embedded' ? 1 : 4,
-      signal: ctx.signal,
+      signal: AbortSignal.any([ctx.signal, outputClosed.signal]),
       stopReading,
       // One JSON line per operation on stdout, in input order, whatever the output mode.
       onResults: (rs) => {
@@ -296,6 +306,16 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
   if (ctx.signal.aborted) {
     summarize(', then interrupted; a line without a result line was not applied')
     return
+  }
+  if (outputClosed.signal.aborted) {
+    summarize(', then standard output was closed; a line without a result line was not applied')
+    throw new OperationError(
+      'Standard output was closed, so applying stopped: the results of further lines could not be delivered.',
+      {
+        code: 'OUTPUT_CLOSED',
+        hint: 'Run the same input again with its reader in place: what was applied replays.',
+      },
+    )
   }
   summarize('')
   if (printed.failed > 0) ctx.exitCode = EXIT.failed
