@@ -470,6 +470,23 @@ describe('payment data', () => {
   })
 })
 
+/** 20,000 topups of 1 over 100 new tenants, in a file: a run long enough to stop half-way. */
+function topupsFile(label: string) {
+  const tenants = Array.from({ length: 100 }, (_, i) => t(`${label}-${i}`))
+  const file = path.join(os.tmpdir(), `shx-${label}-${run}.jsonl`)
+  const lines = Array.from({ length: 20_000 }, (_, i) =>
+    JSON.stringify({ op: 'topup', tenant: tenants[i % 100], amount: 1 }),
+  )
+  fs.writeFileSync(file, lines.join('\n') + '\n')
+  return { tenants, file }
+}
+
+/** The credits the tenants hold in all. */
+const heldBy = (tenants: string[]) =>
+  count('select coalesce(sum(balance), 0) as n from credits.credit_accounts where tenant_id = any($1)', [
+    tenants,
+  ])
+
 describe('credits apply', () => {
   it('applies many operations, one result line each in order; bad lines fail alone; a re-run replays', async () => {
     const a = t('bulk-a')
@@ -684,14 +701,7 @@ describe('credits apply', () => {
   })
 
   it('Ctrl-C mid-file: every operation that committed has its result line, and the summary says the run was interrupted', async () => {
-    const tenants = Array.from({ length: 100 }, (_, i) => t(`ctrlc-${i}`))
-    const file = path.join(os.tmpdir(), `shx-ctrlc-${run}.jsonl`)
-    fs.writeFileSync(
-      file,
-      Array.from({ length: 20_000 }, (_, i) =>
-        JSON.stringify({ op: 'topup', tenant: tenants[i % 100], amount: 1 }),
-      ).join('\n') + '\n',
-    )
+    const { tenants, file } = topupsFile('ctrlc')
     try {
       const child = execa(process.execPath, [BIN, 'credits', 'apply', '--file', file], {
         env: env(),
@@ -715,10 +725,7 @@ describe('credits apply', () => {
       // lanes run side by side: the lines printed may have gaps, but none is printed twice
       expect(new Set(results.map((x) => x.line)).size).toBe(results.length)
       // what the database holds is exactly what was reported
-      const held = await count(
-        'select coalesce(sum(balance), 0) as n from credits.credit_accounts where tenant_id = any($1)',
-        [tenants],
-      )
+      const held = await heldBy(tenants)
       expect(held).toBe(results.length)
       expect(String(r.stderr)).toContain(
         `${results.length} operation(s): ${results.length} applied, 0 replayed, 0 failed, then interrupted; a line without a result line was not applied.`,
@@ -729,14 +736,7 @@ describe('credits apply', () => {
   })
 
   it('the reader of its output goes away (| head -1): applying stops, exit 1, and the rest is not applied', async () => {
-    const tenants = Array.from({ length: 100 }, (_, i) => t(`headed-${i}`))
-    const file = path.join(os.tmpdir(), `shx-headed-${run}.jsonl`)
-    fs.writeFileSync(
-      file,
-      Array.from({ length: 20_000 }, (_, i) =>
-        JSON.stringify({ op: 'topup', tenant: tenants[i % 100], amount: 1 }),
-      ).join('\n') + '\n',
-    )
+    const { tenants, file } = topupsFile('headed')
     try {
       const r = await execa(
         'bash',
@@ -753,10 +753,7 @@ describe('credits apply', () => {
       expect(String(r.stderr)).toContain(
         'Standard output was closed, so applying stopped: the results of further lines could not be delivered.',
       )
-      const held = await count(
-        'select coalesce(sum(balance), 0) as n from credits.credit_accounts where tenant_id = any($1)',
-        [tenants],
-      )
+      const held = await heldBy(tenants)
       expect(held).toBeGreaterThan(0)
       expect(held).toBeLessThan(20_000)
       expect(String(r.stderr)).toContain(`${held} operation(s): ${held} applied`)
