@@ -78,12 +78,12 @@ export function parseOperation(text: string, line: number, batch: () => string |
       const unknown = Object.keys(raw).find((f) => !fields.includes(f))
       if (unknown !== undefined)
         throw new UsageError(
-          `${at(JSON.stringify(unknown.length > 40 ? `${unknown.slice(0, 40)}…` : unknown))} is not a field of a ${raw.op as string} line; it takes ${fields.join(', ')}.`,
+          `${at(v.shown(unknown))} is not a field of a ${raw.op as string} line; it takes ${fields.join(', ')}.`,
         )
       // A number as JSON has it: "7" is a string, where a whole number of credits is asked for.
       if (typeof raw.amount === 'string')
         throw new UsageError(
-          `${at('amount')} must be a JSON number, not a string; got ${JSON.stringify(raw.amount.length > 40 ? `${raw.amount.slice(0, 40)}…` : raw.amount)}.`,
+          `${at('amount')} must be a JSON number, not a string; got ${v.shown(raw.amount)}.`,
         )
     }
     let request: LedgerRequest

@@ -18,7 +18,7 @@ export function tenantId(value: unknown, field = 'TENANT'): string {
 }
 
 /** A bad value as an error quotes it: a long one cut (a 100 KB id is not a sentence). */
-function shown(value: unknown): string {
+export function shown(value: unknown): string {
   const text = JSON.stringify(value) ?? String(value)
   return text.length > 80 ? `${text.slice(0, 60)}... (${text.length} characters)` : text
 }
