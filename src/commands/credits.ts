@@ -263,12 +263,9 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
     (batch ??= stdin || !fs.statSync(opts.file!).isFile() ? null : fileDigest(opts.file!))
   const invalidating = setInterval(() => void invalidateTouched(), 1000)
   invalidating.unref()
-  // What was printed, counted here too: the summary is written however the run ends.
-  const printed = { lines: 0, applied: 0, replayed: 0, failed: 0 }
-  const summarize = (how: string) =>
-    ctx.out.info(
-      `${printed.lines} operation(s): ${printed.applied} applied, ${printed.replayed} replayed, ${printed.failed} failed${how}.`,
-    )
+  // Counted by applyLines as results go out, so the summary is written however the run ends.
+  const summary = { lines: 0, applied: 0, replayed: 0, failed: 0 }
+  let error: unknown = null
   try {
     await applyLines(l.db.pool, lines, l.keys, {
       batch: batchName,
@@ -277,38 +274,35 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
       lanes: l.db.kind === 'embedded' ? 1 : 4,
       signal: AbortSignal.any([ctx.signal, outputClosed.signal]),
       stopReading,
+      summary,
       // One JSON line per operation on stdout, in input order, whatever the output mode.
       onResults: (rs) => {
-        for (const r of rs) {
-          printed.lines++
-          if (!r.ok) printed.failed++
-          else if (r.result?.replayed) printed.replayed++
-          else printed.applied++
-          if (r.result) touched.add(r.result.tenant_id)
-        }
+        for (const r of rs) if (r.result) touched.add(r.result.tenant_id)
         ctx.out.jsonLines(rs)
       },
     })
   } catch (err) {
-    // Stopped (Ctrl-C, a lost database): every operation that committed has its line above;
-    // running the same input again replays those and applies the rest.
-    summarize(
-      ctx.signal.aborted
-        ? ', then interrupted; a line without a result line was not applied'
-        : ', then stopped by the error below; a line without a result line was not applied',
-    )
-    throw err
+    error = err
   } finally {
     // Failed or interrupted too: what was written before is invalidated (the cache never throws).
     clearInterval(invalidating)
     await invalidateTouched()
   }
-  if (ctx.signal.aborted) {
-    summarize(', then interrupted; a line without a result line was not applied')
-    return
-  }
+  // Stopped (Ctrl-C, a lost database, no one reading): every operation that committed has its line
+  // above; running the same input again replays those and applies the rest.
+  const stopped = ctx.signal.aborted
+    ? 'interrupted'
+    : error !== null
+      ? 'stopped by the error below'
+      : outputClosed.signal.aborted
+        ? 'standard output was closed'
+        : null
+  ctx.out.info(
+    `${summary.lines} operation(s): ${summary.applied} applied, ${summary.replayed} replayed, ${summary.failed} failed${stopped ? `, then ${stopped}; a line without a result line was not applied` : ''}.`,
+  )
+  if (error !== null) throw error
+  if (ctx.signal.aborted) return
   if (outputClosed.signal.aborted) {
-    summarize(', then standard output was closed; a line without a result line was not applied')
     throw new OperationError(
       'Standard output was closed, so applying stopped: the results of further lines could not be delivered.',
       {
@@ -317,8 +311,7 @@ export async function apply(ctx: Context, opts: { file?: string; chunkSize?: num
       },
     )
   }
-  summarize('')
-  if (printed.failed > 0) ctx.exitCode = EXIT.failed
+  if (summary.failed > 0) ctx.exitCode = EXIT.failed
 }
 
 /** A file's SHA-256 (hex, first 32), read in pieces: the batch name of its lines' derived keys. */

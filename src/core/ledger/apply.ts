@@ -155,6 +155,11 @@ export async function applyLines(
     lanes?: number
     /** Called with the results that became printable, in input order (a batch per call). */
     onResults: (r: ApplyLineResult[]) => void
+    /**
+     * Counted into as results go to onResults (a new one if not given): the caller has the counts
+     * however the run ends, thrown errors included.
+     */
+    summary?: ApplySummary
     signal?: AbortSignal
     /** The input's name in the keys derived for lines without one (null: such lines are refused). */
     batch?: () => string | null
@@ -177,7 +182,18 @@ export async function applyLines(
   const laneCount = Math.max(1, options.lanes ?? 1)
   /** Lines read and not yet printed, at most: then reading waits for the lanes to catch up. */
   const maxPending = 3 * chunkSize * laneCount
-  const summary: ApplySummary = { lines: 0, applied: 0, replayed: 0, failed: 0 }
+  const summary: ApplySummary = options.summary ?? { lines: 0, applied: 0, replayed: 0, failed: 0 }
+  /** Results go out through here, and only here: counted as they go. */
+  const deliver = (results: ApplyLineResult[]) => {
+    if (results.length === 0) return
+    for (const r of results) {
+      summary.lines++
+      if (!r.ok) summary.failed++
+      else if (r.result?.replayed) summary.replayed++
+      else summary.applied++
+    }
+    options.onResults(results)
+  }
 
   // Results wait here until every line before theirs has been printed.
   const done = new Map<number, ApplyLineResult>()
@@ -189,13 +205,9 @@ export async function applyLines(
       const r = done.get(order[next]!)!
       done.delete(order[next]!)
       next++
-      summary.lines++
-      if (!r.ok) summary.failed++
-      else if (r.result?.replayed) summary.replayed++
-      else summary.applied++
       batch.push(r)
     }
-    if (batch.length > 0) options.onResults(batch)
+    deliver(batch)
     if (next > 4096 && next * 2 > order.length) {
       order.splice(0, next)
       next = 0
@@ -276,11 +288,9 @@ export async function applyLines(
   /** The loop waits for the lanes, not for input: that is not the input going quiet. */
   let catchingUp = false
   let idleTimer: NodeJS.Timeout | null = null
-  /** The reading is over (ended, failed or interrupted): the timer hands nothing out any more. */
-  let closed = false
   const onIdle = () => {
     idleTimer = null
-    if (closed || readAhead.length === 0 || state.failure || options.signal?.aborted) return
+    if (readAhead.length === 0 || state.failure || options.signal?.aborted) return
     const now = performance.now()
     // Waiting for the lanes is not the input going quiet, and they have work meanwhile.
     const quiet = catchingUp ? 0 : now - lastRead
@@ -335,7 +345,7 @@ export async function applyLines(
     // nothing is left running when this returns.
     fail(err)
   } finally {
-    closed = true
+    // The reading is over (ended, failed or interrupted): the timer hands nothing out any more.
     if (idleTimer !== null) clearTimeout(idleTimer)
     options.signal?.removeEventListener('abort', wakeOnAbort)
   }
@@ -350,13 +360,7 @@ export async function applyLines(
     // committed operation goes unreported.
     const rest = [...done.keys()].sort((a, b) => a - b).map((line) => done.get(line)!)
     done.clear()
-    for (const r of rest) {
-      summary.lines++
-      if (!r.ok) summary.failed++
-      else if (r.result?.replayed) summary.replayed++
-      else summary.applied++
-    }
-    if (rest.length > 0) options.onResults(rest)
+    deliver(rest)
   }
   if (state.failure) throw state.failure.error
   return summary
