@@ -13,6 +13,7 @@ import { readManifest } from '../core/backup/manifest.js'
 import { backupKeyFor } from '../core/backup/envelope.js'
 import { warmTool } from '../core/backup/pgtools.js'
 import {
+  assertNotInUse,
   assertRestorable,
   createTargetDatabase,
   dropDatabase,
@@ -24,7 +25,7 @@ import { tildify } from '../core/config/paths.js'
 import { type Keyring, loadKeyring } from '../core/config/secrets.js'
 import { type Settings, settingLabel } from '../core/config/settings.js'
 import type { Database } from '../core/db/pool.js'
-import { EXIT, OperationError, SafetyError, UsageError } from '../core/errors.js'
+import { EXIT, OperationError, UsageError } from '../core/errors.js'
 import { schemaVersion } from '../core/migrations/current.js'
 import type { SchemaName } from '../core/migrations/files.js'
 import { byteRate } from '../ui/progress.js'
@@ -490,13 +491,7 @@ export async function rollbackMigration(
     return
   }
   // As restore: something still connected would write into a database being replaced under it.
-  const busy = plans.find((p) => p.state.otherConnections > 0)
-  if (busy && !opts.force) {
-    throw new SafetyError(
-      `The database '${busy.state.database}' has ${busy.state.otherConnections} other live connection(s); something is using it.`,
-      { code: 'TARGET_IN_USE', hint: 'Stop what is connected, or pass --force.' },
-    )
-  }
+  if (!opts.force) for (const p of plans) assertNotInUse(p.state)
   await confirm(ctx.io, {
     yes: ctx.yes,
     noInput: ctx.noInput,

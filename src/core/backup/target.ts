@@ -104,6 +104,11 @@ export function assertRestorable(state: TargetState, manifest: Manifest, force: 
       },
     )
   }
+  assertNotInUse(state)
+}
+
+/** Refuses a target something else is connected to: it would write into a database being replaced. */
+export function assertNotInUse(state: TargetState): void {
   if (state.otherConnections > 0) {
     throw new SafetyError(
       `The target database '${state.database}' has ${state.otherConnections} other live connection(s); something is using it.`,
