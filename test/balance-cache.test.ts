@@ -411,6 +411,31 @@ describe('balance cache lets the process exit after close()', () => {
   })
 })
 
+describe('one Redis, several databases', () => {
+  it("keeps each database's balances apart, and invalidateAll drops its own database's only", async () => {
+    const redis = await createTestRedis()
+    // glob characters in the prefix are matched literally by invalidateAll's SCAN
+    const prefix = `${redis.prefix}[x]*:`
+    const a = createBalanceCache({ url: redisUrl(), keyPrefix: prefix, database: '7001.16384' })
+    const b = createBalanceCache({ url: redisUrl(), keyPrefix: prefix, database: '7002.16384' })
+    try {
+      await a.set({ tenant_id: 'acme', balance: 10, reserved: 0, version: 1 })
+      await b.set({ tenant_id: 'acme', balance: 20, reserved: 5, version: 1 })
+      expect(await a.get('acme')).toMatchObject({ balance: 10, reserved: 0 })
+      expect(await b.get('acme')).toMatchObject({ balance: 20, reserved: 5 })
+      await redis.client.hset(`${redis.prefix}xy:db:7001.16384:balance:acme`, { version: '1', balance: '1' })
+      await a.invalidateAll()
+      expect(await a.get('acme')).toBeNull()
+      expect(await b.get('acme')).toMatchObject({ balance: 20 })
+      expect(await redis.client.exists(`${redis.prefix}xy:db:7001.16384:balance:acme`)).toBe(1)
+    } finally {
+      await a.close()
+      await b.close()
+      await redis.cleanup()
+    }
+  })
+})
+
 describe('invalidateAll (after a restore)', () => {
   it('drops every cached balance and version marker under the prefix, and nothing else', async () => {
     const redis = await createTestRedis()

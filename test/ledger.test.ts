@@ -48,6 +48,15 @@ async function count(sql: string, params: unknown[] = []): Promise<number> {
   return Number(rows[0]!.n)
 }
 
+/** The Redis key the CLI caches `tenant`'s balance of database `of` under (ledger/cache.ts). */
+async function cacheKey(of: TestDatabase, tenant: string): Promise<string> {
+  const { rows } = await of.query<{ id: string }>(
+    `select system_identifier || '.' || d.oid as id from pg_control_system(), pg_database d
+      where d.datname = current_database()`,
+  )
+  return `shieldx:db:${rows[0]!.id}:balance:${tenant}`
+}
+
 async function account(tenant: string) {
   const { rows } = await db.query<{ balance: string; reserved: string }>(
     'select balance, reserved from credits.credit_accounts where tenant_id = $1',
@@ -375,15 +384,86 @@ describe('balance and the Redis cache', () => {
     await cli(['credits', 'topup', tenant, '10'])
     // Poison the cache with a newer-looking, larger balance.
     const redis = new Redis(redisUrl())
+    const key = await cacheKey(db, tenant)
     try {
-      await redis.hset(`shieldx:balance:${tenant}`, { version: '999', balance: '1000', reserved: '0' })
+      await redis.hset(key, { version: '999', balance: '1000', reserved: '0' })
+      // the poisoned entry is the one balance reads
+      expect((await json(['credits', 'balance', tenant])).doc).toMatchObject({
+        balance: 1000,
+        source: 'cache',
+      })
       const r = await json(['credits', 'consume', tenant, '500'])
       expect(r.code).toBe(1)
       expect(r.doc.error.code).toBe('INSUFFICIENT_CREDITS')
       expect(await account(tenant)).toEqual({ balance: 10, reserved: 0 })
     } finally {
-      await redis.del(`shieldx:balance:${tenant}`)
+      await redis.del(key)
       redis.disconnect()
+    }
+  })
+
+  it('two databases sharing one Redis each show their own balance of a tenant of the same name', async () => {
+    const other = await createTestDatabase('ledger_other')
+    const tenant = t('shared-name')
+    const there = { CREDITS_DATABASE_URL: other.url }
+    try {
+      expect((await cli(['migrate', 'up', '--no-backup'], there)).code).toBe(0)
+      // Both accounts reach version 1: with one key per tenant, the second write was refused as
+      // no newer, and the second database showed the first one's balance.
+      expect((await cli(['credits', 'topup', tenant, '10'])).code).toBe(0)
+      expect((await cli(['credits', 'topup', tenant, '20'], there)).code).toBe(0)
+      expect((await json(['credits', 'balance', tenant])).doc).toMatchObject({ balance: 10, source: 'cache' })
+      expect((await json(['credits', 'balance', tenant], there)).doc).toMatchObject({
+        balance: 20,
+        source: 'cache',
+      })
+      // A write to one drops its own entry only.
+      expect((await cli(['credits', 'consume', tenant, '15'], there)).code).toBe(0)
+      expect((await json(['credits', 'balance', tenant], there)).doc).toMatchObject({ balance: 5 })
+      expect((await json(['credits', 'balance', tenant])).doc).toMatchObject({ balance: 10, source: 'cache' })
+    } finally {
+      await other.drop()
+    }
+  })
+
+  it("a restore drops the cached balances of the database restored into, and no other database's", async () => {
+    const target = await createTestDatabase('ledger_restore')
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shx-ledger-restore-'))
+    const backupKey = { BACKUP_KEY: `b1:${randomBytes(32).toString('base64')}` }
+    const there = { CREDITS_DATABASE_URL: target.url, ...backupKey }
+    const tenant = t('restored')
+    const redis = new Redis(redisUrl())
+    try {
+      expect((await cli(['migrate', 'up', '--no-backup'], there)).code).toBe(0)
+      expect((await cli(['credits', 'topup', tenant, '7'], there)).code).toBe(0)
+      const made = await json(['backup', 'create', '--dir', dir], there)
+      expect(made.code, made.stderr).toBe(0)
+      // Spent after the backup: the restore takes the account back to version 1 and balance 7.
+      expect((await cli(['credits', 'consume', tenant, '3'], there)).code).toBe(0)
+      expect((await cli(['credits', 'topup', tenant, '30'])).code).toBe(0)
+      const targetKey = await cacheKey(target, tenant)
+      const otherKey = await cacheKey(db, tenant)
+      expect((await json(['credits', 'balance', tenant], there)).doc).toMatchObject({
+        balance: 4,
+        source: 'cache',
+      })
+      expect(await redis.hget(otherKey, 'balance')).toBe('30')
+
+      const restored = await cli(
+        ['restore', made.doc.file, '--target', target.url, '--force', '--yes'],
+        there,
+      )
+      expect(restored.code, restored.stderr).toBe(0)
+      expect(await redis.exists(targetKey)).toBe(0)
+      expect(await redis.hget(otherKey, 'balance')).toBe('30')
+      expect((await json(['credits', 'balance', tenant], there)).doc).toMatchObject({
+        balance: 7,
+        source: 'db',
+      })
+    } finally {
+      redis.disconnect()
+      await target.drop()
+      fs.rmSync(dir, { recursive: true, force: true })
     }
   })
 

@@ -24,7 +24,8 @@ import { verifyBackup } from '../core/backup/verify.js'
 import { tildify } from '../core/config/paths.js'
 import { type Keyring, loadKeyring } from '../core/config/secrets.js'
 import { type Settings, settingLabel } from '../core/config/settings.js'
-import type { Database } from '../core/db/pool.js'
+import { databaseIdentity } from '../core/db/identity.js'
+import { type Database, openServer } from '../core/db/pool.js'
 import { EXIT, OperationError, UsageError } from '../core/errors.js'
 import { schemaVersion } from '../core/migrations/current.js'
 import type { SchemaName } from '../core/migrations/files.js'
@@ -353,7 +354,7 @@ export async function restore(
     }
     throw err
   }
-  await dropCachedBalances(ctx, settings, manifest)
+  await dropCachedBalances(ctx, settings, manifest, opts.target)
   if (!result.ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document(result)
   for (const c of result.checks) {
@@ -368,16 +369,38 @@ export async function restore(
   )
 }
 
-/** After a credits restore the account versions go backwards: no cached balance may survive it. */
+/**
+ * After a credits restore the account versions go backwards: no cached balance of the database
+ * restored into (`url`) may survive it.
+ */
 async function dropCachedBalances(
   ctx: Context,
   settings: Settings,
   manifest: { database: string },
+  url: string,
 ): Promise<void> {
   if (manifest.database !== 'credits' || settings.redis.value === null) return
+  let database: string
+  try {
+    const db = await openServer(url, '--target', { timeoutMs: settings.timeoutMs.value, env: {}, max: 1 })
+    try {
+      database = await databaseIdentity(db.pool)
+    } finally {
+      await db.close()
+    }
+  } catch (err) {
+    ctx.out.warn(
+      `Cannot tell which database was restored into (${(err as Error).message}), so its cached balances were not dropped: they expire within a minute.`,
+    )
+    return
+  }
   // Imported here: the cache's circuit breaker (cockatiel) costs every restore 30 ms to load.
   const { createBalanceCache } = await import('../core/ledger/cache.js')
-  const cache = createBalanceCache({ url: settings.redis.value, onWarning: (m) => ctx.out.warn(m) })
+  const cache = createBalanceCache({
+    url: settings.redis.value,
+    database,
+    onWarning: (m) => ctx.out.warn(m),
+  })
   try {
     await cache.invalidateAll()
   } finally {
@@ -517,7 +540,7 @@ export async function rollbackMigration(
       },
       (x) => (x.ok ? 'restored and verified' : 'does NOT match the backup'),
     )
-    await dropCachedBalances(ctx, settings, p.manifest)
+    await dropCachedBalances(ctx, settings, p.manifest, p.db.connectionString!)
     results.push({ file: p.file, ...r })
   }
   const ok = results.every((r) => r.ok)

@@ -44,8 +44,9 @@ export interface BalanceCache {
   /** Drop the entry (called before/after every write). Never throws. */
   invalidate(tenantId: string): Promise<void>
   /**
-   * Drop every cached balance, version markers included: after a restore the account versions go
-   * backwards, and neither an old value nor an old marker may outlive it. Never throws.
+   * Drop every cached balance of this database (of every database, for a cache without one),
+   * version markers included: after a restore the account versions go backwards, and neither an
+   * old value nor an old marker may outlive it. Never throws.
    */
   invalidateAll(): Promise<void>
   /** Disconnect; safe to call twice. */
@@ -57,8 +58,14 @@ export interface BalanceCache {
 export interface BalanceCacheOptions {
   /** null: cache off (a no-op cache whose get() is always null). */
   url: string | null
-  /** Default 'shieldx:'; keys look like `${prefix}balance:${tenantId}`. */
+  /** Default 'shieldx:'; keys look like `${prefix}db:${database}:balance:${tenantId}`. */
   keyPrefix?: string
+  /**
+   * The database whose balances these are (db/identity.ts). Two databases' tenants of the same
+   * name are different accounts: without it, environments sharing a Redis showed each other's
+   * balances. Left out only where one cache serves one database (its own tests).
+   */
+  database?: string
   /** Default 60. */
   ttlSeconds?: number
   /** Default 250: a slow Redis counts as down. Bounds each call, connecting included. */
@@ -139,6 +146,7 @@ class NoopBalanceCache implements BalanceCache {
 }
 
 class RedisBalanceCache implements BalanceCache {
+  /** up to and including 'balance:' */
   private readonly prefix: string
   private readonly ttlSeconds: number
   private readonly timeoutMs: number
@@ -157,7 +165,8 @@ class RedisBalanceCache implements BalanceCache {
     private readonly url: string,
     private readonly options: BalanceCacheOptions,
   ) {
-    this.prefix = options.keyPrefix ?? DEFAULT_KEY_PREFIX
+    const database = options.database === undefined ? '' : `db:${options.database}:`
+    this.prefix = `${options.keyPrefix ?? DEFAULT_KEY_PREFIX}${database}balance:`
     this.ttlSeconds = positiveInt(options.ttlSeconds, DEFAULT_TTL_SECONDS)
     this.timeoutMs = positiveInt(options.commandTimeoutMs, DEFAULT_COMMAND_TIMEOUT_MS)
     // Aggressive: ioredis commands cannot be cancelled, so stop waiting for them instead.
@@ -199,7 +208,7 @@ class RedisBalanceCache implements BalanceCache {
     do {
       // One SCAN page per call, so each stays within the command timeout.
       const page = await this.run(null, (client) =>
-        client.scan(cursor, 'MATCH', `${this.prefix}balance:*`, 'COUNT', 1000),
+        client.scan(cursor, 'MATCH', `${globEscape(this.prefix)}*`, 'COUNT', 1000),
       )
       if (!page) return
       const [next, keys] = page
@@ -217,7 +226,7 @@ class RedisBalanceCache implements BalanceCache {
   }
 
   private key(tenantId: string): string {
-    return `${this.prefix}balance:${tenantId}`
+    return `${this.prefix}${tenantId}`
   }
 
   /** Runs one Redis call through the breaker and timeout; on any failure, `fallback`. */
@@ -340,6 +349,11 @@ function isReplyError(err: unknown): boolean {
 
 function positiveInt(value: number | undefined, fallback: number): number {
   return value !== undefined && Number.isFinite(value) && value >= 1 ? Math.floor(value) : fallback
+}
+
+/** A literal for SCAN's MATCH: a prefix of the caller's choosing may hold glob characters. */
+function globEscape(s: string): string {
+  return s.replace(/[\\*?[\]]/g, '\\$&')
 }
 
 function safeDecode(s: string): string {

@@ -5,6 +5,7 @@
 import { AUDIT_KEY_SPEC } from '../audit/chain.js'
 import { loadKeyring } from '../config/secrets.js'
 import type { Settings } from '../config/settings.js'
+import { databaseIdentity } from '../db/identity.js'
 import type { Database } from '../db/pool.js'
 import { assertSchemaCurrent } from '../migrations/current.js'
 import { type BalanceCache, createBalanceCache } from './cache.js'
@@ -41,9 +42,27 @@ export async function openLedger(
       options.notice(`Generated a new payment-data key in ${payment.generatedAt} (mode 0600).`)
     keys.payment = payment.keyring
   }
+  const url = options.cache === false ? null : settings.redis.value
+  const database = url === null ? undefined : await cacheScope(db, options.notice)
   const cache = createBalanceCache({
-    url: options.cache === false ? null : settings.redis.value,
+    url: database === undefined ? null : url,
+    ...(database ? { database } : {}),
     onWarning: options.notice,
   })
   return { db, keys, cache }
+}
+
+/**
+ * The database's identity, for the cache's keys; undefined (no cache, one warning) if it cannot
+ * be read: a cache keyed without it could show another database's balances.
+ */
+async function cacheScope(db: Database, notice: (message: string) => void): Promise<string | undefined> {
+  try {
+    return await databaseIdentity(db.pool)
+  } catch (err) {
+    notice(
+      `Cannot tell which database this is (${(err as Error).message}); continuing without the balance cache.`,
+    )
+    return undefined
+  }
 }
