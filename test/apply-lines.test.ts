@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseKeyring } from '../src/core/config/secrets.js'
-import { type ApplyLineResult, applyLines } from '../src/core/ledger/apply.js'
+import { type ApplyLineResult, applyLines, repeatedField } from '../src/core/ledger/apply.js'
 import { runCli, tempHome } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
 import { cleanEnv } from './helpers/env.js'
@@ -183,5 +183,21 @@ describe('applyLines', () => {
     // well past the idle time: a timer left armed would have applied it by now
     await new Promise((r) => setTimeout(r, 300))
     expect(await balance(tenant)).toBeNull()
+  })
+})
+
+describe('repeatedField', () => {
+  it('names the first top-level field given twice, whatever the strings and nesting around it', () => {
+    expect(repeatedField('{"op":"consume","amount":5,"amount":500}')).toBe('amount')
+    // the same name, escaped: JSON.parse reads both as "amount"
+    expect(repeatedField('{"amount":5,"\\u0061mount":6}')).toBe('amount')
+    expect(repeatedField('{"op":"topup","tenant":"a","amount":5}')).toBeUndefined()
+    // a name inside a string value, with escaped quotes, is not a field
+    expect(repeatedField('{"description":"\\"amount\\":1,","amount":2}')).toBeUndefined()
+    // nested objects and arrays have fields of their own
+    expect(repeatedField('{"a":{"b":1,"b":2},"c":[{"a":1}],"b":3}')).toBeUndefined()
+    expect(repeatedField('{"a":{"b":1},"a":2}')).toBe('a')
+    expect(repeatedField(' { "a" : 1 , "b" : [1, 2] , "a" : 3 } ')).toBe('a')
+    expect(repeatedField('{}')).toBeUndefined()
   })
 })

@@ -633,7 +633,7 @@ describe('credits apply', () => {
     for (const tenant of tenants) expect(await account(tenant)).toEqual({ balance: 0, reserved: 0 })
   })
 
-  it('fails a line with a field its op does not take, or an amount given as a string, and applies the rest', async () => {
+  it('fails a line with a field its op does not take, a field given twice, or an amount given as a string, and applies the rest', async () => {
     const tenant = t('strict')
     const lines = [
       { op: 'topup', tenant, amount: 50 },
@@ -646,8 +646,14 @@ describe('credits apply', () => {
       { op: 'cancel', reservation: '5d0c2f9e-1b7a-4f7e-9d7a-2b1c3d4e5f60', amount: 3 },
       { tenant, amount: 1 },
       { op: 'reserve', tenant, amount: 1, ttl: 'soon' },
+      // JSON.parse would keep the last: 500 charged of a line that also says 5
+      'twice',
     ].map((l) =>
-      l === '1e1' ? `{"op":"consume","tenant":${JSON.stringify(tenant)},"amount":1e1}` : JSON.stringify(l),
+      l === '1e1'
+        ? `{"op":"consume","tenant":${JSON.stringify(tenant)},"amount":1e1}`
+        : l === 'twice'
+          ? `{"op":"consume","tenant":${JSON.stringify(tenant)},"amount":5,"description":"x","amount":500}`
+          : JSON.stringify(l),
     )
     // a byte-order mark before the first line, as editors on Windows write it
     const r = await cli(
@@ -660,7 +666,7 @@ describe('credits apply', () => {
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l))
-    expect(out.map((o) => o.ok)).toEqual([true, false, false, true, false, false, false, false])
+    expect(out.map((o) => o.ok)).toEqual([true, false, false, true, false, false, false, false, false])
     expect(out[1].error).toEqual({
       code: 'USAGE',
       message:
@@ -675,6 +681,7 @@ describe('credits apply', () => {
       'line 7 has no op; it must be one of topup, consume, reserve, commit, cancel.',
     )
     expect(out[7].error.message).toMatch(/^line 8: ttl must be a duration like 30s/)
+    expect(out[8].error.message).toBe('line 9: "amount" is given twice; give each field once.')
     // only the topup and the consume of 1e1 (JSON's 10) were applied
     expect(await account(tenant)).toEqual({ balance: 40, reserved: 0 })
   })

@@ -59,6 +59,34 @@ const FIELDS: Record<string, readonly string[]> = {
   cancel: ['op', 'reservation', 'idempotency_key'],
 }
 
+/**
+ * The first field of a JSON object's top level that is named again, in `text` that JSON.parse has
+ * accepted (so strings end and brackets match).
+ */
+export function repeatedField(text: string): string | undefined {
+  const seen = new Set<string>()
+  let depth = 0
+  let nameNext = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c === 0x22) {
+      const start = i
+      for (i++; text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++
+      if (depth === 1 && nameNext) {
+        const name = JSON.parse(text.slice(start, i + 1)) as string
+        if (seen.has(name)) return name
+        seen.add(name)
+        nameNext = false
+      }
+    } else if (c === 0x7b || c === 0x5b) {
+      depth++
+      nameNext = depth === 1
+    } else if (c === 0x7d || c === 0x5d) depth--
+    else if (c === 0x2c && depth === 1) nameNext = true
+  }
+  return undefined
+}
+
 /** One JSON object per line: {"op":"consume","tenant":"acme","amount":5,"idempotency_key":"k1"} */
 export function parseOperation(text: string, line: number, batch: () => string | null): ParsedLine {
   try {
@@ -71,6 +99,11 @@ export function parseOperation(text: string, line: number, batch: () => string |
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
       throw new UsageError(`line ${line} must be a JSON object.`)
     const at = (field: string) => `line ${line}: ${field}`
+    // JSON.parse keeps the last of two same-named fields: {"amount":5,...,"amount":500} would
+    // charge 500 of a line that also says 5.
+    const twice = repeatedField(text)
+    if (twice !== undefined)
+      throw new UsageError(`${at(v.shown(twice))} is given twice; give each field once.`)
     const fields = typeof raw.op === 'string' && Object.hasOwn(FIELDS, raw.op) ? FIELDS[raw.op] : undefined
     if (fields) {
       // A misspelt field is not dropped: "idempotency_kye" would have been charged under a derived
