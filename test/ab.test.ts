@@ -160,6 +160,9 @@ describe('ab create', () => {
     expect(missing.stderr).toContain('--name is required')
     const uuidName = await cli(['ab', 'create', '--name', randomUUID(), '--control', 'a', '--test', 'b'])
     expect(uuidName.code).toBe(2)
+    const same = await cli(['ab', 'create', '--name', 'same', '--control', 'waf@1', '--test', 'waf@1 '])
+    expect(same.code).toBe(2)
+    expect(same.stderr).toContain('--test must name something other than --control')
     expect(await count('select count(*) as n from shadow.ab_tests')).toBe(before)
   })
 })
@@ -399,13 +402,24 @@ describe('ab record and results', () => {
     })
     expect(await observations('from-eval')).toBe(2)
 
-    // Into another test it may go once too; a label that names another rule version is pointed out.
+    // Into another test it may go once too, but not into an arm labelled as another rule version,
+    // nor swapped: one rule's results would count for the other. Exit 2, nothing written.
     await json(['ab', 'create', '--name', 'from-eval-2', '--control', 'waf-sqli@1', '--test', 'waf-sqli@3'])
     const other = await json(['ab', 'record', 'from-eval-2', '--from-evaluation', evaluation])
-    expect(other.code).toBe(0)
-    expect(other.doc.warnings).toEqual([
-      "The test arm is labelled waf-sqli@3, but the evaluation's candidate ran waf-sqli@2.",
-    ])
+    expect(other.code).toBe(2)
+    expect(other.doc.error).toMatchObject({
+      code: 'EVALUATION_MISMATCH',
+      message: `The test arm of A/B test 'from-eval-2' is waf-sqli@3, but evaluation ${evaluation} ran waf-sqli@2 as its candidate; nothing was recorded.`,
+      hint: 'Record it into a test whose control is waf-sqli@1 and whose test is waf-sqli@2.',
+    })
+    expect(await observations('from-eval-2')).toBe(0)
+    await json(['ab', 'create', '--name', 'swapped', '--control', 'waf-sqli@2', '--test', 'waf-sqli@1'])
+    expect((await json(['ab', 'record', 'swapped', '--from-evaluation', evaluation])).code).toBe(2)
+    expect(await observations('swapped')).toBe(0)
+    // Free-text labels cannot be checked: recorded.
+    await json(['ab', 'create', '--name', 'free-text', '--control', 'current rule', '--test', 'new rule'])
+    expect((await json(['ab', 'record', 'free-text', '--from-evaluation', evaluation])).code).toBe(0)
+    expect(await observations('free-text')).toBe(2)
 
     // An evaluation without confusion counts is refused, nothing written.
     const broken = randomUUID()
@@ -442,10 +456,20 @@ describe('ab record and results', () => {
     expect(r.stderr).toMatch(
       /^warning: A\/B test 'late' concluded on .* \(winner: test\); the observations are recorded/,
     )
+    // The verdict of record is what a gate reading .winner gets; the new figures are beside it.
     const after = await json(['ab', 'results', 'late'])
-    expect(after.doc.winner).toBe('control')
-    expect(after.doc.stored.winner).toBe('test')
+    expect(after.doc).toMatchObject({
+      status: 'conclusive',
+      winner: 'test',
+      current: { status: 'conclusive', winner: 'control' },
+      stored: { status: 'concluded', winner: 'test' },
+    })
+    expect(after.doc.verdict).toMatch(
+      /^Concluded on .*: test \(waf-sqli@2\) is better \(the stored verdict\); the figures recorded since now favour control\.$/,
+    )
     expect(after.doc.warnings.join(' ')).toContain('now favour control. The stored verdict stands.')
+    const text = await cli(['ab', 'results', 'late'])
+    expect(text.stdout.split('\n')[0]).toMatch(/^Concluded on .*: test \(waf-sqli@2\) is better/)
   })
 })
 

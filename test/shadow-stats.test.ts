@@ -25,6 +25,7 @@ import {
   chiSquareGoodnessOfFit,
   chiSquareIndependence,
   chiSquareSf,
+  gammaQ,
   logGamma,
   mcnemar,
 } from '../src/core/shadow/stats.js'
@@ -326,11 +327,32 @@ describe('Bayesian comparison', () => {
     )
   })
 
-  it('is null with a reason above 5,000,000 terms, or without a whole-number parameter', () => {
-    const big = beta(6_000_001, 6_000_001)
-    const r = probBetterExact(big, beta(6_000_002, 6_000_000))
-    expect(r.value).toBeNull()
-    expect(r.reason).toMatch(/more than 5000000/)
+  it('sums only the terms that matter above 5,000,000 terms: the value of the full sum, deterministic, symmetric', () => {
+    // the windowed sum forced on cases the full sum can take
+    const pairs: Array<[BetaPosterior, BetaPosterior]> = [
+      [posterior(20, 45), posterior(24, 50)],
+      [posterior(990_000, 1_000_000), posterior(990_400, 1_000_000)],
+      [posterior(400_000, 1_000_000), posterior(401_000, 1_000_000)],
+      [posterior(3_000_000, 5_000_000), posterior(2_998_000, 5_000_000)],
+      [posterior(0, 1000), posterior(1000, 1000)],
+    ]
+    for (const [a, b] of pairs) {
+      const full = probBetterExact(a, b).value!
+      const windowed = probBetterExact(a, b, { maxFullTerms: 0 }).value!
+      expect(Math.abs(full - windowed), JSON.stringify([a, b])).toBeLessThan(1e-8)
+    }
+    // A billion trials per arm, at the edge of 0.95: the two posteriors are symmetric about 1/2 and
+    // the normal approximation of their difference is good to ~1e-9 there: z = 1.6449.
+    const control = posterior(500_000_000, 1_000_000_000)
+    const test = posterior(500_036_780, 1_000_000_000)
+    const p = probBetterExact(control, test)
+    expect(p.reason).toBeNull()
+    const mean = (x: BetaPosterior) => x.alpha / (x.alpha + x.beta)
+    const variance = (x: BetaPosterior) => (mean(x) * (1 - mean(x))) / (x.alpha + x.beta + 1)
+    const z = (mean(test) - mean(control)) / Math.sqrt(variance(control) + variance(test))
+    expect(Math.abs(p.value! - (1 - normalTail(z)))).toBeLessThan(1e-6)
+    expect(probBetterExact(control, test)).toEqual(p)
+    expect(Math.abs(p.value! + probBetterExact(test, control).value! - 1)).toBeLessThan(1e-9)
     const frac = probBetterExact(beta(0.5, 0.5), beta(1.5, 2.5))
     expect(frac).toEqual({ value: null, reason: expect.stringMatching(/whole number/) })
     // One whole-number parameter is enough.
@@ -460,3 +482,9 @@ describe('properties', () => {
     )
   })
 })
+
+/** P(Z > z) for a standard normal, from the regularized incomplete gamma: erfc(x) = Q(1/2, x^2). */
+function normalTail(z: number): number {
+  const q = gammaQ(0.5, (z * z) / 2) / 2
+  return z >= 0 ? q : 1 - q
+}

@@ -212,6 +212,11 @@ export async function createAbTest(
   const name = testName(input.name)
   const controlLabel = armLabel(input.control, '--control')
   const testLabel = armLabel(input.test, '--test')
+  // Both arms running one thing can only tie: a test that cannot conclude anything.
+  if (testLabel.trim() === controlLabel.trim())
+    throw new UsageError(
+      `--test must name something other than --control; both are ${JSON.stringify(testLabel)}.`,
+    )
   const level = confidence(input.confidence ?? AB_DEFAULTS.confidence)
   const minimum = minSampleSize(input.minSampleSize ?? AB_DEFAULTS.minSampleSize)
   try {
@@ -400,6 +405,24 @@ export async function recordEvaluation(
           hint: "Evaluations are stored by 'shieldx evaluate'.",
         })
       }
+      // An arm labelled as a rule version takes only that version's results: recorded under
+      // another's name (or swapped), they would make the wrong rule the winner.
+      const ran = {
+        control: `${e.control_rule_id}@${e.control_version}`,
+        test: `${e.rule_id}@${e.candidate_version}`,
+      }
+      for (const v of VARIANTS) {
+        const label = v === 'control' ? t.control_label : t.test_label
+        if (/^[a-z0-9][a-z0-9._-]*@\d+$/.test(label) && label !== ran[v]) {
+          throw new UsageError(
+            `The ${v} arm of A/B test '${t.name}' is ${label}, but evaluation ${id} ran ${ran[v]} as its ${v === 'test' ? 'candidate' : 'control'}; nothing was recorded.`,
+            {
+              code: 'EVALUATION_MISMATCH',
+              hint: `Record it into a test whose control is ${ran.control} and whose test is ${ran.test}.`,
+            },
+          )
+        }
+      }
       const arms: Array<[Variant, ArmCounts]> = [
         ['control', confusionCounts(e.metrics, id, 'control_metrics', 'control')],
         ['test', confusionCounts(e.metrics, id, 'candidate_metrics', 'test')],
@@ -426,18 +449,6 @@ export async function recordEvaluation(
         throw err
       }
       const warnings = lateWarning(t)
-      const ran = {
-        control: `${e.control_rule_id}@${e.control_version}`,
-        test: `${e.rule_id}@${e.candidate_version}`,
-      }
-      for (const v of VARIANTS) {
-        const label = v === 'control' ? t.control_label : t.test_label
-        if (/^[a-z0-9][a-z0-9._-]*@\d+$/.test(label) && label !== ran[v]) {
-          warnings.push(
-            `The ${v} arm is labelled ${label}, but the evaluation's ${v === 'test' ? 'candidate' : 'control'} ran ${ran[v]}.`,
-          )
-        }
-      }
       return {
         test: t.name,
         test_id: t.id,
@@ -483,10 +494,13 @@ export interface SampleRatio {
 
 export interface AbResults {
   test: Pick<AbTest, 'id' | 'name' | 'min_sample_size' | 'confidence_level' | 'created_at'>
-  /** conclusive only when every check passed. */
+  /** conclusive only when every check passed, or when the test concluded before (stored). */
   status: 'conclusive' | 'running'
   verdict: string
+  /** The verdict of record: once a test concluded, its stored winner, whatever came since. */
   winner: Variant | null
+  /** What the figures say now, stored verdict aside (they differ after late data). */
+  current: { status: 'conclusive' | 'running'; winner: Variant | null }
   /** The arm more likely to be best, conclusive or not. */
   leader: Variant | null
   checks: Check[]
@@ -512,7 +526,11 @@ const fmtP = (p: number) => (p === 1 ? '1' : p >= 0.9999 ? p.toFixed(6) : p.toFi
  * the exact P(test beats control) (closed form) when it can be computed and Thompson's estimate
  * otherwise, so the verdict carries no Monte-Carlo noise; both are reported.
  */
-export function analyse(t: AbTest, c: Counts, options: { seed?: number } = {}): Omit<AbResults, 'stored'> {
+export function analyse(
+  t: AbTest,
+  c: Counts,
+  options: { seed?: number } = {},
+): Omit<AbResults, 'stored' | 'current'> {
   const s = options.seed ?? AB_DEFAULTS.seed
   const posts = VARIANTS.map((v) => posterior(c[v].successes, c[v].trials))
   const mc = thompson(posts, { draws: AB_DEFAULTS.draws, seed: s })
@@ -631,13 +649,19 @@ export async function abResults(
     const now = rows[0] ? toTest(rows[0]) : await findAbTest(pool, t.id, options)
     stored = { status: now.status, winner: now.winner, concluded_at: now.concluded_at }
   }
+  const current = { status: r.status, winner: r.winner }
   if (stored.status === 'concluded' && (r.status !== 'conclusive' || r.winner !== stored.winner)) {
+    const since = r.status === 'conclusive' ? `now favour ${r.winner}` : 'are no longer conclusive'
     r.warnings.push(
-      `The test concluded on ${stored.concluded_at} with winner ${stored.winner ?? 'none'}; with the data recorded since, the figures ${r.status === 'conclusive' ? `now favour ${r.winner}` : 'are no longer conclusive'}. The stored verdict stands.`,
+      `The test concluded on ${stored.concluded_at} with winner ${stored.winner ?? 'none'}; with the data recorded since, the figures ${since}. The stored verdict stands.`,
     )
+    const label = stored.winner === 'control' ? t.control_label : t.test_label
+    r.status = 'conclusive'
+    r.winner = stored.winner
+    r.verdict = `Concluded on ${stored.concluded_at}: ${stored.winner} (${label}) is better (the stored verdict); the figures recorded since ${since}.`
   }
   if (stored.status === 'stopped') r.warnings.push('The test is stopped.')
-  return { ...r, stored }
+  return { ...r, current, stored }
 }
 
 // --- assignment ----------------------------------------------------------------------------------
