@@ -5,7 +5,7 @@
  */
 import { urlUserinfo } from './core/config/redact.js'
 import { type CommandFlags, resolveSettings, type Settings } from './core/config/settings.js'
-import type { Database, Databases } from './core/db/pool.js'
+import type { Database, Databases, DbRole } from './core/db/pool.js'
 import type { Io } from './ui/io.js'
 import { Output } from './ui/output.js'
 
@@ -85,6 +85,22 @@ export class Context {
     this.onCleanup(() => dbs.close())
     this.signal.addEventListener('abort', () => void dbs.cancelActive().catch(() => {}), { once: true })
     return dbs
+  }
+
+  /**
+   * One database, for a command that goes on without the other (status): the credits one, or a
+   * shadow database of its own. Closed automatically when the command ends.
+   */
+  async database(role: DbRole, settings: Settings = this.settings()): Promise<Database> {
+    const { openDatabase } = await import('./core/db/pool.js')
+    const db = await openDatabase(settings, role, {
+      timeoutMs: settings.timeoutMs.value,
+      env: this.io.env,
+      onNotice: (m) => this.out.info(m),
+    })
+    this.onCleanup(() => db.close())
+    this.signal.addEventListener('abort', () => void db.cancelActive().catch(() => {}), { once: true })
+    return db
   }
 
   /** The shadow database (rules, evaluations, A/B tests), checked to be at the shipped schema version. */

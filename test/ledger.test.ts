@@ -912,6 +912,38 @@ describe('history and status', () => {
     }
   })
 
+  it('status with a shadow database it cannot reach: the credits figures still count (exit 4 on a broken chain)', async () => {
+    const fresh = await createTestDatabase('ledger_noshadow')
+    const tenant = t('noshadow')
+    try {
+      const env = { CREDITS_DATABASE_URL: fresh.url }
+      const gone = { ...env, SHADOW_DATABASE_URL: 'postgres://postgres@127.0.0.1:1/shadow' }
+      expect((await cli(['migrate', 'up', '--no-backup'], env)).code).toBe(0)
+      expect((await cli(['credits', 'topup', tenant, '10'], env)).code).toBe(0)
+      expect((await cli(['verify-chain'], env)).code).toBe(0)
+      // Intact: the unreachable shadow database's figure is unknown, so exit 1, with the cause.
+      const unknown = await cli(['--json', 'status'], gone)
+      expect(unknown.code, unknown.stderr).toBe(1)
+      const check = JSON.parse(unknown.stdout).checks.find(
+        (c: { name: string }) => c.name === 'unguarded_deployments',
+      )
+      expect(check).toMatchObject({ value: null, state: 'unknown' })
+      expect(check.note).toMatch(/^Cannot connect to .*127\.0\.0\.1:1.*connection refused/)
+      // An amount edited behind the chain's back: verify-chain records it, and status says so.
+      await fresh.query(
+        `begin; set local session_replication_role = replica;
+         update credits.audit_logs set amount = amount + 1 where tenant_id = '${tenant}'; commit`,
+      )
+      expect((await cli(['verify-chain'], env)).code).toBe(4)
+      const broken = await cli(['status'], gone)
+      expect(broken.code, broken.stderr).toBe(4)
+      expect(broken.stdout).toMatch(/chain_errors\s+1\s+FAIL/)
+      expect(broken.stdout).toMatch(/unguarded_deployments\s+-\s+UNKNOWN\s+Cannot connect/)
+    } finally {
+      await fresh.drop()
+    }
+  })
+
   it('status reports the P0 figures and exits 0 when they are all zero', async () => {
     const v = await cli(['verify-chain'])
     expect(v.code, v.stdout + v.stderr).toBe(0)

@@ -24,9 +24,9 @@ interface Check {
  */
 export async function status(ctx: Context) {
   const settings = ctx.settings()
-  const dbs = await ctx.databases(settings)
-  await assertSchemaCurrent(dbs.credits.pool, settings.migrationsDir.value)
-  const h = await ledgerHealth(dbs.credits.pool)
+  const credits = await ctx.database('credits', settings)
+  await assertSchemaCurrent(credits.pool, settings.migrationsDir.value)
+  const h = await ledgerHealth(credits.pool)
   const chainErrors = h.last_verification?.chain_errors ?? null
   const checks: Check[] = [
     { name: 'negative_balances', value: h.negative_balances, state: zero(h.negative_balances) },
@@ -40,8 +40,12 @@ export async function status(ctx: Context) {
     },
   ]
   try {
-    await assertSchemaCurrent(dbs.shadow.pool, settings.migrationsDir.value, 'shadow')
-    const unguarded = await unguardedDeployments(dbs.shadow.pool)
+    // A shadow database of its own that cannot be reached leaves its figure unknown: the credits
+    // figures above still count (a broken chain is exit 4 whatever the shadow database does).
+    const separate = settings.shadowDb.value !== null && settings.shadowDb.value !== settings.creditsDb.value
+    const shadow = separate ? await ctx.database('shadow', settings) : credits
+    await assertSchemaCurrent(shadow.pool, settings.migrationsDir.value, 'shadow')
+    const unguarded = await unguardedDeployments(shadow.pool)
     checks.push({
       name: 'unguarded_deployments',
       value: unguarded.length,
@@ -51,9 +55,11 @@ export async function status(ctx: Context) {
         : '',
     })
   } catch (err) {
-    // Only a shadow schema that is not there (or behind) leaves the figure unknown; a timeout or a
-    // server gone is the command's failure, with its own exit code.
-    if ((err as { code?: string }).code !== 'SCHEMA_NOT_CURRENT') throw err
+    // A shadow schema that is not there (or behind), or a shadow database of its own that cannot
+    // be opened, leaves the figure unknown; Ctrl-C, or a statement timing out on a database that
+    // answered, is the command's failure, with its own exit code.
+    const code = (err as { code?: string }).code
+    if (ctx.signal.aborted || (code !== 'SCHEMA_NOT_CURRENT' && !isConnectError(err))) throw err
     checks.push({
       name: 'unguarded_deployments',
       value: null,
@@ -76,12 +82,12 @@ export async function status(ctx: Context) {
   if (ctx.out.json) {
     return ctx.out.document({
       ok: !failed && !unknown,
-      database: dbs.credits.label,
+      database: credits.label,
       checks: checks.map((c) => ({ ...c, ok: c.state === 'ok' })),
       last_verification: h.last_verification,
     })
   }
-  ctx.out.result(`credits database: ${dbs.credits.label}`)
+  ctx.out.result(`credits database: ${credits.label}`)
   ctx.out.result(
     renderTable(
       ['invariant', 'value', 'state', 'note'],
@@ -100,3 +106,6 @@ export async function status(ctx: Context) {
 }
 
 const zero = (n: number): State => (n === 0 ? 'ok' : 'fail')
+
+/** openServer's one-sentence connection failure (refused, unknown host, no such database, ...). */
+const isConnectError = (err: unknown) => (err as { code?: string }).code === 'DB_UNREACHABLE'
