@@ -77,14 +77,7 @@ export class Context {
   /** Open the credits and shadow databases; closed automatically when the command ends. */
   async databases(settings: Settings = this.settings()): Promise<Databases> {
     const { openDatabases } = await import('./core/db/pool.js')
-    const dbs = await openDatabases(settings, {
-      timeoutMs: settings.timeoutMs.value,
-      env: this.io.env,
-      onNotice: (m) => this.out.info(m),
-    })
-    this.onCleanup(() => dbs.close())
-    this.signal.addEventListener('abort', () => void dbs.cancelActive().catch(() => {}), { once: true })
-    return dbs
+    return this.tracked(await openDatabases(settings, this.openOptions(settings)))
   }
 
   /**
@@ -93,11 +86,19 @@ export class Context {
    */
   async database(role: DbRole, settings: Settings = this.settings()): Promise<Database> {
     const { openDatabase } = await import('./core/db/pool.js')
-    const db = await openDatabase(settings, role, {
+    return this.tracked(await openDatabase(settings, role, this.openOptions(settings)))
+  }
+
+  private openOptions(settings: Settings) {
+    return {
       timeoutMs: settings.timeoutMs.value,
       env: this.io.env,
-      onNotice: (m) => this.out.info(m),
-    })
+      onNotice: (m: string) => this.out.info(m),
+    }
+  }
+
+  /** Closed when the command ends; Ctrl-C cancels its running statements. */
+  private tracked<T extends Pick<Database, 'close' | 'cancelActive'>>(db: T): T {
     this.onCleanup(() => db.close())
     this.signal.addEventListener('abort', () => void db.cancelActive().catch(() => {}), { once: true })
     return db
