@@ -1,4 +1,5 @@
 import type { Context } from '../context.js'
+import { separateShadow } from '../core/db/pool.js'
 import { EXIT } from '../core/errors.js'
 import { assertSchemaCurrent } from '../core/migrations/current.js'
 import { ledgerHealth } from '../core/ledger/queries.js'
@@ -42,8 +43,7 @@ export async function status(ctx: Context) {
   try {
     // A shadow database of its own that cannot be reached leaves its figure unknown: the credits
     // figures above still count (a broken chain is exit 4 whatever the shadow database does).
-    const separate = settings.shadowDb.value !== null && settings.shadowDb.value !== settings.creditsDb.value
-    const shadow = separate ? await ctx.database('shadow', settings) : credits
+    const shadow = separateShadow(settings) ? await ctx.database('shadow', settings) : credits
     await assertSchemaCurrent(shadow.pool, settings.migrationsDir.value, 'shadow')
     const unguarded = await unguardedDeployments(shadow.pool)
     checks.push({
@@ -58,8 +58,9 @@ export async function status(ctx: Context) {
     // A shadow schema that is not there (or behind), or a shadow database of its own that cannot
     // be opened, leaves the figure unknown; Ctrl-C, or a statement timing out on a database that
     // answered, is the command's failure, with its own exit code.
+    // (DB_UNREACHABLE: openServer's one sentence for refused, unknown host, no such database...)
     const code = (err as { code?: string }).code
-    if (ctx.signal.aborted || (code !== 'SCHEMA_NOT_CURRENT' && !isConnectError(err))) throw err
+    if (ctx.signal.aborted || (code !== 'SCHEMA_NOT_CURRENT' && code !== 'DB_UNREACHABLE')) throw err
     checks.push({
       name: 'unguarded_deployments',
       value: null,
@@ -106,6 +107,3 @@ export async function status(ctx: Context) {
 }
 
 const zero = (n: number): State => (n === 0 ? 'ok' : 'fail')
-
-/** openServer's one-sentence connection failure (refused, unknown host, no such database, ...). */
-const isConnectError = (err: unknown) => (err as { code?: string }).code === 'DB_UNREACHABLE'

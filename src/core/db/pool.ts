@@ -53,10 +53,15 @@ export interface OpenOptions {
   onNotice?: (message: string) => void
 }
 
+/** Is the shadow database one of its own? Otherwise its schema lives in the credits database. */
+export function separateShadow(settings: Settings): boolean {
+  return settings.shadowDb.value !== null && settings.shadowDb.value !== settings.creditsDb.value
+}
+
 export async function openDatabases(settings: Settings, options: OpenOptions): Promise<Databases> {
   const credits = await openDatabase(settings, 'credits', options)
   let shadow = credits
-  if (settings.shadowDb.value !== null && settings.shadowDb.value !== settings.creditsDb.value) {
+  if (separateShadow(settings)) {
     try {
       shadow = await openDatabase(settings, 'shadow', options)
     } catch (err) {
