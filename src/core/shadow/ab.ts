@@ -9,6 +9,7 @@ import { randomInt, randomUUID } from 'node:crypto'
 import { UUID } from '../uuid.js'
 import { wholeNumberOf } from '../whole-number.js'
 import { evaluationId } from './evaluations.js'
+import { formatRef, isRuleVersion } from './rules.js'
 import type pg from 'pg'
 import { isTimeout, type PgErrorLike, toTimeoutError } from '../db/pg-errors.js'
 import { transaction } from '../db/tx.js'
@@ -408,12 +409,12 @@ export async function recordEvaluation(
       // An arm labelled as a rule version takes only that version's results: recorded under
       // another's name (or swapped), they would make the wrong rule the winner.
       const ran = {
-        control: `${e.control_rule_id}@${e.control_version}`,
-        test: `${e.rule_id}@${e.candidate_version}`,
+        control: formatRef({ id: e.control_rule_id, version: e.control_version }),
+        test: formatRef({ id: e.rule_id, version: e.candidate_version }),
       }
       for (const v of VARIANTS) {
         const label = v === 'control' ? t.control_label : t.test_label
-        if (/^[a-z0-9][a-z0-9._-]*@\d+$/.test(label) && label !== ran[v]) {
+        if (isRuleVersion(label) && label !== ran[v]) {
           throw new UsageError(
             `The ${v} arm of A/B test '${t.name}' is ${label}, but evaluation ${id} ran ${ran[v]} as its ${v === 'test' ? 'candidate' : 'control'}; nothing was recorded.`,
             {

@@ -204,6 +204,12 @@ export function parseRuleRef(text: string, flag: string): RuleRef {
   return { id: m[1]!, version: m[2] === undefined ? null : Number(m[2]) }
 }
 
+/** Does `text` name one version of a rule (`waf-sqli@3`), rather than being free text? */
+export function isRuleVersion(text: string): boolean {
+  const m = /^([^@]+)@\d+$/.exec(text)
+  return m !== null && RULE_ID.test(m[1]!)
+}
+
 export function formatRef(r: { id: string; version: number }): string {
   return `${r.id}@${r.version}`
 }
