@@ -106,8 +106,8 @@ function termRatio(a: BetaPosterior, b: BetaPosterior, total: number, i: number)
  * millerSum over the terms that matter. The ratio of consecutive terms only falls as i grows, so
  * the terms rise to one peak, where the ratio crosses 1 (i* = (a.alpha b.beta - total) /
  * (a.beta + 1)), and fall away on both sides; summing outward from it until a term is e^-60 of the
- * peak leaves out less than e^-60 times the number of terms (below 1e-15 for any count a safe
- * integer can hold). A billion trials per arm take ~10^5-10^6 terms.
+ * peak leaves out less than e^-60 times the number of terms, relative to the sum (1e-17 at a
+ * billion terms, 1e-10 at 2^53). A billion trials per arm take ~10^5-10^6 terms.
  */
 function windowedSum(a: BetaPosterior, b: BetaPosterior): number {
   const total = a.alpha + a.beta + b.beta
