@@ -48,6 +48,16 @@ async function count(sql: string, params: unknown[] = []): Promise<number> {
   return Number(rows[0]!.n)
 }
 
+/** `credits apply` as a child process of its own, to be signalled or fed while it runs. */
+function applyChild(args: string[], timeout: number) {
+  return execa(process.execPath, [BIN, 'credits', 'apply', ...args], {
+    env: env(),
+    extendEnv: false,
+    reject: false,
+    timeout,
+  })
+}
+
 /** The Redis key the CLI caches `tenant`'s balance of database `of` under (ledger/cache.ts). */
 async function cacheKey(of: TestDatabase, tenant: string): Promise<string> {
   const { rows } = await of.query<{ id: string }>(
@@ -750,12 +760,7 @@ describe('credits apply', () => {
 
   it('a pipe that sends a few lines and waits has them applied and answered while it waits; Ctrl-C then is exit 130 at once', async () => {
     const tenant = t('stream')
-    const child = execa(process.execPath, [BIN, 'credits', 'apply', '--batch', `stream-${run}`], {
-      env: env(),
-      extendEnv: false,
-      reject: false,
-      timeout: 30_000,
-    })
+    const child = applyChild(['--batch', `stream-${run}`], 30_000)
     let out = ''
     child.stdout!.on('data', (d) => (out += d))
     const results = async (n: number) => {
@@ -790,12 +795,7 @@ describe('credits apply', () => {
   it('Ctrl-C mid-file: every operation that committed has its result line, and the summary says the run was interrupted', async () => {
     const { tenants, file } = topupsFile('ctrlc')
     try {
-      const child = execa(process.execPath, [BIN, 'credits', 'apply', '--file', file], {
-        env: env(),
-        extendEnv: false,
-        reject: false,
-        timeout: 60_000,
-      })
+      const child = applyChild(['--file', file], 60_000)
       let out = ''
       child.stdout!.on('data', (d) => (out += d))
       const until = Date.now() + 20_000
