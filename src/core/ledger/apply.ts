@@ -61,10 +61,23 @@ const FIELDS: Record<string, readonly string[]> = {
 
 /**
  * The first field of a JSON object's top level that is named again, in `text` that JSON.parse has
- * accepted (so strings end and brackets match).
+ * accepted (so strings end and brackets match). `keys`: how many fields JSON.parse kept, when known:
+ * as many names in the text means none is repeated, which a count finds without reading a name.
  */
-export function repeatedField(text: string): string | undefined {
+export function repeatedField(text: string, keys?: number): string | undefined {
+  if (keys !== undefined && topLevelNames(text, null) === keys) return undefined
   const seen = new Set<string>()
+  let twice: string | undefined
+  topLevelNames(text, (name) => {
+    if (seen.has(name)) twice ??= name
+    seen.add(name)
+  })
+  return twice
+}
+
+/** How many names the object in `text` gives at its top level; each, decoded, to `each`. */
+function topLevelNames(text: string, each: ((name: string) => void) | null): number {
+  let names = 0
   let depth = 0
   let nameNext = false
   for (let i = 0; i < text.length; i++) {
@@ -73,9 +86,8 @@ export function repeatedField(text: string): string | undefined {
       const start = i
       for (i++; text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++
       if (depth === 1 && nameNext) {
-        const name = JSON.parse(text.slice(start, i + 1)) as string
-        if (seen.has(name)) return name
-        seen.add(name)
+        names++
+        each?.(JSON.parse(text.slice(start, i + 1)) as string)
         nameNext = false
       }
     } else if (c === 0x7b || c === 0x5b) {
@@ -84,7 +96,7 @@ export function repeatedField(text: string): string | undefined {
     } else if (c === 0x7d || c === 0x5d) depth--
     else if (c === 0x2c && depth === 1) nameNext = true
   }
-  return undefined
+  return names
 }
 
 /** One JSON object per line: {"op":"consume","tenant":"acme","amount":5,"idempotency_key":"k1"} */
@@ -101,7 +113,7 @@ export function parseOperation(text: string, line: number, batch: () => string |
     const at = (field: string) => `line ${line}: ${field}`
     // JSON.parse keeps the last of two same-named fields: {"amount":5,...,"amount":500} would
     // charge 500 of a line that also says 5.
-    const twice = repeatedField(text)
+    const twice = repeatedField(text, Object.keys(raw).length)
     if (twice !== undefined)
       throw new UsageError(`${at(v.shown(twice))} is given twice; give each field once.`)
     const fields = typeof raw.op === 'string' && Object.hasOwn(FIELDS, raw.op) ? FIELDS[raw.op] : undefined
