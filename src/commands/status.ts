@@ -1,14 +1,15 @@
 import type { Context } from '../context.js'
 import { separateShadow } from '../core/db/pool.js'
 import { EXIT } from '../core/errors.js'
-import { assertSchemaCurrent } from '../core/migrations/current.js'
+import { schemaLag } from '../core/migrations/current.js'
 import { ledgerHealth } from '../core/ledger/queries.js'
 import { unguardedDeployments } from '../core/shadow/health.js'
 import { renderTable } from '../ui/table.js'
 
 /**
- * A check's state: `unknown` when its figure cannot be had (the chain never verified, the shadow
- * schema missing), which is not an integrity failure but is no all-clear either.
+ * A check's state: `unknown` when its figure cannot be had (the chain never verified, a schema
+ * not migrated, a shadow database that cannot be reached), which is not an integrity failure but
+ * is no all-clear either.
  */
 type State = 'ok' | 'fail' | 'unknown'
 
@@ -21,60 +22,68 @@ interface Check {
 
 /**
  * The P0 invariants: each must be 0. Exit 4 when one is not, so a CronJob or CI step can alert;
- * exit 1 when none fails but one cannot be known.
+ * exit 1 when none fails but one cannot be known (a schema not migrated among the causes: the
+ * table is printed all the same, its rows UNKNOWN with the cause).
  */
 export async function status(ctx: Context) {
   const settings = ctx.settings()
+  const dir = settings.migrationsDir.value
   const credits = await ctx.database('credits', settings)
-  await assertSchemaCurrent(credits.pool, settings.migrationsDir.value)
-  const h = await ledgerHealth(credits.pool)
-  const chainErrors = h.last_verification?.chain_errors ?? null
+  const creditsLag = lagNote('credits', await schemaLag(credits.pool, dir, 'credits'))
+  const h = creditsLag === null ? await ledgerHealth(credits.pool) : null
+  const creditsUnknown = (name: string) => unknownCheck(name, creditsLag ?? '')
+  const chainErrors = h?.last_verification?.chain_errors ?? null
   const checks: Check[] = [
-    { name: 'negative_balances', value: h.negative_balances, state: zero(h.negative_balances) },
-    {
-      name: 'chain_errors',
-      value: chainErrors,
-      state: chainErrors === null ? 'unknown' : zero(chainErrors),
-      note: h.last_verification
-        ? `last verify-chain ${h.last_verification.finished_at}`
-        : "never verified: run 'shieldx verify-chain'",
-    },
+    h
+      ? { name: 'negative_balances', value: h.negative_balances, state: zero(h.negative_balances) }
+      : creditsUnknown('negative_balances'),
+    h
+      ? {
+          name: 'chain_errors',
+          value: chainErrors,
+          state: chainErrors === null ? 'unknown' : zero(chainErrors),
+          note: h.last_verification
+            ? `last verify-chain ${h.last_verification.finished_at}`
+            : "never verified: run 'shieldx verify-chain'",
+        }
+      : creditsUnknown('chain_errors'),
   ]
   try {
     // A shadow database of its own that cannot be reached leaves its figure unknown: the credits
     // figures above still count (a broken chain is exit 4 whatever the shadow database does).
     const shadow = separateShadow(settings) ? await ctx.database('shadow', settings) : credits
-    await assertSchemaCurrent(shadow.pool, settings.migrationsDir.value, 'shadow')
-    const unguarded = await unguardedDeployments(shadow.pool)
-    checks.push({
-      name: 'unguarded_deployments',
-      value: unguarded.length,
-      state: zero(unguarded.length),
-      note: unguarded.length
-        ? `no approving evaluation: ${unguarded.map((u) => `${u.rule_id}@${u.version} (${u.role})`).join(', ')}`
-        : '',
-    })
+    const shadowLag = lagNote('shadow', await schemaLag(shadow.pool, dir, 'shadow'))
+    if (shadowLag !== null) {
+      checks.push(unknownCheck('unguarded_deployments', shadowLag))
+    } else {
+      const unguarded = await unguardedDeployments(shadow.pool)
+      checks.push({
+        name: 'unguarded_deployments',
+        value: unguarded.length,
+        state: zero(unguarded.length),
+        note: unguarded.length
+          ? `no approving evaluation: ${unguarded.map((u) => `${u.rule_id}@${u.version} (${u.role})`).join(', ')}`
+          : '',
+      })
+    }
   } catch (err) {
-    // A shadow schema that is not there (or behind), or a shadow database of its own that cannot
-    // be opened, leaves the figure unknown; Ctrl-C, or a statement timing out on a database that
-    // answered, is the command's failure, with its own exit code.
-    // (DB_UNREACHABLE: openServer's one sentence for refused, unknown host, no such database...)
+    // A shadow database of its own that cannot be opened leaves the figure unknown; Ctrl-C, or a
+    // statement timing out on a database that answered, is the command's failure, with its own
+    // exit code. (DB_UNREACHABLE: openServer's one sentence for refused, unknown host, no such
+    // database...)
     const code = (err as { code?: string }).code
-    if (ctx.signal.aborted || (code !== 'SCHEMA_NOT_CURRENT' && code !== 'DB_UNREACHABLE')) throw err
-    checks.push({
-      name: 'unguarded_deployments',
-      value: null,
-      state: 'unknown',
-      note: (err as Error).message,
-    })
+    if (ctx.signal.aborted || code !== 'DB_UNREACHABLE') throw err
+    checks.push(unknownCheck('unguarded_deployments', (err as Error).message))
   }
   // Not a P0 invariant: housekeeping that `credits gc` does. Shown, never fails the run.
-  const overdue: Check = {
-    name: 'overdue_reservations',
-    value: h.overdue_reservations,
-    state: 'ok',
-    note: h.overdue_reservations > 0 ? "'shieldx credits gc' releases them" : '',
-  }
+  const overdue: Check = h
+    ? {
+        name: 'overdue_reservations',
+        value: h.overdue_reservations,
+        state: 'ok',
+        note: h.overdue_reservations > 0 ? "'shieldx credits gc' releases them" : '',
+      }
+    : creditsUnknown('overdue_reservations')
   const failed = checks.some((c) => c.state === 'fail')
   const unknown = checks.some((c) => c.state === 'unknown')
   checks.push(overdue)
@@ -85,7 +94,7 @@ export async function status(ctx: Context) {
       ok: !failed && !unknown,
       database: credits.label,
       checks: checks.map((c) => ({ ...c, ok: c.state === 'ok' })),
-      last_verification: h.last_verification,
+      last_verification: h?.last_verification ?? null,
     })
   }
   ctx.out.result(`credits database: ${credits.label}`)
@@ -107,3 +116,13 @@ export async function status(ctx: Context) {
 }
 
 const zero = (n: number): State => (n === 0 ? 'ok' : 'fail')
+
+const unknownCheck = (name: string, note: string): Check => ({ name, value: null, state: 'unknown', note })
+
+/** Why a schema's figures cannot be had, in a table cell; null when the schema is current. */
+function lagNote(schema: string, lag: { current: number; wanted: number } | null): string | null {
+  if (!lag) return null
+  const why =
+    lag.current === 0 ? 'not migrated' : `at version ${lag.current}, this shieldx needs ${lag.wanted}`
+  return `${schema} schema ${why}: run 'shieldx migrate up'`
+}

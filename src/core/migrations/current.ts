@@ -11,17 +11,29 @@ export async function assertSchemaCurrent(
   migrationsDir: string,
   schema: SchemaName = 'credits',
 ): Promise<void> {
-  const files = discoverMigrations(migrationsDir, schema)
-  const wanted = files.at(-1)?.version ?? 0
-  const current = await schemaVersion(pool, schema)
-  if (current < wanted) {
+  const lag = await schemaLag(pool, migrationsDir, schema)
+  if (lag) {
     throw new OperationError(
-      current === 0
+      lag.current === 0
         ? `The ${schema} schema has not been created in this database yet.`
-        : `The ${schema} schema is at version ${current}; this shieldx needs ${wanted}.`,
+        : `The ${schema} schema is at version ${lag.current}; this shieldx needs ${lag.wanted}.`,
       { code: 'SCHEMA_NOT_CURRENT', hint: "Run 'shieldx migrate up' first." },
     )
   }
+}
+
+/**
+ * How far a schema is behind the newest migration this shieldx ships: null when it is not
+ * (current 0: never migrated). For a caller that reports it rather than refusing (`status`).
+ */
+export async function schemaLag(
+  pool: pg.Pool,
+  migrationsDir: string,
+  schema: SchemaName = 'credits',
+): Promise<{ current: number; wanted: number } | null> {
+  const wanted = discoverMigrations(migrationsDir, schema).at(-1)?.version ?? 0
+  const current = await schemaVersion(pool, schema)
+  return current < wanted ? { current, wanted } : null
 }
 
 /** The newest migration applied to a schema in this database; 0 when it has none. */
