@@ -107,6 +107,9 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option('--timeout <duration>', 'statement, lock and connect timeout, e.g. 30s, 5m (default 30s)')
     .showSuggestionAfterError(true)
     .showHelpAfterError(false)
+    // Set before any subcommand is made, so that every one inherits it: a subcommand's --help
+    // lists the global flags above (commander 14: Help.showGlobalOptions).
+    .configureHelp({ showGlobalOptions: true })
     .exitOverride()
     .configureOutput({
       writeOut: (s) => io.stdout.write(s),
@@ -649,6 +652,29 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     'k8s render',
   )
   notBuilt(program, 'serve', 'the credits and shadow HTTP APIs (ports 5004 and 5005)', ['shieldx serve'])
+
+  // Commander's own help command reads one name only, so `help ab create` showed the help of
+  // `ab`. A command named help takes its place (commander then adds none) and follows the path.
+  sub(program, 'help', "a command's help: the same as COMMAND [SUBCOMMAND] --help", [
+    'shieldx help ab create',
+    'shieldx help status',
+  ])
+    .argument('[command...]', 'a command and its subcommand, e.g. ab create')
+    .action((path: string[], _opts: unknown, self: Command) => {
+      let target = program
+      for (const [i, name] of path.entries()) {
+        const next = target.commands.find((c) => c.name() === name || c.aliases().includes(name))
+        if (!next) {
+          const parent = ['shieldx', ...path.slice(0, i)].join(' ')
+          self.error(
+            `error: unknown command '${path.slice(0, i + 1).join(' ')}'; '${parent} --help' lists the commands.`,
+            { code: 'commander.unknownCommand', exitCode: EXIT.usage },
+          )
+        }
+        target = next
+      }
+      target.help()
+    })
 
   return program
 }

@@ -276,7 +276,7 @@ describe('ab record and results', () => {
     expect(r.doc.winner).toBe('test')
     expect(r.doc.checks[0]).toMatchObject({
       passed: true,
-      detail: 'control reached the minimum sample size (500 of 500 trials)',
+      detail: 'control reached the minimum sample size (500 trials, minimum 500)',
     })
     expect(r.doc.stored).toMatchObject({ status: 'concluded', winner: 'test' })
   })
@@ -291,6 +291,71 @@ describe('ab record and results', () => {
     expect(r.doc.checks[2].detail).toMatch(
       /^test leads, but its probability of being best, 0\.7\d{3} \(exact\), is below the 0\.99 required$/,
     )
+  })
+
+  it('past the minimum sample size, the check gives the trials and the minimum the right way round', async () => {
+    await create('past-minimum', '--min-sample-size', '100')
+    await record('past-minimum', 'control', 400, 1000)
+    await record('past-minimum', 'test', 90, 99)
+    const r = await json(['ab', 'results', 'past-minimum'])
+    expect(r.doc.checks.slice(0, 2)).toEqual([
+      {
+        check: 'min_sample_size',
+        variant: 'control',
+        passed: true,
+        detail: 'control reached the minimum sample size (1,000 trials, minimum 100)',
+      },
+      {
+        check: 'min_sample_size',
+        variant: 'test',
+        passed: false,
+        detail: 'test has 99 of the 100 trials it needs',
+      },
+    ])
+    const text = await cli(['ab', 'results', 'past-minimum'])
+    expect(text.stdout).toContain('✔ control reached the minimum sample size (1,000 trials, minimum 100)\n')
+    expect(text.stdout).toContain('✘ test has 99 of the 100 trials it needs\n')
+  })
+
+  it('an exact tie names no leader: the arms are tied, in JSON and in words', async () => {
+    const expectTie = async (name: string) => {
+      const r = await json(['ab', 'results', name])
+      expect(r.doc.leader).toBeNull()
+      expect(r.doc.prob_test_beats_control.exact).toBe(0.5)
+      expect(r.doc.checks[2]).toEqual({
+        check: 'confidence',
+        variant: null,
+        passed: false,
+        detail: 'the arms are tied (each is best with probability 0.5); 0.95 is required',
+      })
+      const text = await cli(['ab', 'results', name])
+      expect(text.stdout).toContain(
+        '✘ the arms are tied (each is best with probability 0.5); 0.95 is required\n',
+      )
+      expect(text.stdout).not.toContain('leads')
+      return text
+    }
+    await create('tie', '--min-sample-size', '100')
+    // No data yet: both arms Beta(1, 1).
+    await expectTie('tie')
+    // The same counts in both arms.
+    await record('tie', 'control', 37, 100)
+    await record('tie', 'test', 37, 100)
+    const same = await expectTie('tie')
+    expect(same.stdout.split('\n')[0]).toBe(
+      'Running: the arms are tied (each is best with probability 0.5); 0.95 is required.',
+    )
+    // Not a tie: one more success for test.
+    await record('tie', 'test', 1, 1)
+    const r = await json(['ab', 'results', 'tie'])
+    expect(r.doc.leader).toBe('test')
+    expect(r.doc.checks[2].detail).toMatch(/^test leads, /)
+
+    // Other counts, each arm with as many successes as failures: tied by symmetry.
+    await create('tie-symmetric', '--min-sample-size', '100')
+    await record('tie-symmetric', 'control', 13, 26)
+    await record('tie-symmetric', 'test', 463, 926)
+    await expectTie('tie-symmetric')
   })
 
   it('flags a sample ratio mismatch on 10,000 vs 8,000, not on 10,000 vs 9,950', async () => {
@@ -547,7 +612,7 @@ describe('human output', () => {
       /\nP\(test beats control\): 0\.9995 exact, 0\.999\d Thompson \(100,000 draws, seed 1\)\n/,
     )
     expect(r.stdout).toContain('\nSample ratio: p = 0.0218 against 50/50, ok\n')
-    expect(r.stdout).toContain('✔ control reached the minimum sample size (1,000 of 1,000 trials)\n')
+    expect(r.stdout).toContain('✔ control reached the minimum sample size (1,000 trials, minimum 1,000)\n')
     expect(r.stdout).toContain('✘ test has 900 of the 1,000 trials it needs\n')
     expect(r.stdout).toContain('✔ test is best with probability 0.9995 (exact), at least the 0.95 required\n')
     expect(r.stderr).toBe('')

@@ -92,6 +92,48 @@ describe('help and version', () => {
     }
   })
 
+  it("help COMMAND [SUBCOMMAND] shows that command's own help, as COMMAND [SUBCOMMAND] --help does", async () => {
+    const paths = commandPaths()
+    // Every group's subcommands are covered, not only ab's.
+    const groups = new Set(paths.filter((p) => p.length === 2).map((p) => p[0]))
+    for (const g of ['migrate', 'credits', 'backup', 'traffic', 'rules', 'evaluate', 'ab', 'k8s']) {
+      expect(groups, g).toContain(g)
+    }
+    for (const p of paths) {
+      const viaHelp = await runCli(['help', ...p])
+      const viaFlag = await runCli([...p, '--help'])
+      expect(viaHelp.code, p.join(' ')).toBe(0)
+      expect(viaHelp.stdout, p.join(' ')).toBe(viaFlag.stdout)
+      expect(viaHelp.stdout, p.join(' ')).toMatch(new RegExp(`^Usage: shieldx ${p.join(' ')} `))
+      expect(viaHelp.stderr, p.join(' ')).toBe('')
+    }
+    expect((await runCli(['help'])).stdout).toBe((await runCli(['--help'])).stdout)
+    const unknown = await runCli(['help', 'ab', 'nope'])
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr).toContain("unknown command 'ab nope'")
+    expect(unknown.stdout).toBe('')
+  })
+
+  it("every command's help lists the global options", async () => {
+    const io = { stdout: new PassThrough(), stderr: new PassThrough(), stdin: new PassThrough(), env: {} }
+    const globals = buildProgram(io, async () => ({}) as Context).options.map((o) => o.flags)
+    for (const f of [
+      '--json',
+      '--profile <name>',
+      '--credits-db <url>',
+      '--shadow-db <url>',
+      '--timeout <duration>',
+    ]) {
+      expect(globals).toContain(f)
+    }
+    for (const p of commandPaths()) {
+      const r = await runCli([...p, '--help'])
+      const [, global = ''] = r.stdout.split('\nGlobal Options:\n')
+      expect(global, p.join(' ')).not.toBe('')
+      for (const f of globals) expect(global, `${p.join(' ')}: ${f}`).toMatch(new RegExp(`^  ${f}  `, 'm'))
+    }
+  })
+
   it('--version prints the package version', async () => {
     const r = await runCli(['--version'])
     expect(r.code).toBe(0)

@@ -25,7 +25,7 @@ import {
   thompsonDraw,
 } from './bayes.js'
 import { seededRandom } from './random.js'
-import { chiSquareGoodnessOfFit } from './stats.js'
+import { chiSquareGoodnessOfFit, defined } from './stats.js'
 import { thousands } from '../thousands.js'
 
 export const VARIANTS = ['control', 'test'] as const
@@ -535,7 +535,13 @@ export function analyse(
   const s = options.seed ?? AB_DEFAULTS.seed
   const posts = VARIANTS.map((v) => posterior(c[v].successes, c[v].trials))
   const mc = thompson(posts, { draws: AB_DEFAULTS.draws, seed: s })
-  const exact = probBetterExact(posts[0]!, posts[1]!)
+  // Arms with the same posterior, or each with as many successes as failures (both symmetric
+  // about 1/2; no data at all is one case), are tied: P(test beats control) is 1/2 exactly. The
+  // closed form lands a rounding error to one side (0.49999999999995 for 50/100 against 50/100),
+  // which named a leader where there is none.
+  const [pc, pt] = [posts[0]!, posts[1]!]
+  const tied = (pc.alpha === pt.alpha && pc.beta === pt.beta) || posts.every((p) => p.alpha === p.beta)
+  const exact = tied ? defined(0.5) : probBetterExact(pc, pt)
   const pTest = exact.value ?? mc.prob_best[1]!
   const probBest: Record<Variant, number> = { control: 1 - pTest, test: pTest }
   const arms: ArmResult[] = VARIANTS.map((v, i) => ({
@@ -559,7 +565,7 @@ export function analyse(
       variant: v,
       passed,
       detail: passed
-        ? `${v} reached the minimum sample size (${thousands(n)} of ${thousands(t.min_sample_size)} trials)`
+        ? `${v} reached the minimum sample size (${thousands(n)} trials, minimum ${thousands(t.min_sample_size)})`
         : `${v} has ${thousands(n)} of the ${thousands(t.min_sample_size)} trials it needs`,
     }
   })
@@ -573,7 +579,7 @@ export function analyse(
     detail: confident
       ? `${best} is best with probability ${fmtP(probBest[best])} (${how}), at least the ${t.confidence_level} required`
       : leader === null
-        ? `neither arm is ahead (probability 0.5 each); ${t.confidence_level} is required`
+        ? `the arms are tied (each is best with probability 0.5); ${t.confidence_level} is required`
         : `${leader} leads, but its probability of being best, ${fmtP(probBest[leader])} (${how}), is below the ${t.confidence_level} required`,
   })
   const conclusive = checks.every((x) => x.passed)
