@@ -7,6 +7,7 @@
  * Every home is a fresh temp dir, and HOME itself points at another temp dir, so nothing here
  * can read or write the developer's ~/.shieldx.
  */
+import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -15,6 +16,7 @@ import { parseDuration } from '../src/core/config/duration.js'
 import { loadProfile, PROFILE_KEYS } from '../src/core/config/profile.js'
 import { REDACTED, redactUrl, secretValues } from '../src/core/config/redact.js'
 import {
+  cacheUrl,
   type CommandFlags,
   describeSettings,
   type GlobalFlags,
@@ -466,6 +468,9 @@ describe('profiles', () => {
   it('key files from a profile are key files: shown by path, source the profile', async () => {
     const { home, userHome, configFile } = setup()
     const keyFile = path.join(home, 'audit.key')
+    // locate checks that the files hold keys: these do
+    fs.writeFileSync(keyFile, `${randomBytes(32).toString('base64')}\n`)
+    fs.writeFileSync(path.join(home, 'enc.key'), `${randomBytes(32).toString('base64')}\n`)
     fs.writeFileSync(
       configFile,
       profileYaml(
@@ -667,10 +672,11 @@ describe('redis from REDIS_ADDR + REDIS_PASSWORD', () => {
     expect(s.redis).toEqual({ value: 'redis://cache:6379', source: 'env REDIS_ADDR' })
   })
 
-  it('REDIS_PASSWORD alone does not turn the cache on', () => {
+  it('REDIS_PASSWORD alone turns no cache on, and a command that would use the cache refuses it (exit 2)', () => {
     const { home, userHome } = setup()
     const s = resolveSettings({ env: envFor(home, userHome, { REDIS_PASSWORD: password }) })
-    expect(s.redis).toEqual({ value: null, source: 'default' })
+    expect(s.redis.value).toBeNull()
+    expect(() => cacheUrl(s)).toThrow(/^REDIS_PASSWORD is set without REDIS_ADDR, so it would be ignored\.$/)
   })
 
   it('REDIS_URL wins over REDIS_ADDR + REDIS_PASSWORD', async () => {
@@ -713,6 +719,8 @@ interface SecretUrl {
   secrets: string[]
   /** Something of the URL that is not secret and should still be shown. */
   visible: string
+  /** every command refuses it (exit 2), so locate reports it as a problem */
+  rejected?: true
 }
 
 const SECRET_URLS: SecretUrl[] = [
@@ -763,12 +771,14 @@ const SECRET_URLS: SecretUrl[] = [
     url: 'postgresql://app:MultiHostPw31@db1:5432,db2:5433/credits',
     secrets: ['MultiHostPw31'],
     visible: 'db1:5432,db2:5433',
+    rejected: true,
   },
   {
     what: 'a keyword/value connection string',
     url: 'host=db.internal user=app password=KeywordPw64 dbname=credits',
     secrets: ['KeywordPw64'],
     visible: 'host=db.internal',
+    rejected: true,
   },
 ]
 
@@ -777,7 +787,7 @@ function expectNoSecrets(text: string, secrets: string[]) {
 }
 
 describe('redaction: database passwords never appear', () => {
-  describe.each(SECRET_URLS)('$what', ({ url, secrets, visible }) => {
+  describe.each(SECRET_URLS)('$what', ({ url, secrets, visible, rejected }) => {
     it('redactUrl replaces the password and keeps the rest', () => {
       const out = redactUrl(url)
       expectNoSecrets(out, secrets)
@@ -797,7 +807,8 @@ describe('redaction: database passwords never appear', () => {
       ]
       for (const [env, args] of invocations) {
         for (const r of await locateBoth(env, args)) {
-          expect(r.code).toBe(0)
+          // A URL every command refuses is a problem locate reports too (exit 2), still redacted.
+          expect(r.code).toBe(rejected ? 2 : 0)
           expectNoSecrets(r.stdout + r.stderr, secrets)
           expect(r.stdout).toContain(visible)
         }

@@ -22,8 +22,8 @@ import {
 } from '../core/backup/target.js'
 import { verifyBackup } from '../core/backup/verify.js'
 import { tildify } from '../core/config/paths.js'
-import { type Keyring, loadKeyring } from '../core/config/secrets.js'
-import { type Settings, settingLabel } from '../core/config/settings.js'
+import { BACKUP_KEY_SPEC, type Keyring, loadKeyring } from '../core/config/secrets.js'
+import { cacheUrl, type Settings, settingLabel } from '../core/config/settings.js'
 import { databaseIdentity } from '../core/db/identity.js'
 import { type Database, openServer } from '../core/db/pool.js'
 import { EXIT, OperationError, UsageError } from '../core/errors.js'
@@ -34,7 +34,7 @@ import { confirm } from '../ui/prompt.js'
 import { renderTable } from '../ui/table.js'
 import { runSteps } from '../ui/tasks.js'
 
-export const BACKUP_KEY_SPEC = { envName: 'BACKUP_KEY', bytes: { exact: 32 } } as const
+export { BACKUP_KEY_SPEC }
 
 function backupKeys(ctx: Context, settings: Settings): Keyring {
   const loaded = loadKeyring(settings.backupKey, BACKUP_KEY_SPEC)
@@ -290,6 +290,8 @@ export async function restore(
   warmTool('pg_restore', ctx.io.env)
   const settings = ctx.settings()
   const manifest = readManifest(file)
+  // A credits restore drops the cached balances afterwards: a malformed Redis URL is exit 2 now.
+  if (manifest.database === 'credits') cacheUrl(settings)
   const keys = backupKeys(ctx, settings)
   const timeoutMs = settings.timeoutMs.value
   let state = await inspectTarget(opts.target, manifest.database, timeoutMs)
@@ -379,7 +381,9 @@ async function dropCachedBalances(
   manifest: { database: string },
   url: string,
 ): Promise<void> {
-  if (manifest.database !== 'credits' || settings.redis.value === null) return
+  if (manifest.database !== 'credits') return
+  const redis = cacheUrl(settings)
+  if (redis === null) return
   let database: string
   try {
     const db = await openServer(url, '--target', { timeoutMs: settings.timeoutMs.value, env: {}, max: 1 })
@@ -397,7 +401,8 @@ async function dropCachedBalances(
   // Imported here: the cache's circuit breaker (cockatiel) costs every restore 30 ms to load.
   const { createBalanceCache } = await import('../core/ledger/cache.js')
   const cache = createBalanceCache({
-    url: settings.redis.value,
+    url: redis,
+    source: settings.redis.source,
     database,
     onWarning: (m) => ctx.out.warn(m),
   })
@@ -494,6 +499,8 @@ export async function rollbackMigration(
     const state = await inspectTarget(db.connectionString!, c.manifest.database, settings.timeoutMs.value)
     plans.push({ ...c, db, state })
   }
+  // A credits rollback drops the cached balances afterwards: a malformed Redis URL is exit 2 now.
+  if (plans.some((p) => p.manifest.database === 'credits')) cacheUrl(settings)
   for (const p of plans) {
     ctx.out.info(
       `Roll ${p.manifest.database} in '${p.state.database}' back to schema version ${p.manifest.schema_version} from ${path.basename(p.file)} (taken ${p.manifest.created_at})` +

@@ -3,6 +3,7 @@ import fs from 'node:fs'
 import readline from 'node:readline'
 import type { Readable } from 'node:stream'
 import type { Context } from '../context.js'
+import { cacheUrl } from '../core/config/settings.js'
 import { EXIT, OperationError, UsageError } from '../core/errors.js'
 import { validatePaymentToken } from '../core/crypto/payment.js'
 import { openReadStream } from '../core/fs/read-stream.js'
@@ -28,6 +29,8 @@ async function ledger(
   options: { paymentKey?: boolean; cache?: boolean } = {},
 ): Promise<Ledger> {
   const settings = ctx.settings()
+  // A malformed Redis URL is exit 2 before anything is opened (the embedded database included).
+  if (options.cache !== false) cacheUrl(settings)
   const dbs = await ctx.databases(settings)
   const l = await openLedger(settings, dbs.credits, { ...options, notice: (m) => ctx.out.warn(m) })
   ctx.onCleanup(() => l.cache.close())

@@ -1,5 +1,6 @@
 import fs from 'node:fs'
 import { createRequire } from 'node:module'
+import os from 'node:os'
 import path from 'node:path'
 import type YAMLModule from 'yaml'
 import { UsageError } from '../errors.js'
@@ -20,6 +21,19 @@ export const PROFILE_KEYS = [
 export type ProfileKey = (typeof PROFILE_KEYS)[number]
 export type Profile = Partial<Record<ProfileKey, string>>
 
+/**
+ * Keys that hold a path. In a profile a relative path is relative to the directory of the
+ * profile file, and `~/` is the user's home directory: the file means the same wherever shieldx is
+ * started from (a CronJob's working directory is not the one it was written in). Paths from flags
+ * and the environment stay relative to the current directory, as a shell user expects.
+ */
+export const PROFILE_PATH_KEYS: readonly ProfileKey[] = [
+  'audit_hmac_key_file',
+  'encrypt_key_file',
+  'backup_key_file',
+  'backup_dir',
+]
+
 const INLINE_SECRETS: Record<string, string> = {
   audit_hmac_key: 'audit_hmac_key_file',
   encrypt_key: 'encrypt_key_file',
@@ -35,8 +49,13 @@ export interface LoadedProfile {
 /**
  * Read profile `name` (or the file's `current_profile`) from $SHIELDX_HOME/config.yaml.
  * Returns null when no profile applies. Every mistake in the file is a UsageError naming it.
+ * Path settings come back absolute (PROFILE_PATH_KEYS); `env.HOME` is the user's home for `~/`.
  */
-export function loadProfile(home: string, requested: string | undefined): LoadedProfile | null {
+export function loadProfile(
+  home: string,
+  requested: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): LoadedProfile | null {
   const file = path.join(home, 'config.yaml')
   let text: string
   try {
@@ -102,7 +121,17 @@ export function loadProfile(home: string, requested: string | undefined): Loaded
     if (typeof value !== 'string' && typeof value !== 'number') {
       throw new UsageError(`${file}: profile '${name}' setting '${key}' must be a string or number.`)
     }
-    values[key as ProfileKey] = String(value)
+    values[key as ProfileKey] = PROFILE_PATH_KEYS.includes(key as ProfileKey)
+      ? profilePath(String(value), file, env)
+      : String(value)
   }
   return { name, file, values }
+}
+
+/** A path from profile `file`: `~` and `~/...` under the user's home, a relative one under the file's directory. */
+function profilePath(value: string, file: string, env: NodeJS.ProcessEnv): string {
+  if (value === '~' || value.startsWith('~/')) {
+    return path.join(env.HOME || os.homedir(), value.slice(1))
+  }
+  return path.resolve(path.dirname(file), value)
 }

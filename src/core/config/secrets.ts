@@ -48,6 +48,14 @@ export function keysFromWire(keys: WireKeys): Map<string, Key> {
   return new Map(keys.map((k) => [k.kid, { kid: k.kid, bytes: Buffer.from(k.key, 'base64') }]))
 }
 
+/**
+ * The payment-data key (AES-256) and the backup key (AES-256, separate from it). Here, beside the
+ * code that reads keys, so that checking a key (`shieldx locate`) loads neither the ledger nor the
+ * backup code. The audit key's spec is in audit/chain.ts, which is as light.
+ */
+export const PAYMENT_KEY_SPEC = { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } } as const
+export const BACKUP_KEY_SPEC = { envName: 'BACKUP_KEY', bytes: { exact: 32 } } as const
+
 const KID = /^[A-Za-z0-9._-]{1,64}$/
 
 export function fingerprintKid(bytes: Buffer): string {
@@ -112,6 +120,22 @@ export function loadKeyring(ref: Resolved<SecretRef>, spec: KeySpec): LoadedKeyr
         hint: `Against a database server shieldx never invents keys: set ${spec.envName} or ${spec.envName}_FILE.`,
       })
   }
+}
+
+/**
+ * The checks loadKeyring makes, without writing anything (`shieldx locate`): an embedded key that
+ * does not exist yet is fine (it is generated on first use), and so is a key that is not set (the
+ * commands that need it say so). Throws the UsageError loadKeyring would.
+ */
+export function checkKeyring(ref: Resolved<SecretRef>, spec: KeySpec): void {
+  const secret = ref.value
+  if (secret.kind === 'missing') return
+  if (secret.kind === 'generated') {
+    if (!fs.existsSync(secret.path)) return
+    loadKeyring({ value: { kind: 'file', path: secret.path }, source: ref.source }, spec)
+    return
+  }
+  loadKeyring(ref, spec)
 }
 
 function readKeyFile(file: string, spec: KeySpec): string {

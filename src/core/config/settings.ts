@@ -4,11 +4,13 @@
  * The environment names are the ones the production secrets already use (DESIGN.md).
  */
 import path from 'node:path'
+import { AUDIT_KEY_SPEC } from '../audit/chain.js'
 import { UsageError } from '../errors.js'
 import { parseDuration } from './duration.js'
 import { defaultHome, PACKAGE_ROOT, tildify } from './paths.js'
 import { type LoadedProfile, loadProfile, type ProfileKey } from './profile.js'
-import { REDACTED, redactUrl } from './redact.js'
+import { REDACTED, redactUrl, urlUserinfo } from './redact.js'
+import { BACKUP_KEY_SPEC, checkKeyring, PAYMENT_KEY_SPEC } from './secrets.js'
 
 export interface Resolved<T> {
   value: T
@@ -84,7 +86,7 @@ export function resolveSettings(input: SettingsInput): Settings {
       : { value: defaultHome(env), source: 'default' }
 
   const requestedProfile = flags.profile ?? nonEmpty(env.SHIELDX_PROFILE)
-  const loaded: LoadedProfile | null = loadProfile(home.value, requestedProfile)
+  const loaded: LoadedProfile | null = loadProfile(home.value, requestedProfile, env)
   const profileSource = (key: ProfileKey): Resolved<string> | undefined => {
     const value = loaded?.values[key]
     return value === undefined
@@ -178,6 +180,9 @@ export function resolveSettings(input: SettingsInput): Settings {
   }
 }
 
+/** The redis setting's source when REDIS_PASSWORD is set alone: the cache is off, and cacheUrl refuses. */
+const LONE_PASSWORD = 'env REDIS_PASSWORD, without REDIS_ADDR'
+
 function resolveRedis(
   flag: string | undefined,
   env: NodeJS.ProcessEnv,
@@ -185,6 +190,10 @@ function resolveRedis(
 ): Resolved<string | null> {
   if (flag !== undefined) return { value: flag, source: 'flag --redis' }
   if (env.REDIS_URL) return { value: env.REDIS_URL, source: 'env REDIS_URL' }
+  // The password only ever goes with REDIS_ADDR: alone it would be dropped without a word, and the
+  // cache would run without it while the user thinks it has one. Marked here, refused by cacheUrl:
+  // only where the cache would be used (and by locate), as a malformed URL is.
+  if (env.REDIS_PASSWORD && !env.REDIS_ADDR) return { value: null, source: LONE_PASSWORD }
   if (env.REDIS_ADDR) {
     // The production secrets carry host:port and the password separately.
     const auth = env.REDIS_PASSWORD ? `:${encodeURIComponent(env.REDIS_PASSWORD)}@` : ''
@@ -194,6 +203,78 @@ function resolveRedis(
     }
   }
   return fromProfile ?? { value: null, source: 'default' }
+}
+
+/**
+ * The balance cache's Redis URL, checked: null when the cache is off. A malformed URL is bad input
+ * (exit 2) for every command that would use the cache, found before it writes anything.
+ */
+export function cacheUrl(settings: Pick<Settings, 'redis'>): string | null {
+  const { value, source } = settings.redis
+  if (source === LONE_PASSWORD) {
+    throw new UsageError('REDIS_PASSWORD is set without REDIS_ADDR, so it would be ignored.', {
+      hint: 'Set REDIS_ADDR=host:port with it, put the password in REDIS_URL (redis://:PASSWORD@host:6379), or unset REDIS_PASSWORD.',
+    })
+  }
+  return value === null ? null : checkRedisUrl(value, source)
+}
+
+const REDIS_URL_SHAPE = 'Expected redis://[:password@]host[:port][/db], or rediss:// for TLS.'
+
+/**
+ * A Redis URL as the cache needs it, checked with the WHATWG URL parser before ioredis sees it:
+ * ioredis reads URLs with Node's url.parse(), which takes a bad port or a stray scheme without
+ * complaint (and prints a DEP0170 warning holding the whole URL, password included). Every
+ * message names `source`, never the password. Returns the URL with its user and password
+ * percent-encoded, so that a '/', '@' or ':' in the password cannot move the host.
+ */
+export function checkRedisUrl(raw: string, source: string): string {
+  // Surrounding whitespace (a secret file's newline) is dropped, as the URL parser would.
+  const url = raw.trim()
+  const what = `The Redis URL from ${source}`
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)
+  // Not even URL-shaped: it is not echoed, in case it is a password put in the wrong place.
+  if (!scheme) throw new UsageError(`${what} is not a URL.`, { hint: REDIS_URL_SHAPE })
+  if (!/^rediss?$/i.test(scheme[1]!)) {
+    throw new UsageError(`${what} must start with redis:// or rediss://; got ${scheme[1]}://.`, {
+      hint: REDIS_URL_SHAPE,
+    })
+  }
+  // Without the userinfo: neither the URL parser nor a message ever sees the password.
+  const info = urlUserinfo(url)
+  const bare = info ? `${info.prefix}${info.rest.slice(1)}` : url
+  const authority = bare.slice(scheme[0].length).split(/[/?#]/)[0]!
+  if (authority === '' || authority.startsWith(':')) {
+    throw new UsageError(`${what} names no host: ${redactUrl(url)}.`, { hint: REDIS_URL_SHAPE })
+  }
+  const port = /^(?:\[[^\]]*\]|[^:]*):(.*)$/.exec(authority)?.[1]
+  if (port !== undefined && port !== '' && !(/^\d{1,5}$/.test(port) && +port >= 1 && +port <= 65535)) {
+    throw new UsageError(`${what} has the port '${port}'; a port is a number from 1 to 65535.`)
+  }
+  let parsed: URL
+  try {
+    parsed = new URL(bare)
+  } catch {
+    throw new UsageError(`${what} is not a valid URL: ${redactUrl(url)}.`, { hint: REDIS_URL_SHAPE })
+  }
+  if (!/^\/?(\d+)?$/.test(parsed.pathname)) {
+    throw new UsageError(
+      `${what} names the database '${parsed.pathname.slice(1)}'; a Redis database is a number, as in redis://host:6379/0.`,
+    )
+  }
+  if (!info) return url
+  const decode = (text: string, part: string): string => {
+    try {
+      return decodeURIComponent(text)
+    } catch {
+      throw new UsageError(`${what} has a '%' in its ${part} that is not a valid %XX escape.`, {
+        hint: "Percent-encode special characters in it; a literal '%' is %25.",
+      })
+    }
+  }
+  const user = encodeURIComponent(decode(info.user, 'user name'))
+  const password = info.password === null ? '' : `:${encodeURIComponent(decode(info.password, 'password'))}`
+  return `${info.prefix}${user}${password}${info.rest}`
 }
 
 function parseRetention(raw: Resolved<string>): number {
@@ -220,6 +301,44 @@ export interface SettingView {
   name: string
   value: string
   source: string
+  /** What is wrong with the value, one sentence each; left out when nothing is (`shieldx locate`). */
+  problems?: string[]
+}
+
+export interface SettingProblem {
+  /** The setting's name as describeSettings() shows it. */
+  setting: string
+  message: string
+  hint?: string
+}
+
+/**
+ * What can be known to be wrong with the settings without connecting to anything: the checks
+ * the commands that use each setting make before they do (database and Redis URLs, keys and key
+ * files), run here all at once, and nothing is written (a key the embedded mode would generate is
+ * not generated). A key that is not set is not a problem here: only the commands that need it say so.
+ */
+export async function checkSettings(settings: Settings): Promise<SettingProblem[]> {
+  const problems: SettingProblem[] = []
+  const check = (setting: string, fn: () => unknown): void => {
+    try {
+      fn()
+    } catch (err) {
+      if (!(err instanceof UsageError)) throw err
+      problems.push({ setting, message: err.message, ...(err.hint ? { hint: err.hint } : {}) })
+    }
+  }
+  if (settings.creditsDb.value !== null || settings.shadowDb.value !== null) {
+    // Loaded only when there is a URL to check: the module brings the pg driver.
+    const { serverUrl } = await import('../db/pool.js')
+    if (settings.creditsDb.value !== null) check('credits_db', () => serverUrl(settings, 'credits'))
+    if (settings.shadowDb.value !== null) check('shadow_db', () => serverUrl(settings, 'shadow'))
+  }
+  check('redis', () => cacheUrl(settings))
+  check('audit_hmac_key', () => checkKeyring(settings.auditHmacKey, AUDIT_KEY_SPEC))
+  check('encrypt_key', () => checkKeyring(settings.encryptKey, PAYMENT_KEY_SPEC))
+  check('backup_key', () => checkKeyring(settings.backupKey, BACKUP_KEY_SPEC))
+  return problems
 }
 
 /** Every setting as text, secrets redacted: what `shieldx locate` prints. */

@@ -3,15 +3,13 @@
  * this shieldx expects, the audit (and payment) keys, and the balance cache.
  */
 import { AUDIT_KEY_SPEC } from '../audit/chain.js'
-import { loadKeyring } from '../config/secrets.js'
-import type { Settings } from '../config/settings.js'
+import { loadKeyring, PAYMENT_KEY_SPEC } from '../config/secrets.js'
+import { cacheUrl, type Settings } from '../config/settings.js'
 import { databaseIdentity } from '../db/identity.js'
 import type { Database } from '../db/pool.js'
 import { assertSchemaCurrent } from '../migrations/current.js'
 import { type BalanceCache, createBalanceCache } from './cache.js'
 import type { LedgerKeys } from './operations.js'
-
-export const PAYMENT_KEY_SPEC = { envName: 'ENCRYPT_KEY', bytes: { exact: 32 } } as const
 
 export interface Ledger {
   db: Database
@@ -32,6 +30,8 @@ export async function openLedger(
   db: Database,
   options: OpenLedgerOptions,
 ): Promise<Ledger> {
+  // A malformed Redis URL is bad input (exit 2), found before anything else is done.
+  const url = options.cache === false ? null : cacheUrl(settings)
   await assertSchemaCurrent(db.pool, settings.migrationsDir.value)
   const audit = loadKeyring(settings.auditHmacKey, AUDIT_KEY_SPEC)
   if (audit.generatedAt) options.notice(`Generated a new audit HMAC key in ${audit.generatedAt} (mode 0600).`)
@@ -42,11 +42,11 @@ export async function openLedger(
       options.notice(`Generated a new payment-data key in ${payment.generatedAt} (mode 0600).`)
     keys.payment = payment.keyring
   }
-  const url = options.cache === false ? null : settings.redis.value
   const database = url === null ? undefined : await cacheScope(db, options.notice)
   const cache = createBalanceCache({
     url: database === undefined ? null : url,
     ...(database ? { database } : {}),
+    source: settings.redis.source,
     onWarning: options.notice,
   })
   return { db, keys, cache }
