@@ -571,16 +571,25 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option('--seed <n>', 'seed of the Thompson sampling (default 1, so results are reproducible)')
     .addHelpText(
       'after',
-      '\nConclusive when every arm has at least --min-sample-size trials and one arm is best with at least\nthe --confidence probability; the verdict is then stored on the test. A sample ratio mismatch (p < 0.001\nagainst a 50/50 split) is reported as a warning.',
+      '\nConclusive when every arm has at least --min-sample-size trials and one arm is best with at least\nthe --confidence probability; the verdict is then stored on the test. A sample ratio mismatch (p < 0.001\nagainst the split ab assign gave, or 50/50 if it gave none) is reported as a warning.',
     )
     .action(action(loadAb, (m, ctx, a, o) => m.results(ctx, a[0] as string, o)))
 
   sub(ab, 'assign', 'pick the arm for the next unit: one Thompson draw per arm', [
     'shieldx ab assign sqli-v2',
     'shieldx ab assign sqli-v2 --seed 42 --json',
+    'shieldx ab assign sqli-v2 --dry-run',
   ])
     .argument('<test>', 'the test name or id')
     .option('--seed <n>', 'make the draw reproducible (default: random)')
+    .option(
+      '--dry-run',
+      'draw without counting the unit (the counts are the split the sample-ratio check expects)',
+    )
+    .addHelpText(
+      'after',
+      '\nEach assignment is counted on its arm: ab results checks the trials recorded against that split.\nPrints the variant; --json adds the draws, the seed and the units given to each arm so far.',
+    )
     .action(action(loadAb, (m, ctx, a, o) => m.assign(ctx, a[0] as string, o)))
   notBuilt(program, 'deploy-canary', 'staged rollout of a rule gated on a conclusive evaluation', [
     'shieldx deploy-canary waf-sqli --version 2',

@@ -559,10 +559,96 @@ describe('ab assign', () => {
     const a = await json(['ab', 'assign', 'assign', '--seed', '9'])
     expect(a.doc).toMatchObject({ test: 'assign', variant: 'test', seed: 9 })
     expect(a.doc.draws.test).toBeGreaterThan(a.doc.draws.control)
-    expect((await json(['ab', 'assign', 'assign', '--seed', '9'])).doc).toEqual(a.doc)
+    const again = (await json(['ab', 'assign', 'assign', '--seed', '9'])).doc
+    expect({ ...again, assigned: null }).toEqual({ ...a.doc, assigned: null })
     const bad = await cli(['ab', 'assign', 'assign', '--seed', 'x'])
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain('--seed must be a whole number')
+  })
+
+  it('counts each unit on its arm (--dry-run draws without counting); results check the trials against that split', async () => {
+    await create('assign-count')
+    await record('assign-count', 'control', 10, 100)
+    await record('assign-count', 'test', 90, 100)
+    const first = await json(['ab', 'assign', 'assign-count', '--seed', '9'])
+    expect(first.doc).toMatchObject({ variant: 'test', counted: true, assigned: { control: 0, test: 1 } })
+    const dry = await json(['ab', 'assign', 'assign-count', '--seed', '9', '--dry-run'])
+    expect(dry.doc).toMatchObject({ variant: 'test', counted: false, assigned: { control: 0, test: 1 } })
+    const assigned = () =>
+      db.query<{ c: string; t: string }>(
+        `select assigned_control::text as c, assigned_test::text as t from shadow.ab_tests where name = $1`,
+        ['assign-count'],
+      )
+    expect((await assigned()).rows[0]).toEqual({ c: '0', t: '1' })
+    // every unit went to test: control's 100 trials came from elsewhere
+    const r = await json(['ab', 'results', 'assign-count'])
+    expect(r.doc.sample_ratio).toMatchObject({
+      expected_from: 'assignments',
+      expected_split: [0, 1],
+      assigned: { control: 0, test: 1 },
+      flagged: true,
+      p_value: null,
+    })
+    expect(r.doc.warnings[0]).toBe(
+      'Sample ratio mismatch: control has 100 trials, but ab assign never gave it a unit; check how units are assigned before trusting the result.',
+    )
+  })
+
+  it('concurrent assignments are each counted once', async () => {
+    await create('assign-race')
+    const runs = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => json(['ab', 'assign', 'assign-race', '--seed', String(i)])),
+    )
+    for (const r of runs) expect(r.code, r.stderr).toBe(0)
+    const byArm = { control: 0, test: 0 }
+    for (const r of runs) byArm[r.doc.variant as 'control' | 'test']++
+    const { rows } = await db.query<{ c: string; t: string }>(
+      `select assigned_control::text as c, assigned_test::text as t from shadow.ab_tests where name = $1`,
+      ['assign-race'],
+    )
+    expect({ control: Number(rows[0]!.c), test: Number(rows[0]!.t) }).toEqual(byArm)
+  })
+
+  it('a Thompson split is no mismatch; trials lost on one side of it are', async () => {
+    // scipy.stats.chisquare on the same counts (test/fixtures/stats/make_cases.py)
+    const ref = (o: number[], p: number[]) =>
+      cases.chisquare.find((c) => c.observed.join() === o.join() && c.proportions.join() === p.join())!
+    // 1,000 units to control and 3,000 to test: what ab assign gave a test whose test arm led.
+    const given = async (name: string, control: number, test: number) =>
+      db.query(`update shadow.ab_tests set assigned_control = $2, assigned_test = $3 where name = $1`, [
+        name,
+        control,
+        test,
+      ])
+    await create('srm-thompson')
+    await given('srm-thompson', 1000, 3000)
+    await record('srm-thompson', 'control', 480, 1000)
+    await record('srm-thompson', 'test', 1560, 2990)
+    const ok = await json(['ab', 'results', 'srm-thompson'])
+    expect(ok.doc.sample_ratio).toMatchObject({
+      expected_from: 'assignments',
+      expected_split: [0.25, 0.75],
+      flagged: false,
+    })
+    expect(ok.doc.warnings).toEqual([])
+    expectRel(ok.doc.sample_ratio.statistic, ref([1000, 2990], [0.25, 0.75]).statistic, 'srm statistic')
+    expectRel(ok.doc.sample_ratio.p_value, ref([1000, 2990], [0.25, 0.75]).p_value, 'srm p')
+
+    await create('srm-lost')
+    await given('srm-lost', 2000, 2000)
+    await record('srm-lost', 'control', 480, 1000)
+    await record('srm-lost', 'test', 1000, 2000)
+    const lost = await json(['ab', 'results', 'srm-lost'])
+    expect(lost.doc.sample_ratio).toMatchObject({ expected_from: 'assignments', flagged: true })
+    expectRel(lost.doc.sample_ratio.statistic, ref([1000, 2000], [0.5, 0.5]).statistic, 'srm statistic')
+    expectRel(lost.doc.sample_ratio.p_value, ref([1000, 2000], [0.5, 0.5]).p_value, 'srm p')
+    expect(lost.doc.warnings[0]).toMatch(
+      /^Sample ratio mismatch: control has 1,000 trials and test 2,000, p = .* against the split ab assign gave \(control 2,000, test 2,000 units\)/,
+    )
+    const text = await cli(['ab', 'results', 'srm-lost'])
+    expect(text.stdout).toMatch(
+      /\nSample ratio: p = \S+ against the split ab assign gave \(50\.0% \/ 50\.0% of 4,000 units\) MISMATCH\n/,
+    )
   })
 })
 

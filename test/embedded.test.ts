@@ -193,8 +193,12 @@ describe('the embedded default', () => {
 
   it('migrates down and up inside PGlite', async () => {
     const env = cleanEnv({ SHIELDX_HOME: demoHome })
-    // The demo stored an evaluation of one rule against another, which shadow 0001 cannot hold:
-    // the down refuses rather than rewrite a permanent record.
+    // Shadow 0003 (the A/B assignment counts) goes down; below it, the demo stored an evaluation
+    // of one rule against another, which shadow 0001 cannot hold: 0002's down refuses rather than
+    // rewrite a permanent record.
+    const shadowDown = await runCli(['migrate', 'down', '--schema', 'shadow', '--yes'], { env })
+    expect(shadowDown.code, shadowDown.stderr).toBe(0)
+    expect(shadowDown.stdout).toContain('0003')
     const refused = await runCli(['migrate', 'down', '--schema', 'shadow', '--yes'], { env })
     expect(refused.code).toBe(1)
     expect(refused.stderr).toContain('compare two different rules')
@@ -203,6 +207,7 @@ describe('the embedded default', () => {
     const up = await runCli(['migrate', 'up'], { env })
     expect(up.code, up.stderr).toBe(0)
     expect(up.stdout).toContain(fileLabel(shipped[0]!.at(-1)!))
+    expect(up.stdout).toContain(fileLabel(shipped[1]!.at(-1)!))
     expect(up.stderr).not.toContain('pre-migration backup') // no backup hook for the embedded database
   })
 

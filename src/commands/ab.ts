@@ -101,7 +101,7 @@ export async function results(ctx: Context, test: string, opts: { seed?: string 
   )
   const s = r.sample_ratio
   o.result(
-    `Sample ratio: ${s.p_value === null ? `not checked (${s.reason})` : `p = ${s.p_value.toPrecision(3)} against 50/50${s.flagged ? o.style('red', ' MISMATCH') : ', ok'}`}`,
+    `Sample ratio: ${s.p_value === null ? `${s.flagged ? o.style('red', 'MISMATCH') : 'not checked'} (${s.reason})` : `p = ${s.p_value.toPrecision(3)} against ${split(s)}${s.flagged ? o.style('red', ' MISMATCH') : ', ok'}`}`,
   )
   for (const c of r.checks) o.result(`${c.passed ? o.style('green', '✔') : o.style('red', '✘')} ${c.detail}`)
   if (r.stored.status !== 'running') {
@@ -114,10 +114,21 @@ export async function results(ctx: Context, test: string, opts: { seed?: string 
   }
 }
 
-export async function assign(ctx: Context, test: string, opts: { seed?: string }) {
+export async function assign(ctx: Context, test: string, opts: { seed?: string; dryRun?: boolean }) {
   const seed = opts.seed === undefined ? undefined : ab.seed(opts.seed)
   const { pool, options } = await shadow(ctx)
-  const a = await ab.assignVariant(pool, test, { ...options, ...(seed === undefined ? {} : { seed }) })
+  const a = await ab.assignVariant(pool, test, {
+    ...options,
+    ...(seed === undefined ? {} : { seed }),
+    dryRun: opts.dryRun === true,
+  })
   if (ctx.out.json) return ctx.out.document(a)
   ctx.out.result(a.variant)
+}
+
+/** The split the sample-ratio check expects, in words. */
+function split(s: ab.SampleRatio): string {
+  if (s.expected_from === 'even') return '50/50'
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`
+  return `the split ab assign gave (${pct(s.expected_split[0])} / ${pct(s.expected_split[1])} of ${thousands(s.assigned.control + s.assigned.test)} units)`
 }

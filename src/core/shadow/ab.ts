@@ -53,6 +53,8 @@ export interface AbTest {
   winner: Variant | null
   created_at: string
   concluded_at: string | null
+  /** Units `ab assign` gave each arm (its --dry-run aside): the split the sample-ratio check expects. */
+  assigned: Record<Variant, number>
 }
 
 export interface ArmCounts {
@@ -158,10 +160,12 @@ interface TestRow {
   winner: string | null
   created_at: Date
   concluded_at: Date | null
+  assigned_control: string
+  assigned_test: string
 }
 
 const TEST_COLUMNS =
-  'id, name, control_label, test_label, min_sample_size, confidence_level, status, winner, created_at, concluded_at'
+  'id, name, control_label, test_label, min_sample_size, confidence_level, status, winner, created_at, concluded_at, assigned_control::text, assigned_test::text'
 
 function toTest(r: TestRow): AbTest {
   return {
@@ -175,6 +179,7 @@ function toTest(r: TestRow): AbTest {
     winner: r.winner === 'control' || r.winner === 'test' ? r.winner : null,
     created_at: r.created_at.toISOString(),
     concluded_at: r.concluded_at ? r.concluded_at.toISOString() : null,
+    assigned: { control: Number(r.assigned_control), test: Number(r.assigned_test) },
   }
 }
 
@@ -485,7 +490,11 @@ export interface Check {
 }
 
 export interface SampleRatio {
+  /** control's and test's shares: those of the units `ab assign` gave out, else 50/50 */
   expected_split: [number, number]
+  expected_from: 'assignments' | 'even'
+  /** units `ab assign` gave each arm */
+  assigned: Record<Variant, number>
   statistic: number | null
   p_value: number | null
   alpha: number
@@ -585,21 +594,8 @@ export function analyse(
   const conclusive = checks.every((x) => x.passed)
   const winner = conclusive ? best : null
 
-  const srm = chiSquareGoodnessOfFit([c.control.trials, c.test.trials], [0.5, 0.5])
-  const sampleRatio: SampleRatio = {
-    expected_split: [0.5, 0.5],
-    statistic: srm.statistic,
-    p_value: srm.p_value,
-    alpha: AB_DEFAULTS.srmAlpha,
-    flagged: srm.p_value !== null && srm.p_value < AB_DEFAULTS.srmAlpha,
-    ...(srm.reason ? { reason: srm.reason } : {}),
-  }
-  const warnings: string[] = []
-  if (sampleRatio.flagged) {
-    warnings.push(
-      `Sample ratio mismatch: control has ${thousands(c.control.trials)} trials and test ${thousands(c.test.trials)}, p = ${srm.p_value!.toPrecision(2)} against a 50/50 split (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`,
-    )
-  }
+  const { sampleRatio, warning } = sampleRatioCheck(t.assigned, c)
+  const warnings: string[] = warning ? [warning] : []
 
   const failed = checks.filter((x) => !x.passed).map((x) => x.detail)
   const verdict = conclusive
@@ -671,6 +667,63 @@ export async function abResults(
   return { ...r, current, stored }
 }
 
+/**
+ * The sample-ratio-mismatch check: each arm's trials against the split expected of them. With
+ * units handed out by `ab assign`, that is the split it gave (Thompson sampling favours the better
+ * arm, so an uneven split is the design, not a fault); with none, 50/50. A mismatch means units
+ * went missing, or were counted twice, on one side.
+ */
+export function sampleRatioCheck(
+  assigned: Record<Variant, number>,
+  c: Counts,
+): { sampleRatio: SampleRatio; warning: string | null } {
+  const given = assigned.control + assigned.test
+  const from = given > 0 ? 'assignments' : 'even'
+  const split: [number, number] = given > 0 ? [assigned.control / given, assigned.test / given] : [0.5, 0.5]
+  const against =
+    from === 'even'
+      ? 'a 50/50 split'
+      : `the split ab assign gave (control ${thousands(assigned.control)}, test ${thousands(assigned.test)} units)`
+  const base = {
+    expected_split: split,
+    expected_from: from,
+    assigned: { ...assigned },
+    alpha: AB_DEFAULTS.srmAlpha,
+  } as const
+  const empty = VARIANTS.find((_, i) => split[i] === 0)
+  if (empty !== undefined) {
+    // Every unit went to one arm: the other can only have trials if they came from elsewhere.
+    const stray = c[empty].trials
+    return {
+      sampleRatio: {
+        ...base,
+        statistic: null,
+        p_value: null,
+        flagged: stray > 0,
+        reason: `ab assign gave every unit to ${empty === 'control' ? 'test' : 'control'}`,
+      },
+      warning:
+        stray > 0
+          ? `Sample ratio mismatch: ${empty} has ${thousands(stray)} trials, but ab assign never gave it a unit; check how units are assigned before trusting the result.`
+          : null,
+    }
+  }
+  const srm = chiSquareGoodnessOfFit([c.control.trials, c.test.trials], split)
+  const flagged = srm.p_value !== null && srm.p_value < AB_DEFAULTS.srmAlpha
+  return {
+    sampleRatio: {
+      ...base,
+      statistic: srm.statistic,
+      p_value: srm.p_value,
+      flagged,
+      ...(srm.reason ? { reason: srm.reason } : {}),
+    },
+    warning: flagged
+      ? `Sample ratio mismatch: control has ${thousands(c.control.trials)} trials and test ${thousands(c.test.trials)}, p = ${srm.p_value!.toPrecision(2)} against ${against} (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`
+      : null,
+  }
+}
+
 // --- assignment ----------------------------------------------------------------------------------
 
 export interface Assignment {
@@ -679,6 +732,10 @@ export interface Assignment {
   /** The rate drawn from each arm's posterior; the higher one wins. */
   draws: Record<Variant, number>
   seed: number
+  /** false with --dry-run: the draw was not counted as a unit given out */
+  counted: boolean
+  /** units given to each arm so far, this one included when counted */
+  assigned: Record<Variant, number>
 }
 
 /** One Thompson draw per arm from the current posteriors: which variant the next unit gets. */
@@ -693,13 +750,31 @@ export function assignFromCounts(
   return { variant: VARIANTS[d.index]!, draws: { control: d.draws[0]!, test: d.draws[1]! } }
 }
 
-/** Without a seed the draw is random (a fixed default would always give the same answer). */
+/**
+ * Without a seed the draw is random (a fixed default would always give the same answer). The unit
+ * is counted on its arm (one atomic increment, so concurrent callers never lose one) unless
+ * `dryRun`: those counts are the split the sample-ratio check expects.
+ */
 export async function assignVariant(
   pool: pg.Pool,
   ref: string,
-  options: StoreOptions & { seed?: number },
+  options: StoreOptions & { seed?: number; dryRun?: boolean },
 ): Promise<Assignment> {
   const { t, c } = await testWithCounts(pool, ref, options)
   const s = options.seed ?? randomInt(0x100000000)
-  return { test: t.name, ...assignFromCounts(c, s), seed: s }
+  const a = assignFromCounts(c, s)
+  let assigned = t.assigned
+  if (!options.dryRun) {
+    const column = a.variant === 'control' ? 'assigned_control' : 'assigned_test'
+    const { rows } = await query<{ assigned_control: string; assigned_test: string }>(
+      pool,
+      'Counting the assignment',
+      `update shadow.ab_tests set ${column} = ${column} + 1 where id = $1
+        returning assigned_control::text, assigned_test::text`,
+      [t.id],
+      options.timeoutMs,
+    )
+    assigned = { control: Number(rows[0]!.assigned_control), test: Number(rows[0]!.assigned_test) }
+  }
+  return { test: t.name, ...a, seed: s, counted: !options.dryRun, assigned }
 }
