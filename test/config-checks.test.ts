@@ -13,7 +13,6 @@
  */
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { execa } from 'execa'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -21,38 +20,17 @@ import { REDACTED } from '../src/core/config/redact.js'
 import { cacheUrl, resolveSettings } from '../src/core/config/settings.js'
 import { BIN, type CliResult, runCli, spawnCli } from './helpers/cli.js'
 import { createTestDatabase, type TestDatabase } from './helpers/db.js'
-import { cleanEnv, redisUrl } from './helpers/env.js'
+import { envFor, scratchHomes } from './helpers/homes.js'
+import { redisUrl } from './helpers/env.js'
 
 // --- helpers ---------------------------------------------------------------------------------------
 
-const made: string[] = []
-afterAll(() => {
-  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true })
-})
-
-function tempDir(label: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `shx-cfgfix-${label}-`))
-  made.push(dir)
-  return dir
-}
-
-/** A shieldx home (optionally with a config.yaml) and a separate, empty user HOME. */
-function setup(configYaml?: string): { home: string; userHome: string; configFile: string } {
-  const home = tempDir('home')
-  const userHome = tempDir('user')
-  const configFile = path.join(home, 'config.yaml')
-  if (configYaml !== undefined) fs.writeFileSync(configFile, configYaml)
-  return { home, userHome, configFile }
-}
+const { tempDir, setup } = scratchHomes('shx-cfgfix')
 
 function profileYaml(values: Record<string, string>): string {
   const lines = ['current_profile: prod', 'profiles:', '  prod:']
   for (const [k, v] of Object.entries(values)) lines.push(`    ${k}: ${JSON.stringify(v)}`)
   return lines.join('\n') + '\n'
-}
-
-function envFor(home: string, userHome: string, extra: Record<string, string | undefined> = {}) {
-  return cleanEnv({ HOME: userHome, SHIELDX_HOME: home, ...extra })
 }
 
 const key32 = () => randomBytes(32).toString('base64')

@@ -9,9 +9,8 @@
  */
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
-import { afterAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { parseDuration } from '../src/core/config/duration.js'
 import { loadProfile, PROFILE_KEYS } from '../src/core/config/profile.js'
 import { REDACTED, redactUrl, secretValues } from '../src/core/config/redact.js'
@@ -26,29 +25,12 @@ import {
 import { UsageError } from '../src/core/errors.js'
 import { type CliResult, runCli } from './helpers/cli.js'
 import { createTestDatabase } from './helpers/db.js'
+import { envFor, scratchHomes } from './helpers/homes.js'
 import { cleanEnv } from './helpers/env.js'
 
 // --- helpers ---------------------------------------------------------------------------------------
 
-const made: string[] = []
-afterAll(() => {
-  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true })
-})
-
-function tempDir(label: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `shx-cfg-${label}-`))
-  made.push(dir)
-  return dir
-}
-
-/** A shieldx home (optionally with a config.yaml) and a separate, empty user HOME. */
-function setup(configYaml?: string): { home: string; userHome: string; configFile: string } {
-  const home = tempDir('home')
-  const userHome = tempDir('user')
-  const configFile = path.join(home, 'config.yaml')
-  if (configYaml !== undefined) fs.writeFileSync(configFile, configYaml)
-  return { home, userHome, configFile }
-}
+const { tempDir, setup } = scratchHomes('shx-cfg')
 
 /** A profile document in the shape users write. */
 function profileYaml(profiles: Record<string, Record<string, string | number>>, current?: string): string {
@@ -60,10 +42,6 @@ function profileYaml(profiles: Record<string, Record<string, string | number>>, 
     for (const [k, v] of Object.entries(values)) lines.push(`    ${k}: ${JSON.stringify(v)}`)
   }
   return lines.join('\n') + '\n'
-}
-
-function envFor(home: string, userHome: string, extra: Record<string, string | undefined> = {}) {
-  return cleanEnv({ HOME: userHome, SHIELDX_HOME: home, ...extra })
 }
 
 interface Row {
