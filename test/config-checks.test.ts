@@ -167,6 +167,30 @@ describe('locate: problems found offline are shown, one sentence each, and exit 
     )
   })
 
+  it('a Redis value that is not a URL at all (a password in the wrong place) is shown as ****', async () => {
+    const { home, userHome } = setup()
+    await expectProblem(
+      envFor(home, userHome, { REDIS_URL: 'Secr3tPassword' }),
+      'redis',
+      ['REDIS_URL'],
+      ['Secr3tPassword'],
+    )
+    const { rows } = await locateRows(envFor(home, userHome, { REDIS_URL: 'Secr3tPassword' }))
+    expect(rows.redis!.value).toBe('**** (not a URL)')
+  })
+
+  it('a URL pasted with a leading space is still redacted', async () => {
+    const { home, userHome } = setup()
+    const env = envFor(home, userHome, {
+      REDIS_URL: ' redis://:LeadRedisPw1@127.0.0.1:6379/0',
+      CREDITS_DATABASE_URL: ' postgres://app:LeadDbPw2@db.internal:5432/credits',
+    })
+    const { r, rows } = await locateRows(env)
+    expectNoSecrets(r.stdout + r.stderr, ['LeadRedisPw1', 'LeadDbPw2'])
+    expect(rows.redis!.value).toContain('127.0.0.1:6379')
+    expect(rows.credits_db!.value).toContain('db.internal:5432/credits')
+  })
+
   it('several problems: each on its own line and its own row', async () => {
     const { home, userHome } = setup()
     const env = envFor(home, userHome, {
@@ -346,6 +370,8 @@ describe('REDIS_PASSWORD without REDIS_ADDR', () => {
     const { home, userHome } = setup(profileYaml({ redis: 'redis://cache:6379' }))
     const settings = resolveSettings({ env: envFor(home, userHome, { REDIS_PASSWORD: password }) })
     expect(() => cacheUrl(settings)).toThrow(/REDIS_PASSWORD is set without REDIS_ADDR/)
+    // locate still shows the profile's URL, the problem beside it
+    expect(settings.redis).toMatchObject({ value: 'redis://cache:6379', lonePassword: true })
   })
 
   it('with REDIS_ADDR, or with REDIS_URL or --redis taking precedence, it is fine', () => {

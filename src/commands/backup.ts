@@ -402,7 +402,6 @@ async function dropCachedBalances(
   const { createBalanceCache } = await import('../core/ledger/cache.js')
   const cache = createBalanceCache({
     url: redis,
-    source: settings.redis.source,
     database,
     onWarning: (m) => ctx.out.warn(m),
   })

@@ -1,7 +1,8 @@
 /** Replacement shown wherever a secret would be. */
 export const REDACTED = '****'
 
-const SCHEME = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is
+// Leading whitespace (a value pasted with a space) is part of the prefix: the password is still found.
+const SCHEME = /^(\s*[a-z][a-z0-9+.-]*:\/\/)(.*)$/is
 const SECRET_PARAMS = /([?&;\s](?:password|sslpassword|sslkey)\s*=\s*)('[^']*'|[^&#\s]*)/gi
 
 /**
@@ -26,6 +27,14 @@ export function urlUserinfo(
     password: colon === -1 ? null : userinfo.slice(colon + 1),
     rest: afterScheme.slice(at),
   }
+}
+
+/**
+ * A connection setting as `locate` shows it: a URL or a keyword DSN redacted (redactUrl), anything
+ * else not at all, since a value that is neither may be a password put in the wrong place.
+ */
+export function redactSetting(value: string): string {
+  return SCHEME.test(value) || /^\s*\w+\s*=/.test(value) ? redactUrl(value) : `${REDACTED} (not a URL)`
 }
 
 /**

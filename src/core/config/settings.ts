@@ -9,7 +9,7 @@ import { UsageError } from '../errors.js'
 import { parseDuration } from './duration.js'
 import { defaultHome, PACKAGE_ROOT, tildify } from './paths.js'
 import { type LoadedProfile, loadProfile, type ProfileKey } from './profile.js'
-import { REDACTED, redactUrl, urlUserinfo } from './redact.js'
+import { REDACTED, redactSetting, redactUrl, urlUserinfo } from './redact.js'
 import { BACKUP_KEY_SPEC, checkKeyring, PAYMENT_KEY_SPEC } from './secrets.js'
 
 export interface Resolved<T> {
@@ -48,7 +48,8 @@ export interface Settings {
   /** null: the same database as credits. */
   shadowDb: Resolved<string | null>
   /** null: no cache. */
-  redis: Resolved<string | null>
+  /** `lonePassword`: REDIS_PASSWORD is set without REDIS_ADDR, which alone takes it (cacheUrl refuses). */
+  redis: Resolved<string | null> & { lonePassword?: true }
   auditHmacKey: Resolved<SecretRef>
   encryptKey: Resolved<SecretRef>
   backupKey: Resolved<SecretRef>
@@ -180,20 +181,19 @@ export function resolveSettings(input: SettingsInput): Settings {
   }
 }
 
-/** The redis setting's source when REDIS_PASSWORD is set alone: the cache is off, and cacheUrl refuses. */
-const LONE_PASSWORD = 'env REDIS_PASSWORD, without REDIS_ADDR'
-
 function resolveRedis(
   flag: string | undefined,
   env: NodeJS.ProcessEnv,
   fromProfile: Resolved<string> | undefined,
-): Resolved<string | null> {
+): Settings['redis'] {
   if (flag !== undefined) return { value: flag, source: 'flag --redis' }
   if (env.REDIS_URL) return { value: env.REDIS_URL, source: 'env REDIS_URL' }
-  // The password only ever goes with REDIS_ADDR: alone it would be dropped without a word, and the
-  // cache would run without it while the user thinks it has one. Marked here, refused by cacheUrl:
-  // only where the cache would be used (and by locate), as a malformed URL is.
-  if (env.REDIS_PASSWORD && !env.REDIS_ADDR) return { value: null, source: LONE_PASSWORD }
+  // The password only ever goes with REDIS_ADDR (a profile's URL does not take it either): alone it
+  // would be dropped without a word, and the cache would run without it while the user thinks it
+  // has one. Marked here, refused by cacheUrl: only where the cache would be used (and by locate),
+  // as a malformed URL is.
+  if (env.REDIS_PASSWORD && !env.REDIS_ADDR)
+    return { ...(fromProfile ?? { value: null, source: 'default' }), lonePassword: true }
   if (env.REDIS_ADDR) {
     // The production secrets carry host:port and the password separately.
     const auth = env.REDIS_PASSWORD ? `:${encodeURIComponent(env.REDIS_PASSWORD)}@` : ''
@@ -211,7 +211,7 @@ function resolveRedis(
  */
 export function cacheUrl(settings: Pick<Settings, 'redis'>): string | null {
   const { value, source } = settings.redis
-  if (source === LONE_PASSWORD) {
+  if (settings.redis.lonePassword) {
     throw new UsageError('REDIS_PASSWORD is set without REDIS_ADDR, so it would be ignored.', {
       hint: 'Set REDIS_ADDR=host:port with it, put the password in REDIS_URL (redis://:PASSWORD@host:6379), or unset REDIS_PASSWORD.',
     })
@@ -364,17 +364,17 @@ export function describeSettings(settings: Settings, env: NodeJS.ProcessEnv): Se
       settings.creditsDb,
       settings.creditsDb.value === null
         ? `embedded PGlite (${tildify(embeddedDataDir(home), env)})`
-        : redactUrl(settings.creditsDb.value),
+        : redactSetting(settings.creditsDb.value),
     ],
     [
       'shadow_db',
       settings.shadowDb,
-      settings.shadowDb.value === null ? 'same as credits_db' : redactUrl(settings.shadowDb.value),
+      settings.shadowDb.value === null ? 'same as credits_db' : redactSetting(settings.shadowDb.value),
     ],
     [
       'redis',
       settings.redis,
-      settings.redis.value === null ? 'off (no balance cache)' : redactUrl(settings.redis.value),
+      settings.redis.value === null ? 'off (no balance cache)' : redactSetting(settings.redis.value),
     ],
     ['audit_hmac_key', settings.auditHmacKey, secret(settings.auditHmacKey.value)],
     ['encrypt_key', settings.encryptKey, secret(settings.encryptKey.value)],

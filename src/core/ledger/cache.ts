@@ -28,7 +28,6 @@ import {
 } from 'cockatiel'
 import type { Redis } from 'ioredis'
 import { redactUrl, scrubSecrets, urlUserinfo } from '../config/redact.js'
-import { checkRedisUrl } from '../config/settings.js'
 
 export interface CachedBalance {
   tenant_id: string
@@ -58,12 +57,10 @@ export interface BalanceCache {
 
 export interface BalanceCacheOptions {
   /**
-   * null: cache off (a no-op cache whose get() is always null). A malformed URL is a UsageError
-   * here, before ioredis sees it (checkRedisUrl).
+   * null: cache off (a no-op cache whose get() is always null). Checked by the caller
+   * (settings.ts's cacheUrl), before anything is written: ioredis takes a malformed URL quietly.
    */
   url: string | null
-  /** Where the URL came from ("env REDIS_URL"), for that error. */
-  source?: string
   /** Default 'shieldx:'; keys look like `${prefix}db:${database}:balance:${tenantId}`. */
   keyPrefix?: string
   /**
@@ -137,7 +134,7 @@ interface Connection {
 
 export function createBalanceCache(options: BalanceCacheOptions): BalanceCache {
   if (options.url === null) return new NoopBalanceCache()
-  return new RedisBalanceCache(checkRedisUrl(options.url, options.source ?? 'the cache options'), options)
+  return new RedisBalanceCache(options.url, options)
 }
 
 class NoopBalanceCache implements BalanceCache {

@@ -46,7 +46,6 @@ export async function openLedger(
   const cache = createBalanceCache({
     url: database === undefined ? null : url,
     ...(database ? { database } : {}),
-    source: settings.redis.source,
     onWarning: options.notice,
   })
   return { db, keys, cache }
