@@ -658,4 +658,24 @@ describe('the shipped migrations', () => {
     expect(again.code, again.stderr).toBe(0)
     expect(again.stdout).toContain(`Applied ${count} migration(s)`)
   })
+
+  it('shadow 0003 will not go down while A/B tests have units counted by ab assign, and goes once they have none', async () => {
+    const shipped = cleanEnv({ CREDITS_DATABASE_URL: db.url, SHIELDX_HOME: tempHome() })
+    const up = await runCli(['migrate', 'up', '--no-backup'], { env: shipped })
+    expect(up.code, up.stderr).toBe(0)
+    const before = await applied('shadow')
+    expect(before.at(-1)).toBe(3)
+    await db.query(
+      `insert into shadow.ab_tests (id, name, variants, min_sample_size, confidence_level, control_label, test_label, assigned_test)
+       values (gen_random_uuid(), 'counted', '{control,test}', 100, 0.95, 'a@1', 'a@2', 7)`,
+    )
+    const refused = await runCli(['migrate', 'down', '--schema', 'shadow', '--yes'], { env: shipped })
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain('some A/B tests have units counted by ab assign')
+    expect(await applied('shadow')).toEqual(before)
+    await db.query(`update shadow.ab_tests set assigned_test = 0`)
+    const down = await runCli(['migrate', 'down', '--schema', 'shadow', '--yes'], { env: shipped })
+    expect(down.code, down.stderr).toBe(0)
+    expect(await applied('shadow')).toEqual(before.slice(0, -1))
+  })
 })

@@ -100,9 +100,7 @@ export async function results(ctx: Context, test: string, opts: { seed?: string 
     `P(test beats control): ${p.exact === null ? `exact n/a (${p.exact_reason})` : `${prob(p.exact)} exact`}, ${prob(p.thompson)} Thompson (${thousands(r.thompson.draws)} draws, seed ${r.thompson.seed})`,
   )
   const s = r.sample_ratio
-  o.result(
-    `Sample ratio: ${s.p_value === null ? `${s.flagged ? o.style('red', 'MISMATCH') : 'not checked'} (${s.reason})` : `p = ${s.p_value.toPrecision(3)} against ${split(s)}${s.flagged ? o.style('red', ' MISMATCH') : ', ok'}`}`,
-  )
+  o.result(sampleRatioLine(s, (text) => o.style('red', text)))
   for (const c of r.checks) o.result(`${c.passed ? o.style('green', '✔') : o.style('red', '✘')} ${c.detail}`)
   if (r.stored.status !== 'running') {
     o.result(
@@ -126,9 +124,12 @@ export async function assign(ctx: Context, test: string, opts: { seed?: string; 
   ctx.out.result(a.variant)
 }
 
-/** The split the sample-ratio check expects, in words. */
-function split(s: ab.SampleRatio): string {
-  if (s.expected_from === 'even') return '50/50'
-  const pct = (x: number) => `${(x * 100).toFixed(1)}%`
-  return `the split ab assign gave (${pct(s.expected_split[0])} / ${pct(s.expected_split[1])} of ${thousands(s.assigned.control + s.assigned.test)} units)`
+/** The sample-ratio check in one line of the results. */
+function sampleRatioLine(s: ab.SampleRatio, red: (text: string) => string): string {
+  if (s.expected_from === 'assignments') {
+    const units = `control ${thousands(s.assigned.control)}, test ${thousands(s.assigned.test)}`
+    return `Sample ratio: trials against the units ab assign gave (${units}): ${s.flagged ? `${red('MISMATCH')}, an arm has more trials than units` : 'ok'}`
+  }
+  if (s.p_value === null) return `Sample ratio: not checked (${s.reason})`
+  return `Sample ratio: p = ${s.p_value.toPrecision(3)} against 50/50${s.flagged ? ` ${red('MISMATCH')}` : ', ok'}`
 }

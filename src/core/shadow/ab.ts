@@ -490,9 +490,13 @@ export interface Check {
 }
 
 export interface SampleRatio {
-  /** control's and test's shares: those of the units `ab assign` gave out, else 50/50 */
-  expected_split: [number, number]
+  /**
+   * 'even': a chi-square test against 50/50. 'assignments': `ab assign` handed out at least as many
+   * units as there are trials, and no arm may have more trials than units (no split is expected).
+   */
   expected_from: 'assignments' | 'even'
+  /** control's and test's expected shares; null with 'assignments' */
+  expected_split: [number, number] | null
   /** units `ab assign` gave each arm */
   assigned: Record<Variant, number>
   statistic: number | null
@@ -668,58 +672,53 @@ export async function abResults(
 }
 
 /**
- * The sample-ratio-mismatch check: each arm's trials against the split expected of them. With
- * units handed out by `ab assign`, that is the split it gave (Thompson sampling favours the better
- * arm, so an uneven split is the design, not a fault); with none, 50/50. A mismatch means units
- * went missing, or were counted twice, on one side.
+ * The sample-ratio-mismatch check. Units handed out by `ab assign` follow Thompson sampling, whose
+ * split is uneven by design and moves as the arms' figures do, so a fixed expected split cannot be
+ * tested against: recorded trials lag the assignments, and the latest units lean to the leading
+ * arm. When the assignments account for every trial (trials <= units), the check is that no arm
+ * has more trials than units it was given (units recorded twice, or from elsewhere); a lag only
+ * ever leaves trials short. Otherwise (counts recorded by hand, or from evaluations, which give
+ * both arms the same events) it is a chi-square test against 50/50.
  */
 export function sampleRatioCheck(
   assigned: Record<Variant, number>,
   c: Counts,
 ): { sampleRatio: SampleRatio; warning: string | null } {
-  const given = assigned.control + assigned.test
-  const from = given > 0 ? 'assignments' : 'even'
-  const split: [number, number] = given > 0 ? [assigned.control / given, assigned.test / given] : [0.5, 0.5]
-  const against =
-    from === 'even'
-      ? 'a 50/50 split'
-      : `the split ab assign gave (control ${thousands(assigned.control)}, test ${thousands(assigned.test)} units)`
-  const base = {
-    expected_split: split,
-    expected_from: from,
-    assigned: { ...assigned },
-    alpha: AB_DEFAULTS.srmAlpha,
-  } as const
-  const empty = VARIANTS.find((_, i) => split[i] === 0)
-  if (empty !== undefined) {
-    // Every unit went to one arm: the other can only have trials if they came from elsewhere.
-    const stray = c[empty].trials
+  const units = assigned.control + assigned.test
+  const trials = c.control.trials + c.test.trials
+  const base = { assigned: { ...assigned }, alpha: AB_DEFAULTS.srmAlpha }
+  if (units > 0 && trials <= units) {
+    const over = VARIANTS.find((v) => c[v].trials > assigned[v])
     return {
       sampleRatio: {
         ...base,
+        expected_split: null,
+        expected_from: 'assignments',
         statistic: null,
         p_value: null,
-        flagged: stray > 0,
-        reason: `ab assign gave every unit to ${empty === 'control' ? 'test' : 'control'}`,
+        flagged: over !== undefined,
+        reason: `units assigned by Thompson sampling (ab assign): each arm's trials are checked against the units it was given`,
       },
       warning:
-        stray > 0
-          ? `Sample ratio mismatch: ${empty} has ${thousands(stray)} trials, but ab assign never gave it a unit; check how units are assigned before trusting the result.`
-          : null,
+        over === undefined
+          ? null
+          : `Sample ratio mismatch: ${over} has ${thousands(c[over].trials)} trials, but ab assign gave it ${thousands(assigned[over])} units; units were recorded twice or came from elsewhere. Check how units are assigned before trusting the result.`,
     }
   }
-  const srm = chiSquareGoodnessOfFit([c.control.trials, c.test.trials], split)
+  const srm = chiSquareGoodnessOfFit([c.control.trials, c.test.trials], [0.5, 0.5])
   const flagged = srm.p_value !== null && srm.p_value < AB_DEFAULTS.srmAlpha
   return {
     sampleRatio: {
       ...base,
+      expected_split: [0.5, 0.5],
+      expected_from: 'even',
       statistic: srm.statistic,
       p_value: srm.p_value,
       flagged,
       ...(srm.reason ? { reason: srm.reason } : {}),
     },
     warning: flagged
-      ? `Sample ratio mismatch: control has ${thousands(c.control.trials)} trials and test ${thousands(c.test.trials)}, p = ${srm.p_value!.toPrecision(2)} against ${against} (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`
+      ? `Sample ratio mismatch: control has ${thousands(c.control.trials)} trials and test ${thousands(c.test.trials)}, p = ${srm.p_value!.toPrecision(2)} against a 50/50 split (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`
       : null,
   }
 }
