@@ -102,4 +102,19 @@ describe('status on a database that is not migrated', () => {
     expect(broken.stdout).toMatch(/\nchain_errors\s+1\s+FAIL/)
     expect(broken.stdout).toMatch(/\nunguarded_deployments\s+-\s+UNKNOWN\s+shadow schema not migrated/)
   })
+
+  it('a shadow schema behind this shieldx: UNKNOWN, naming both versions', async () => {
+    expect((await cli(['migrate', 'up', '--no-backup', '--schema', 'shadow'])).code).toBe(0)
+    const { rows } = await db.query<{ v: number }>('select max(version) as v from shadow.schema_migrations')
+    const newest = rows[0]!.v
+    // as if the newest shadow migration had not been applied yet
+    await db.query('delete from shadow.schema_migrations where version = $1', [newest])
+    const r = await cli(['status'])
+    expect(r.code).toBe(4) // the chain broken above still counts
+    expect(r.stdout).toMatch(
+      new RegExp(
+        `\\nunguarded_deployments\\s+-\\s+UNKNOWN\\s+shadow schema at version ${newest - 1}, this shieldx needs ${newest}: run 'shieldx migrate up'\\n`,
+      ),
+    )
+  })
 })
