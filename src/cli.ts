@@ -571,7 +571,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .option('--seed <n>', 'seed of the Thompson sampling (default 1, so results are reproducible)')
     .addHelpText(
       'after',
-      '\nConclusive when every arm has at least --min-sample-size trials and one arm is best with at least\nthe --confidence probability; the verdict is then stored on the test. A sample ratio mismatch (p < 0.001\nagainst the split ab assign gave, or 50/50 if it gave none) is reported as a warning.',
+      '\nConclusive when every arm has at least --min-sample-size trials and one arm is best with at least\nthe --confidence probability; the verdict is then stored on the test. A sample ratio mismatch\nis a warning: p < 0.001 against 50/50, or, when ab assign gave out the units, an arm with more\ntrials than units.',
     )
     .action(action(loadAb, (m, ctx, a, o) => m.results(ctx, a[0] as string, o)))
 
@@ -588,7 +588,7 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     )
     .addHelpText(
       'after',
-      '\nEach assignment is counted on its arm: ab results checks the trials recorded against that split.\nPrints the variant; --json adds the draws, the seed and the units given to each arm so far.',
+      '\nEach assignment is counted on its arm: ab results checks that no arm has more trials than units.\nPrints the variant; --json adds the draws, the seed and the units given to each arm so far.',
     )
     .action(action(loadAb, (m, ctx, a, o) => m.assign(ctx, a[0] as string, o)))
   notBuilt(program, 'deploy-canary', 'staged rollout of a rule gated on a conclusive evaluation', [
