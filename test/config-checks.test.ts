@@ -130,7 +130,13 @@ describe('locate: problems found offline are shown, one sentence each, and exit 
       missing,
     ])
     fs.writeFileSync(configFile, profileYaml({ backup_key_file: path.join(home, 'gone.key') }))
-    await expectProblem(envFor(home, userHome), 'backup_key', ['BACKUP_KEY', path.join(home, 'gone.key')])
+    await expectProblem(envFor(home, userHome), 'backup_key', [
+      'BACKUP_KEY',
+      path.join(home, 'gone.key'),
+      // named by the profile, not by an environment variable the user never set
+      `(from profile prod (`,
+      'it does not exist',
+    ])
   })
 
   it('a key file holding a bad key is a problem, and its contents are not shown', async () => {
@@ -234,7 +240,7 @@ describe('locate: problems found offline are shown, one sentence each, and exit 
     })
     expect(r.code).toBe(2)
     expect(r.stderr).toContain(
-      `error: audit_hmac_key: Cannot read AUDIT_HMAC_KEY file ${path.join(home, 'absent.key')}`,
+      `error: audit_hmac_key: Cannot read the AUDIT_HMAC_KEY key file ${path.join(home, 'absent.key')} (from env AUDIT_HMAC_KEY_FILE): it does not exist (ENOENT).`,
     )
   })
 })

@@ -190,7 +190,7 @@ describe('loadKeyring: inline and file', () => {
     ).toThrow(`ENCRYPT_KEY (${file}) key 1 must be 32 bytes`)
   })
 
-  it('a missing key file is a UsageError naming the env var and the path', () => {
+  it('a missing key file is a UsageError naming the key, the path and where it was named', () => {
     const file = path.join(tempDir('file'), 'nope.key')
     try {
       loadKeyring(
@@ -200,7 +200,9 @@ describe('loadKeyring: inline and file', () => {
       expect.unreachable('a missing file should throw')
     } catch (err) {
       expect(err).toBeInstanceOf(UsageError)
-      expect((err as Error).message).toBe(`Cannot read BACKUP_KEY file ${file}: ENOENT.`)
+      expect((err as Error).message).toBe(
+        `Cannot read the BACKUP_KEY key file ${file} (from env BACKUP_KEY_FILE): it does not exist (ENOENT).`,
+      )
     }
   })
 

@@ -109,10 +109,10 @@ export function loadKeyring(ref: Resolved<SecretRef>, spec: KeySpec): LoadedKeyr
     case 'inline':
       return { keyring: parseKeyring(secret.value, spec, ref.source) }
     case 'file':
-      return { keyring: parseKeyring(readKeyFile(secret.path, spec), spec, secret.path) }
+      return { keyring: parseKeyring(readKeyFile(secret.path, spec, ref.source), spec, secret.path) }
     case 'generated': {
       const generatedAt = ensureGeneratedKey(secret.path, spec)
-      const keyring = parseKeyring(readKeyFile(secret.path, spec), spec, secret.path)
+      const keyring = parseKeyring(readKeyFile(secret.path, spec, ref.source), spec, secret.path)
       return generatedAt ? { keyring, generatedAt } : { keyring }
     }
     case 'missing':
@@ -138,14 +138,21 @@ export function checkKeyring(ref: Resolved<SecretRef>, spec: KeySpec): void {
   loadKeyring(ref, spec)
 }
 
-function readKeyFile(file: string, spec: KeySpec): string {
+/** `source`: where the file was named ("env BACKUP_KEY_FILE", "profile prod (...)"), for the message. */
+function readKeyFile(file: string, spec: KeySpec, source: string): string {
   try {
     return fs.readFileSync(file, 'utf8')
   } catch (err) {
-    throw new UsageError(
-      `Cannot read ${spec.envName} file ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}.`,
-    )
+    const code = (err as NodeJS.ErrnoException).code ?? 'error'
+    const why = READ_ERRORS[code] ?? code
+    throw new UsageError(`Cannot read the ${spec.envName} key file ${file} (from ${source}): ${why}.`)
   }
+}
+
+const READ_ERRORS: Record<string, string> = {
+  ENOENT: 'it does not exist (ENOENT)',
+  EACCES: 'permission denied (EACCES)',
+  EISDIR: 'it is a directory (EISDIR)',
 }
 
 /** Create the key file if it does not exist. Returns its path when this call created it. */
