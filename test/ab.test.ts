@@ -401,6 +401,35 @@ describe('ab record and results', () => {
     expect(ok.stderr).toBe('')
   })
 
+  it('a batch that would take an arm past 2^53 - 1 trials is exit 2 and recorded nowhere; the test stays readable', async () => {
+    await create('huge')
+    const max = String(Number.MAX_SAFE_INTEGER)
+    expect(
+      (await cli(['ab', 'record', 'huge', '--variant', 'control', '--successes', max, '--trials', max])).code,
+    ).toBe(0)
+    const over = await cli([
+      'ab',
+      'record',
+      'huge',
+      '--variant',
+      'control',
+      '--successes',
+      '1',
+      '--trials',
+      '1',
+    ])
+    expect(over.code).toBe(2)
+    expect(over.stderr).toContain(
+      "error: Recording 1 more trial would take the control arm of 'huge' past 9,007,199,254,740,991 trials",
+    )
+    expect(await observations('huge')).toBe(1)
+    const r = await json(['ab', 'results', 'huge'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.doc.arms[0].trials).toBe(Number.MAX_SAFE_INTEGER)
+    // p underflows to 0 against 50/50: it reads 0, not 0.0
+    expect(r.doc.warnings[0]).toContain(', p = 0 against a 50/50 split')
+  })
+
   it('bad counts are exit 2 naming the flag, and nothing is written', async () => {
     await create('counts')
     for (const [args, message] of [
@@ -593,14 +622,31 @@ describe('ab assign', () => {
     const dry = await json(['ab', 'assign', 'assign-count', '--seed', '9', '--dry-run'])
     expect(dry.doc).toMatchObject({ variant: 'test', counted: false, assigned: { control: 0, test: 1 } })
     expect(await assignedUnits('assign-count')).toEqual({ control: 0, test: 1 })
-    // One unit cannot account for 200 trials recorded by hand: those are checked against 50/50.
+    // Once units are counted, trials beyond them are flagged, however many were recorded by hand.
     const r = await json(['ab', 'results', 'assign-count'])
     expect(r.doc.sample_ratio).toMatchObject({
-      expected_from: 'even',
-      expected_split: [0.5, 0.5],
+      expected_from: 'assignments',
+      expected_split: null,
       assigned: { control: 0, test: 1 },
-      flagged: false,
+      flagged: true,
     })
+    expect(r.doc.warnings[0]).toMatch(
+      /^Sample ratio mismatch: control has 100 trials, but ab assign gave it 0 units/,
+    )
+  })
+
+  it('recording more cannot clear a flag: trials past the units stay flagged', async () => {
+    await create('srm-more')
+    await giveUnits('srm-more', 5, 15)
+    await record('srm-more', 'control', 3, 6)
+    await record('srm-more', 'test', 5, 10)
+    expect((await json(['ab', 'results', 'srm-more'])).doc.sample_ratio.flagged).toBe(true)
+    await record('srm-more', 'test', 2, 5) // 21 trials for 20 units in all
+    const r = await json(['ab', 'results', 'srm-more'])
+    expect(r.doc.sample_ratio).toMatchObject({ expected_from: 'assignments', flagged: true })
+    expect(r.doc.warnings[0]).toMatch(
+      /^Sample ratio mismatch: control has 6 trials, but ab assign gave it 5 units/,
+    )
   })
 
   it('concurrent assignments are each counted once', async () => {

@@ -131,5 +131,5 @@ function sampleRatioLine(s: ab.SampleRatio, red: (text: string) => string): stri
     return `Sample ratio: trials against the units ab assign gave (${units}): ${s.flagged ? `${red('MISMATCH')}, an arm has more trials than units` : 'ok'}`
   }
   if (s.p_value === null) return `Sample ratio: not checked (${s.reason})`
-  return `Sample ratio: p = ${s.p_value.toPrecision(3)} against 50/50${s.flagged ? ` ${red('MISMATCH')}` : ', ok'}`
+  return `Sample ratio: p = ${ab.pValue(s.p_value, 3)} against 50/50${s.flagged ? ` ${red('MISMATCH')}` : ', ok'}`
 }

@@ -286,9 +286,31 @@ export async function readCounts(
   const out: Counts = { control: { successes: 0, trials: 0 }, test: { successes: 0, trials: 0 } }
   for (const r of rows) {
     if (r.variant !== 'control' && r.variant !== 'test') continue
+    // (record refuses a batch that would pass this; a sum stored before that check could)
+    if (BigInt(r.trials) > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new OperationError(
+        `The ${r.variant} arm holds ${r.trials} trials, more than can be counted exactly (${thousands(Number.MAX_SAFE_INTEGER)}).`,
+        { code: 'AB_COUNTS_TOO_LARGE' },
+      )
+    }
     out[r.variant] = { successes: Number(r.successes), trials: Number(r.trials) }
   }
   return out
+}
+
+/**
+ * A batch that would take an arm past 2^53 - 1 trials: refused (exit 2), since beyond that the
+ * sums can no longer be counted exactly, and the test could not be read again.
+ */
+function assertRoom(t: AbTest, totals: Counts, batch: Array<{ variant: Variant } & ArmCounts>): void {
+  for (const b of batch) {
+    if (totals[b.variant].trials + b.trials > Number.MAX_SAFE_INTEGER) {
+      throw new UsageError(
+        `Recording ${thousands(b.trials)} more trial${b.trials === 1 ? '' : 's'} would take the ${b.variant} arm of '${t.name}' past ${thousands(Number.MAX_SAFE_INTEGER)} trials, more than can be counted exactly; nothing was recorded.`,
+        { code: 'AB_COUNTS_TOO_LARGE' },
+      )
+    }
+  }
 }
 
 async function testWithCounts(pool: pg.Pool, ref: string, options: StoreOptions) {
@@ -332,7 +354,9 @@ export async function recordObservation(
   return transaction(
     pool,
     async (client) => {
-      const t = await findAbTest(client, ref, options)
+      // Locked: records into one test go one at a time, so the room checked is the room there is.
+      const t = await findAbTest(client, ref, { ...options, forUpdate: true })
+      assertRoom(t, await readCounts(client, t.id, options), [{ variant: v, ...c }])
       await query(
         client,
         'Recording the observation',
@@ -390,7 +414,7 @@ export async function recordEvaluation(
   return transaction(
     pool,
     async (client) => {
-      const t = await findAbTest(client, ref, options)
+      const t = await findAbTest(client, ref, { ...options, forUpdate: true })
       const { rows } = await query<{
         metrics: unknown
         rule_id: string
@@ -433,6 +457,11 @@ export async function recordEvaluation(
         ['control', confusionCounts(e.metrics, id, 'control_metrics', 'control')],
         ['test', confusionCounts(e.metrics, id, 'candidate_metrics', 'test')],
       ]
+      assertRoom(
+        t,
+        await readCounts(client, t.id, options),
+        arms.map(([variant, c]) => ({ variant, ...c })),
+      )
       try {
         for (const [v, c] of arms) {
           await query(
@@ -491,8 +520,8 @@ export interface Check {
 
 export interface SampleRatio {
   /**
-   * 'even': a chi-square test against 50/50. 'assignments': `ab assign` handed out at least as many
-   * units as there are trials, and no arm may have more trials than units (no split is expected).
+   * 'even': a chi-square test against 50/50. 'assignments': `ab assign` counted units for the test,
+   * and no arm may have more trials than units (no split is expected).
    */
   expected_from: 'assignments' | 'even'
   /** control's and test's expected shares; null with 'assignments' */
@@ -532,6 +561,9 @@ export interface AbResults {
   stored: Pick<AbTest, 'status' | 'winner' | 'concluded_at'>
   warnings: string[]
 }
+
+/** A p-value in `digits` significant digits; an underflow to 0 reads 0, not 0.0. */
+export const pValue = (p: number, digits: number): string => (p === 0 ? '0' : p.toPrecision(digits))
 
 const fmtP = (p: number) => (p === 1 ? '1' : p >= 0.9999 ? p.toFixed(6) : p.toFixed(4))
 
@@ -675,19 +707,18 @@ export async function abResults(
  * The sample-ratio-mismatch check. Units handed out by `ab assign` follow Thompson sampling, whose
  * split is uneven by design and moves as the arms' figures do, so a fixed expected split cannot be
  * tested against: recorded trials lag the assignments, and the latest units lean to the leading
- * arm. When the assignments account for every trial (trials <= units), the check is that no arm
- * has more trials than units it was given (units recorded twice, or from elsewhere); a lag only
- * ever leaves trials short. Otherwise (counts recorded by hand, or from evaluations, which give
- * both arms the same events) it is a chi-square test against 50/50.
+ * arm. Once a test has units counted, the check is that no arm has more trials than units it was
+ * given (units recorded twice, or trials from elsewhere); a lag only ever leaves trials short. A
+ * test without counted units (counts recorded by hand, or from evaluations, which give both arms
+ * the same events) gets a chi-square test against 50/50.
  */
 export function sampleRatioCheck(
   assigned: Record<Variant, number>,
   c: Counts,
 ): { sampleRatio: SampleRatio; warning: string | null } {
   const units = assigned.control + assigned.test
-  const trials = c.control.trials + c.test.trials
   const base = { assigned: { ...assigned }, alpha: AB_DEFAULTS.srmAlpha }
-  if (units > 0 && trials <= units) {
+  if (units > 0) {
     const over = VARIANTS.find((v) => c[v].trials > assigned[v])
     return {
       sampleRatio: {
@@ -718,7 +749,7 @@ export function sampleRatioCheck(
       ...(srm.reason ? { reason: srm.reason } : {}),
     },
     warning: flagged
-      ? `Sample ratio mismatch: control has ${thousands(c.control.trials)} trials and test ${thousands(c.test.trials)}, p = ${srm.p_value!.toPrecision(2)} against a 50/50 split (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`
+      ? `Sample ratio mismatch: control has ${thousands(c.control.trials)} trials and test ${thousands(c.test.trials)}, p = ${pValue(srm.p_value!, 2)} against a 50/50 split (flagged below ${AB_DEFAULTS.srmAlpha}); check how units are assigned before trusting the result.`
       : null,
   }
 }
