@@ -109,7 +109,11 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .showHelpAfterError(false)
     // Set before any subcommand is made, so that every one inherits it: a subcommand's --help
     // lists the global flags above (commander 14: Help.showGlobalOptions).
-    .configureHelp({ showGlobalOptions: true })
+    .configureHelp({
+      showGlobalOptions: true,
+      // Only shieldx's own: `evaluate show` does not take evaluate's flags (action() refuses them).
+      visibleGlobalOptions: (cmd: Command) => (cmd.parent ? program.options.filter((o) => !o.hidden) : []),
+    })
     .exitOverride()
     .configureOutput({
       writeOut: (s) => io.stdout.write(s),
@@ -141,9 +145,27 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     <M>(load: Loader<M>, call: (mod: M, ctx: Context, args: unknown[], opts: any) => Promise<void>) =>
       async (...args: unknown[]) => {
         const cmd = args.at(-1) as Command
+        rejectParentFlags(cmd)
         const [ctx, mod] = await Promise.all([makeContext(cmd.optsWithGlobals() as GlobalOptions), load()])
         await call(mod, ctx, args.slice(0, -2), cmd.opts())
       }
+
+  /**
+   * A group's own flags given to one of its subcommands (`evaluate show ID --require-approval`):
+   * commander lets the group parse them, and the subcommand would ignore them without a word.
+   */
+  const rejectParentFlags = (cmd: Command): void => {
+    for (let p = cmd.parent; p && p !== program; p = p.parent) {
+      const given = p.options.filter((o) => p!.getOptionValueSource(o.attributeName()) === 'cli')
+      if (given.length > 0) {
+        const flags = given.map((o) => o.long ?? o.flags).join(', ')
+        throw new UsageError(
+          `${flags} ${given.length === 1 ? 'is a flag' : 'are flags'} of 'shieldx ${p.name()}', not of 'shieldx ${p.name()} ${cmd.name()}'.`,
+          { hint: `See 'shieldx ${p.name()} ${cmd.name()} --help'.` },
+        )
+      }
+    }
+  }
 
   const notBuilt = (parent: Command, name: string, description: string, example: string[], path = name) =>
     sub(parent, name, `${description} (not built yet)`, example)

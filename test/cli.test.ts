@@ -134,6 +134,26 @@ describe('help and version', () => {
     }
   })
 
+  it("a group's own flags given to its subcommand are exit 2, not ignored; its help does not offer them", async () => {
+    const show = await runCli([
+      'evaluate',
+      'show',
+      '0b6f3c1e-8a5d-4f0e-9c51-2f7d1f0c9a11',
+      '--require-approval',
+    ])
+    expect(show.code).toBe(2)
+    expect(show.stderr).toContain(
+      "error: --require-approval is a flag of 'shieldx evaluate', not of 'shieldx evaluate show'.",
+    )
+    const list = await runCli(['evaluate', 'list', '--candidate', 'x', '--traffic', 'y'])
+    expect(list.code).toBe(2)
+    expect(list.stderr).toContain("error: --candidate, --traffic are flags of 'shieldx evaluate'")
+    const help = await runCli(['help', 'evaluate', 'show'])
+    expect(help.stdout).toContain('\nGlobal Options:\n')
+    expect(help.stdout).not.toContain('--require-approval')
+    expect(help.stdout).not.toContain('--candidate')
+  })
+
   it('--version prints the package version', async () => {
     const r = await runCli(['--version'])
     expect(r.code).toBe(0)
