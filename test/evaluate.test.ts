@@ -205,6 +205,29 @@ describe('rules', () => {
     expect((await cli(['rules', 'show', 'imm@9'])).code).toBe(1)
   })
 
+  it('warns of a pattern that nests one unbounded repetition in another, and stores the rule', async () => {
+    const file = path.join(dir, 'nested.json')
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        id: 'nested-re',
+        version: 1,
+        name: 'nested',
+        type: 'match',
+        field: 'path',
+        pattern: '^(a+)+$',
+      }),
+    )
+    const r = await cli(['rules', 'add', file])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stderr).toContain('warning: nested-re@1 $.pattern nests one unbounded repetition in another')
+    const again = await json(['rules', 'add', file])
+    expect(again.doc[0]).toMatchObject({ id: 'nested-re', risky_patterns: ['$.pattern'] })
+    const plain = await json(['rules', 'add', path.join(ROOT, 'fixtures/rules/status-errors.json')])
+    expect(plain.doc[0].risky_patterns).toBeUndefined()
+    expect(plain.stderr).toBe('')
+  })
+
   it('lists every rule with its newest version', async () => {
     const r = await json(['rules', 'list'])
     expect(r.code).toBe(0)
@@ -1101,6 +1124,45 @@ describe('evaluate', () => {
     writer.kill()
     expect(r.timedOut).toBe(false)
     expect(r.exitCode).toBe(130)
+    expect(Date.now() - sent).toBeLessThan(5000)
+  })
+
+  it('one Ctrl-C stops a replay stuck in one line (a pattern backtracking for minutes): exit 130 within seconds', async () => {
+    const file = path.join(dir, 'stuck.json')
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        id: 'stuck-re',
+        version: 1,
+        name: 'nested',
+        type: 'match',
+        field: 'path',
+        pattern: '^(a+)+$',
+      }),
+    )
+    expect((await cli(['rules', 'add', file])).code).toBe(0)
+    const LINE = { ip: '10.0.0.1', tenant_id: 't', method: 'GET', status: 200, latency_ms: 5 }
+    // 34 a's and a mismatch: 2^34 ways to split them, each tried
+    const traffic = writeTraffic('stuck.jsonl', [
+      { ...LINE, ts: 1_700_000_000_000, path: `${'a'.repeat(34)}!`, label: 'attack' },
+      { ...LINE, ts: 1_700_000_000_001, path: '/', label: 'benign' },
+    ])
+    const child = execa(
+      process.execPath,
+      [BIN, 'evaluate', '--candidate', 'stuck-re@1', '--control', 'status-errors@1', '--traffic', traffic],
+      { env: env(), extendEnv: false, reject: false, timeout: 60_000 },
+    )
+    let stderr = ''
+    child.stderr!.on('data', (d) => {
+      stderr += d
+    })
+    // Past the start and into the line: it holds the replay for minutes, reporting nothing.
+    await new Promise((r) => setTimeout(r, 3000))
+    const sent = Date.now()
+    child.kill('SIGINT')
+    const r = await child
+    expect(r.timedOut).toBe(false)
+    expect(r.exitCode, stderr).toBe(130)
     expect(Date.now() - sent).toBeLessThan(5000)
   })
 

@@ -1,7 +1,7 @@
 import type { Context } from '../context.js'
 import { transaction } from '../core/db/tx.js'
 import { addRule, getRule, listRules } from '../core/shadow/rule-store.js'
-import { formatRef, parseRuleRef, readRuleFile } from '../core/shadow/rules.js'
+import { formatRef, parseRuleRef, readRuleFile, riskyPatterns } from '../core/shadow/rules.js'
 import { renderTable } from '../ui/table.js'
 
 const shadowDb = async (ctx: Context) => (await ctx.shadowDatabase()).pool
@@ -19,13 +19,21 @@ export async function add(ctx: Context, files: string[]) {
     },
     { idempotent: true, what: 'storing the rules' },
   )
+  const risky = defs.map((d) => riskyPatterns(d))
+  risky.forEach((paths, i) => {
+    for (const p of paths)
+      ctx.out.warn(
+        `${formatRef(defs[i]!)} ${p} nests one unbounded repetition in another (as in (a+)+): a crafted input can make it take exponential time, in evaluate and in a WAF running the rule. Rewrite it without the nesting unless a separator makes each repetition unambiguous.`,
+      )
+  })
   if (ctx.out.json) {
     return ctx.out.document(
-      results.map((r) => ({
+      results.map((r, i) => ({
         id: r.rule.id,
         version: r.rule.version,
         created: r.created,
         created_at: r.rule.created_at,
+        ...(risky[i]!.length > 0 ? { risky_patterns: risky[i] } : {}),
       })),
     )
   }

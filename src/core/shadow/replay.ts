@@ -115,6 +115,8 @@ export interface ReplayResult {
 }
 
 const COORDINATOR_FILE = path.join(PACKAGE_ROOT, 'dist/core/shadow/replay-coordinator.js')
+/** How long the replay thread has to stop by itself after Ctrl-C before it is stopped. */
+const ABORT_GRACE_MS = 1000
 /**
  * The replay's own thread. With V8's default young generation (up to 48 MB, grown as the
  * allocation rate stays high) its heap kept growing through a long file; 16 MB holds it flat
@@ -161,10 +163,18 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
         })
     })
   }
-  const abort = () => worker.postMessage({ type: 'abort' })
+  // Ctrl-C asks the thread to stop and clean up. A thread that does not answer (busy in one line: a
+  // pattern backtracking for minutes) is stopped from here, so the first Ctrl-C is always enough.
+  let stopNow: (() => void) | null = null
+  let forced: NodeJS.Timeout | null = null
+  const abort = () => {
+    worker.postMessage({ type: 'abort' })
+    forced = setTimeout(() => stopNow?.(), ABORT_GRACE_MS)
+  }
   signal?.addEventListener('abort', abort, { once: true })
   try {
     return await new Promise<ReplayResult>((resolve, reject) => {
+      stopNow = () => reject(new InterruptedError())
       worker.on('message', (m: CoordinatorMessage) => {
         if (m.type === 'progress') onProgress?.(m.events, m.bytesRead)
         else if (m.type === 'done') resolve(m.result)
@@ -186,6 +196,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       )
     })
   } finally {
+    if (forced) clearTimeout(forced)
     signal?.removeEventListener('abort', abort)
     // Done or failed, nothing more is read: a producer still writing gets EPIPE, not a wait.
     stdin?.destroy()

@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs'
 import { UsageError } from '../errors.js'
+import { nestsRepetitions } from './regex-safety.js'
 
 export type RateLimitKey = 'ip' | 'tenant_id' | 'path'
 export type ThresholdOp = '>=' | '>' | '<=' | '<'
@@ -120,6 +121,7 @@ function parsePart(v: unknown, path: string, depth: number, top: boolean, source
         } catch (err) {
           invalid(`${path}.pattern`, `is not a valid regular expression (${(err as Error).message})`, source)
         }
+
         return v.flags === undefined
           ? { type, field, pattern: v.pattern }
           : { type, field, pattern: v.pattern, flags: v.flags as string }
@@ -218,4 +220,18 @@ export function formatRef(r: { id: string; version: number }): string {
 export function ruleBody(def: RuleDefinition): RulePart {
   const { id: _id, version: _version, name: _name, description: _d, ...body } = def
   return body as RulePart
+}
+
+/**
+ * The JSON paths of a rule's patterns that nest one unbounded repetition in another (as in
+ * (a+)+): on a crafted input they backtrack exponentially, and one line holds the replay, or a
+ * WAF running the rule, for minutes. Not refused (the check is a heuristic, and [a-z]+(\.[a-z]+)*
+ * is safe though nested), but warned of when the rule is added.
+ */
+export function riskyPatterns(rule: RulePart, path = '$'): string[] {
+  if (rule.type === 'match')
+    return 'pattern' in rule && nestsRepetitions(rule.pattern) ? [`${path}.pattern`] : []
+  if (rule.type === 'all' || rule.type === 'any')
+    return rule.rules.flatMap((r, i) => riskyPatterns(r, `${path}.rules[${i}]`))
+  return []
 }
