@@ -56,6 +56,7 @@ interface Cases {
     cdf: Record<string, number>
   }>
   prob_better: Array<{ a: [number, number]; b: [number, number]; p: number }>
+  prob_better_tail: Array<{ a: [number, number]; b: [number, number]; p: number }>
   auc: Array<{ name: string; entries: ScoreEntry[]; auc: number }>
   chi2_sf: Array<{ x: number; df: number; sf: number }>
   binom_cdf: Array<{ k: number; n: number; p: number; cdf: number }>
@@ -276,6 +277,14 @@ describe('Bayesian comparison', () => {
     expect(r.reason).toBeNull()
     expect(Math.abs(r.value! - p), `got ${r.value}, quad ${p}`).toBeLessThan(1e-9)
   })
+
+  it.each(cases.prob_better_tail)(
+    'a tail probability keeps its relative precision (60-digit closed form): A=$a B=$b',
+    ({ a, b, p }) => {
+      const r = probBetterExact(beta(...a), beta(...b))
+      expect(Math.abs(r.value! - p) / p, `got ${r.value}, 60 digits ${p}`).toBeLessThan(1e-8)
+    },
+  )
 
   /** P(X_b > X_a) = ∫ pdf_a(x) (1 - I_x(b)) dx by Simpson's rule on a fine grid. */
   function integrate(a: BetaPosterior, b: BetaPosterior, n = 20_000): number {

@@ -70,19 +70,30 @@ export function probBetterExact(
   const max = options.maxFullTerms ?? MAX_EXACT_TERMS
   const sum = (x: BetaPosterior, y: BetaPosterior) => (y.alpha > max ? windowedSum(x, y) : millerSum(x, y))
   const flip = (p: BetaPosterior): BetaPosterior => ({ alpha: p.beta, beta: p.alpha })
-  // Each option: the parameter the sum runs over, and how the answer follows from the sum.
-  const ways: Array<{ terms: number; value: () => number }> = [
-    { terms: b.alpha, value: () => sum(a, b) },
-    { terms: a.alpha, value: () => 1 - sum(b, a) },
+  // Each option: the parameter the sum runs over, and how the answer follows from the sum: as the
+  // sum itself, or as 1 - the sum of the other way round.
+  const ways: Array<{ terms: number; complement: boolean; value: () => number }> = [
+    { terms: b.alpha, complement: false, value: () => sum(a, b) },
+    { terms: a.alpha, complement: true, value: () => 1 - sum(b, a) },
     // X_b > X_a  <=>  1 - X_a > 1 - X_b
-    { terms: a.beta, value: () => sum(flip(b), flip(a)) },
-    { terms: b.beta, value: () => 1 - sum(flip(a), flip(b)) },
+    { terms: a.beta, complement: false, value: () => sum(flip(b), flip(a)) },
+    { terms: b.beta, complement: true, value: () => 1 - sum(flip(a), flip(b)) },
   ]
   const usable = ways.filter((o) => Number.isInteger(o.terms)).sort((x, y) => x.terms - y.terms)
   const best = usable[0]
   if (!best) return undefinedBecause('no Beta parameter is a whole number, so the closed form does not apply')
-  return defined(Math.min(1, Math.max(0, best.value())))
+  let p = best.value()
+  // 1 - a sum near 1 keeps only its absolute precision (~1e-16): a tail probability of 1e-23 came
+  // out as 1e-9 or 0. Summed directly, it keeps its relative precision.
+  if (best.complement && p < TAIL) {
+    const direct = usable.find((o) => !o.complement)
+    if (direct) p = direct.value()
+  }
+  return defined(Math.min(1, Math.max(0, p)))
 }
+
+/** Below this, a probability got as 1 - a sum is summed again directly (see probBetterExact). */
+const TAIL = 1e-6
 
 /** Evan Miller's sum for P(X_b > X_a), over i < b.alpha (a whole number). */
 function millerSum(a: BetaPosterior, b: BetaPosterior): number {
