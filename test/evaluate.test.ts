@@ -802,6 +802,13 @@ describe('evaluate', () => {
     expect(show.doc.candidate_metrics).toEqual(d.candidate_metrics)
     const list = await json(['evaluate', 'list', '--rule', 'ip-burst'])
     expect(list.doc.map((x: { id: string }) => x.id)).toContain(d.id)
+    // a rule without evaluations, while others have some: said so, not "none stored yet"
+    const none = await cli(['evaluate', 'list', '--rule', 'never-evaluated'])
+    expect(none.code).toBe(0)
+    expect(none.stderr).toBe('No evaluations of rule never-evaluated are stored (as candidate or control).\n')
+    const shown = await cli(['evaluate', 'show', d.id])
+    expect(shown.stderr).toContain(`evaluation ${d.id} (`)
+    expect(shown.stderr).not.toContain('stored as evaluation')
     await expect(db.query(`delete from shadow.evaluations where id = $1`, [d.id])).rejects.toThrow(
       /append-only/,
     )

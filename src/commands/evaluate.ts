@@ -7,7 +7,7 @@ import { evaluate, type EvaluationDoc } from '../core/shadow/evaluate.js'
 import { getEvaluation, listEvaluations, storeEvaluation } from '../core/shadow/evaluations.js'
 import { DEFAULT_THRESHOLDS, type Thresholds } from '../core/shadow/recommend.js'
 import { activeVersion, getRule } from '../core/shadow/rule-store.js'
-import { formatRef, parseRuleRef } from '../core/shadow/rules.js'
+import { formatRef, mixedScales, parseRuleRef } from '../core/shadow/rules.js'
 import { progressBar } from '../ui/progress.js'
 import { renderTable } from '../ui/table.js'
 import { thousands } from '../core/thousands.js'
@@ -146,6 +146,16 @@ export async function run(ctx: Context, f: EvaluateFlags) {
       `${thousands(n)} of ${thousands(doc.traffic.lines)} lines (${pct(n / doc.traffic.lines)}) have no ${field}: no rule part that reads it blocks them. Is the traffic export dropping it?`,
     )
   }
+  for (const [role, rule] of [
+    ['candidate', candidate],
+    ['control', control],
+  ] as const) {
+    const scales = mixedScales(rule.definition)
+    if (scales && doc[`${role}_metrics`].auc_roc !== null)
+      ctx.out.warn(
+        `${formatRef(rule)} (${role}) scores as the ${rule.definition.type === 'all' ? 'min' : 'max'} of parts on different scales (${scales.join(', ')}): its AUC-ROC ranks events by raw scores in different units, not by what the rule decides; precision, recall and MCC do not depend on it.`,
+      )
+  }
   if (doc.traffic.skipped_invalid + doc.traffic.skipped_out_of_order > 0) {
     ctx.out.warn(
       `skipped ${doc.traffic.skipped_invalid} invalid and ${doc.traffic.skipped_out_of_order} out-of-order line(s) (--skip-invalid).`,
@@ -161,7 +171,7 @@ export async function run(ctx: Context, f: EvaluateFlags) {
     }
     return
   }
-  render(ctx, doc, stored)
+  render(ctx, doc, stored ? 'now' : 'no')
   if (refused) throw new SafetyError(notApproved(doc), { code: 'NOT_APPROVED' })
 }
 
@@ -173,7 +183,8 @@ const fix = (x: number | null, d = 4) => (x === null ? 'n/a' : x.toFixed(d))
 /** p-values: tiny ones in scientific notation, never a misleading "0.00". */
 const pv = (p: number) => (p === 0 ? '< 1e-300' : p < 0.001 ? p.toExponential(2) : p.toFixed(3))
 
-function render(ctx: Context, doc: EvaluationDoc, stored: boolean) {
+/** `stored`: 'now' (just stored), 'before' (evaluate show), or 'no' (--no-store). */
+function render(ctx: Context, doc: EvaluationDoc, stored: 'now' | 'before' | 'no') {
   const out = ctx.out
   const r = doc.recommendation
   const colour = r.decision.startsWith('APPROVE') ? 'green' : r.decision === 'REJECT' ? 'red' : 'yellow'
@@ -232,10 +243,14 @@ function render(ctx: Context, doc: EvaluationDoc, stored: boolean) {
     )
   }
   out.result()
+  const conclusive = doc.conclusive ? 'conclusive' : 'not conclusive'
+  const sha = `traffic sha256 ${doc.traffic.sha256.slice(0, 16)}…`
   out.info(
-    stored
-      ? `stored as evaluation ${doc.id}${doc.conclusive ? ' (conclusive)' : ' (not conclusive)'}; traffic sha256 ${doc.traffic.sha256.slice(0, 16)}…`
-      : 'not stored (--no-store)',
+    stored === 'now'
+      ? `stored as evaluation ${doc.id} (${conclusive}); ${sha}`
+      : stored === 'before'
+        ? `evaluation ${doc.id} (${conclusive}), stored ${doc.created_at}; ${sha}`
+        : 'not stored (--no-store)',
   )
 }
 
@@ -247,7 +262,11 @@ export async function list(ctx: Context, opts: { rule?: string; limit?: number }
   })
   if (ctx.out.json) return ctx.out.document(rows)
   if (rows.length === 0)
-    return ctx.out.info("No evaluations stored yet; run 'shieldx evaluate --candidate RULE --traffic FILE'.")
+    return ctx.out.info(
+      rule
+        ? `No evaluations of rule ${rule} are stored (as candidate or control).`
+        : "No evaluations stored yet; run 'shieldx evaluate --candidate RULE --traffic FILE'.",
+    )
   ctx.out.result(
     renderTable(
       ['id', 'created', 'candidate', 'control', 'decision', 'conclusive', 'events'],
@@ -267,6 +286,6 @@ export async function list(ctx: Context, opts: { rule?: string; limit?: number }
 export async function show(ctx: Context, id: string) {
   const doc = await getEvaluation(await shadowDb(ctx), id)
   if (ctx.out.json) return ctx.out.document(doc)
-  render(ctx, doc, true)
-  ctx.out.info(`evaluated ${doc.created_at} on ${doc.traffic.file}`)
+  render(ctx, doc, 'before')
+  ctx.out.info(`evaluated on ${doc.traffic.file}`)
 }

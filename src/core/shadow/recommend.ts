@@ -98,15 +98,19 @@ export function recommend(input: RecommendationInput, t: Thresholds): Recommenda
     skippedShare <= MAX_SKIPPED_SHARE,
     `${thousands(input.skippedLines)} of ${thousands(input.lines)} lines skipped (${pct(skippedShare)}) ${skippedShare <= MAX_SKIPPED_SHARE ? '≤' : '>'} ${pct(MAX_SKIPPED_SHARE)}`,
   )
+  // At least one of each, whatever --min-attacks says: without it recall (or the false-positive
+  // rate) is undefined, and nothing can be judged.
+  const least = Math.max(1, t.minAttacks)
+  const minimum = t.minAttacks >= 1 ? `the minimum ${thousands(least)}` : 'the 1 needed to judge at all'
   const enoughAttacks = check(
     'attacks',
-    input.attacks >= Math.max(1, t.minAttacks),
-    `${thousands(input.attacks)} attacks in the sample ${input.attacks >= t.minAttacks ? '≥' : '<'} the minimum ${thousands(t.minAttacks)}`,
+    input.attacks >= least,
+    `${thousands(input.attacks)} attacks in the sample ${input.attacks >= least ? '≥' : '<'} ${minimum}`,
   )
   const enoughBenign = check(
     'benign',
-    input.benign >= Math.max(1, t.minAttacks),
-    `${thousands(input.benign)} benign requests in the sample ${input.benign >= t.minAttacks ? '≥' : '<'} the minimum ${thousands(t.minAttacks)}`,
+    input.benign >= least,
+    `${thousands(input.benign)} benign requests in the sample ${input.benign >= least ? '≥' : '<'} ${minimum}`,
   )
   const c = input.candidate
   const precisionOk = check(

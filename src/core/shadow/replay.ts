@@ -81,8 +81,12 @@ export interface ReplayOptions {
   skipInvalid: boolean
   maxDisorderMs: number
   signal?: AbortSignal
-  /** events decided so far, bytes of the file read so far */
-  onProgress?: (events: number, bytesRead: number) => void
+  /**
+   * Lines read (parsed and taken in file order) so far, and the bytes they came from. Not events
+   * decided: with rate limits an event waits for its window, and a small file's are all decided
+   * at its end ("100%, 0 events" was the first report).
+   */
+  onProgress?: (lines: number, bytesRead: number) => void
   /**
    * A pipe or standard input that sends nothing for this long fails the replay (exit 124): a
    * stalled producer must not hold a CI job for ever (--timeout).
@@ -237,6 +241,9 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
   const missing = new Array<number>(pair.stateless.length + pair.keys.length).fill(0)
   /** lines (blank ones too) before the block taken next: block-relative line numbers + this */
   let lineBase = 0
+  /** each dispatched block's bytes, by seq, until it is taken; the bytes of the blocks taken */
+  const sizes = new Map<number, number>()
+  let taken = 0
   let failure: Error | null = null
 
   const workers = Array.from({ length: threads - 1 }, () => {
@@ -298,7 +305,10 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
       }
       if (invalidError && !options.skipInvalid) throw invalidError
     }
-    options.onProgress?.(tally.events, input.bytes())
+    taken += sizes.get(msg.seq) ?? 0
+    sizes.delete(msg.seq)
+    // (a .gz: the blocks are gunzipped bytes, the file's size is not; the bytes read of it stand in)
+    options.onProgress?.(lines, input.compressed ? input.bytes() : taken)
   }
 
   /**
@@ -392,7 +402,9 @@ export async function replayInThisThread(options: ReplayOptions): Promise<Replay
         bytes: block.body,
         sharedId: input.sharedId(block.body.buffer),
       }
-      dispatchedBytes += (block.head?.length ?? 0) + block.body.length
+      const size = (block.head?.length ?? 0) + block.body.length
+      dispatchedBytes += size
+      sizes.set(task.seq, size)
       const cap = workerQueueCap(
         perWorker,
         workers.length,

@@ -235,3 +235,27 @@ export function riskyPatterns(rule: RulePart, path = '$'): string[] {
     return rule.rules.flatMap((r, i) => riskyPatterns(r, `${path}.rules[${i}]`))
   return []
 }
+
+/**
+ * The scales an all/any rule's parts score on, when they are not one. A match scores 0 or 1 and a
+ * rate limit its count over its threshold: both block at about 1, so they combine. A threshold
+ * scores the field's value (negated for < and <=), in the field's own units. The spec's min/max
+ * of parts on different scales ranks events by raw numbers in different units, not by what the
+ * rule decides, so its AUC-ROC can be anything (a rule that blocked every attack and nothing else
+ * scored 0). Null when the parts share one scale.
+ */
+export function mixedScales(rule: RulePart): string[] | null {
+  const scale = (r: RulePart): string[] => {
+    switch (r.type) {
+      case 'match':
+      case 'rate_limit':
+        return ['match or rate limit (blocks at about 1)']
+      case 'threshold':
+        return [`${r.op === '<' || r.op === '<=' ? 'minus ' : ''}${r.field}`]
+      default:
+        return [...new Set(r.rules.flatMap(scale))]
+    }
+  }
+  const all = scale(rule)
+  return (rule.type === 'all' || rule.type === 'any') && all.length > 1 ? all : null
+}

@@ -1,7 +1,7 @@
-/** The nested-repetition heuristic behind `rules add`'s warning about catastrophic patterns. */
+/** What rules add and evaluate warn of in a rule: catastrophic patterns, and parts scored on different scales. */
 import { describe, expect, it } from 'vitest'
 import { nestsRepetitions } from '../src/core/shadow/regex-safety.js'
-import { riskyPatterns } from '../src/core/shadow/rules.js'
+import { mixedScales, riskyPatterns } from '../src/core/shadow/rules.js'
 
 describe('nestsRepetitions', () => {
   it.each([
@@ -38,5 +38,27 @@ describe('riskyPatterns', () => {
         ],
       }),
     ).toEqual(['$.rules[1].rules[0].pattern'])
+  })
+})
+
+describe('mixedScales', () => {
+  it('finds a threshold combined with parts on another scale, however deep; matches and rate limits combine', () => {
+    const latency = { type: 'threshold', field: 'latency_ms', op: '>', value: 1000 } as const
+    const admin = { type: 'match', field: 'path', pattern: '^/admin' } as const
+    const burst = { type: 'rate_limit', key: 'ip', window_s: 10, threshold: 20 } as const
+    expect(mixedScales({ type: 'any', rules: [latency, admin] })).toEqual([
+      'latency_ms',
+      'match or rate limit (blocks at about 1)',
+    ])
+    expect(
+      mixedScales({ type: 'all', rules: [burst, { type: 'any', rules: [admin, latency] }] }),
+    ).toHaveLength(2)
+    expect(mixedScales({ type: 'any', rules: [admin, burst] })).toBeNull()
+    expect(mixedScales({ type: 'any', rules: [latency, { ...latency, value: 2000 }] })).toBeNull()
+    expect(mixedScales({ type: 'any', rules: [latency, { ...latency, op: '<' }] })).toEqual([
+      'latency_ms',
+      'minus latency_ms',
+    ])
+    expect(mixedScales(latency)).toBeNull()
   })
 })
