@@ -630,7 +630,10 @@ export function buildProgram(io: Io, makeContext: (g: GlobalOptions) => Promise<
     .addOption(
       new Option('--schema <schema>', 'which schema').choices(['credits', 'shadow', 'all']).default('all'),
     )
-    .option('--force', 'go ahead although other connections are open (exit 3 otherwise)')
+    .option(
+      '--force',
+      'go ahead although other connections are open, or --backup was taken from another database (exit 3 otherwise)',
+    )
     .option('--dry-run', 'say what would be restored, and change nothing')
     .action(action(loadBackup, (m, ctx, _a, o) => m.rollbackMigration(ctx, o)))
 

@@ -663,14 +663,19 @@ describe('damaged backups are refused (exit 4) and never marked verified', () =>
     expect(await creditsTables(t.url)).toBe(0)
   })
 
-  it('a BACKUP_KEY without the key id the backup names: exit 4 naming the key', async () => {
+  it('a BACKUP_KEY without the key id the backup names: exit 4 naming the key, and the backup stays verified', async () => {
     const file = copyBackup(smallFile)
+    expect((await json(['backup', 'verify', file])).code).toBe(0)
+    const before = readManifest(file)
+    expect(before.verified).toBeDefined()
     const r = await cli(['backup', 'verify', file], {
       env: { BACKUP_KEY: `other:${randomBytes(32).toString('base64')}` },
     })
     expect(r.code).toBe(4)
-    expect(r.stdout).toContain(`encrypted with key '${KID}', which BACKUP_KEY does not hold`)
-    expect(r.stdout).toContain('Backup FAILED verification')
+    expect(r.stderr).toContain(`encrypted with key '${KID}', which BACKUP_KEY does not hold`)
+    expect(r.stdout).toBe('')
+    // a stale secret in a CronJob is no fault of the backup: not marked failed, still prune-safe
+    expect(readManifest(file)).toEqual(before)
   })
 
   it('a flipped byte in the middle of a multi-chunk backup: exit 4 naming that chunk; verified before, it is no longer', async () => {
@@ -1665,6 +1670,111 @@ describe('migrate up takes a pre-migration backup; rollback --migration restores
     })
     expect(r.code).toBe(1)
     expect(r.doc.error.code).toBe('NO_PRE_MIGRATION_BACKUP')
-    expectSentence(r, /No pre-migration backup in /)
+    expectSentence(r, /No pre-migration backup of this database in /)
+  })
+
+  it('a newer pre-migration backup of another database in the same directory is never chosen, kept by prune, refused by --backup', async () => {
+    migrations = migrationsWith0003(
+      'alter table credits.credit_accounts add column memo text;\n',
+      'alter table credits.credit_accounts drop column memo;\n',
+    )
+    const before = await balances()
+    const up = await cli(['migrate', 'up', '--schema', 'credits'], { url: mig.url, env: menv() })
+    expect(up.code, up.stderr).toBe(0)
+    expect(await version()).toBe(3)
+    // another database, migrated the same way a moment later: its backup is the newest in the directory
+    const other = await createTestDatabase('backup_other')
+    try {
+      for (const args of [
+        ['migrate', 'up', '--no-backup'],
+        ['credits', 'topup', 'someone-else', '9'],
+      ])
+        expect((await cli(args, { url: other.url, env: { BACKUP_DIR: backups } })).code).toBe(0)
+      const up2 = await cli(['migrate', 'up', '--schema', 'credits'], { url: other.url, env: menv() })
+      expect(up2.code, up2.stderr).toBe(0)
+      const listed = (await json(['backup', 'list'], { url: mig.url, env: menv() })).doc.backups as Array<{
+        file: string
+        source: string
+        created_at: string
+      }>
+      const theirs = listed.find((b) => b.source.endsWith(`/${other.name}`))!
+      const ours = listed.find((b) => b.source.endsWith(`/${mig.name}`))!
+      expect(theirs.created_at > ours.created_at).toBe(true)
+
+      // prune keeps each database's newest pre-migration backup
+      const prune = await json(
+        ['backup', 'prune', '--keep-last', '0', '--retention-days', '1', '--dry-run'],
+        {
+          url: mig.url,
+          env: menv(),
+        },
+      )
+      const kept = prune.doc.kept.map((k: { file: string }) => k.file)
+      expect(kept).toEqual(expect.arrayContaining([theirs.file, ours.file]))
+
+      // named by hand: refused (exit 3), nothing restored
+      const named = await json(['--yes', 'rollback', '--migration', '--backup', theirs.file], {
+        url: mig.url,
+        env: menv(),
+      })
+      expect(named.code).toBe(3)
+      expect(named.doc.error.code).toBe('BACKUP_OF_ANOTHER_DATABASE')
+      expect(await version()).toBe(3)
+
+      // chosen: ours, though theirs is newer
+      const rb = await cli(['--yes', 'rollback', '--migration', '--schema', 'credits', '--force'], {
+        url: mig.url,
+        env: menv(),
+      })
+      expect(rb.code, rb.stderr).toBe(0)
+      expect(rb.stderr).toContain(path.basename(ours.file))
+      expect(await version()).toBe(2)
+      expect(await balances()).toEqual(before)
+    } finally {
+      await other.drop()
+    }
+  })
+
+  it('a backup from before the chain format (credits schema 1) rolls back and test-restores, its chain check skipped with the reason', async () => {
+    const old = await createTestDatabase('backup_v1')
+    try {
+      const shipped = { BACKUP_DIR: backups }
+      const to1 = await cli(['migrate', 'up', '--no-backup', '--schema', 'credits', '--to', '1'], {
+        url: old.url,
+        env: shipped,
+      })
+      expect(to1.code, to1.stderr).toBe(0)
+      const up = await cli(['migrate', 'up', '--schema', 'credits'], { url: old.url, env: shipped })
+      expect(up.code, up.stderr).toBe(0)
+      const listed = (await json(['backup', 'list'], { url: old.url, env: shipped })).doc.backups as Array<{
+        file: string
+        source: string
+        label: string
+      }>
+      const file = listed.find(
+        (b) => b.source.endsWith(`/${old.name}`) && b.label === 'pre-migrate-credits-0001',
+      )!.file
+      const skipped = {
+        name: 'verify_chain',
+        ok: true,
+        skipped: true,
+        detail: expect.stringMatching(/^skipped: the backup is at credits schema version 1, /),
+      }
+      const v = await json(['backup', 'verify', file, '--restore-test'], { url: old.url, env: shipped })
+      expect(v.code, v.stderr).toBe(0)
+      expect(v.doc.checks).toContainEqual(skipped)
+      const rb = await json(['--yes', 'rollback', '--migration', '--schema', 'credits', '--force'], {
+        url: old.url,
+        env: shipped,
+      })
+      expect(rb.code, rb.stderr).toBe(0)
+      expect(rb.doc.rollbacks[0].checks).toContainEqual(skipped)
+      const { rows } = await old.query<{ v: number }>(
+        'select max(version) as v from credits.schema_migrations',
+      )
+      expect(rows[0]!.v).toBe(1)
+    } finally {
+      await old.drop()
+    }
   })
 })

@@ -11,6 +11,7 @@ import { acquireDirLock, startEmbedded, takeOverStale } from '../src/core/db/emb
 import { openDatabase } from '../src/core/db/pool.js'
 import { discoverMigrations, fileLabel } from '../src/core/migrations/files.js'
 import { ROOT, runCli, spawnCli, tempHome } from './helpers/cli.js'
+import { createTestDatabase } from './helpers/db.js'
 import { cleanEnv } from './helpers/env.js'
 
 /** The shipped migrations, as the demo reports them: credits/0001_ledger, ... */
@@ -189,6 +190,23 @@ describe('the embedded default', () => {
     })
     expect(r.code, r.stderr).toBe(0)
     expect(JSON.parse(r.stdout).schemas.credits.current).toBe(shippedVersions.credits)
+  })
+
+  it("an embedded backup restores into a PostgreSQL server older than PGlite's (its pg_dump 17 header settings left out)", async () => {
+    const env = cleanEnv({ SHIELDX_HOME: demoHome })
+    const made = await runCli(['--json', 'backup', 'create'], { env })
+    expect(made.code, made.stderr).toBe(0)
+    const file = (JSON.parse(made.stdout) as { file: string }).file
+    const target = await createTestDatabase('emb_restore')
+    try {
+      const r = await runCli(['--yes', '--json', 'restore', file, '--target', target.url], { env })
+      expect(r.code, r.stderr).toBe(0)
+      expect(JSON.parse(r.stdout)).toMatchObject({ ok: true })
+      const { rows } = await target.query<{ n: string }>('select count(*) as n from credits.credit_accounts')
+      expect(Number(rows[0]!.n)).toBeGreaterThan(0)
+    } finally {
+      await target.drop()
+    }
   })
 
   it('migrates down and up inside PGlite', async () => {

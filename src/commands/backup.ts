@@ -3,6 +3,7 @@ import type { Context } from '../context.js'
 import {
   type BackupEntry,
   deleteBackup,
+  fromSource,
   isPreMigration,
   listBackups,
   planPrune,
@@ -12,6 +13,7 @@ import { AUDIT_KEY_SPEC } from '../core/audit/chain.js'
 import { readManifest } from '../core/backup/manifest.js'
 import { backupKeyFor } from '../core/backup/envelope.js'
 import { warmTool } from '../core/backup/pgtools.js'
+import type { Check } from '../core/backup/restore.js'
 import {
   assertNotInUse,
   assertRestorable,
@@ -26,7 +28,7 @@ import { BACKUP_KEY_SPEC, type Keyring, loadKeyring } from '../core/config/secre
 import { cacheUrl, type Settings, settingLabel } from '../core/config/settings.js'
 import { databaseIdentity } from '../core/db/identity.js'
 import { type Database, openServer } from '../core/db/pool.js'
-import { EXIT, OperationError, UsageError } from '../core/errors.js'
+import { EXIT, OperationError, SafetyError, UsageError } from '../core/errors.js'
 import { schemaVersion } from '../core/migrations/current.js'
 import type { SchemaName } from '../core/migrations/files.js'
 import { byteRate } from '../ui/progress.js'
@@ -158,6 +160,7 @@ export async function list(ctx: Context, opts: { dir?: string }) {
         bytes: e.bytes,
         created_at: e.created_at,
         database: e.manifest?.database ?? null,
+        source: e.manifest?.source ?? null,
         label: e.manifest?.label ?? null,
         schema_version: e.manifest?.schema_version ?? null,
         verified: e.manifest?.verified ?? null,
@@ -229,9 +232,7 @@ export async function verify(ctx: Context, file: string, opts: { restoreTest?: b
   }
   if (ctx.out.json) return ctx.out.document({ ok: result.ok, checks: result.checks })
   for (const c of result.checks) {
-    ctx.out.result(
-      `${c.ok ? ctx.out.style('green', 'ok  ') : ctx.out.style('red', 'FAIL')}  ${c.name.padEnd(14)} ${c.detail}`,
-    )
+    ctx.out.result(`${mark(ctx, c)}  ${c.name.padEnd(14)} ${c.detail}`)
   }
   ctx.out.result(result.ok ? 'Backup verified.' : 'Backup FAILED verification: do not rely on it.')
 }
@@ -360,9 +361,7 @@ export async function restore(
   if (!result.ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document(result)
   for (const c of result.checks) {
-    ctx.out.result(
-      `${c.ok ? ctx.out.style('green', 'ok  ') : ctx.out.style('red', 'FAIL')}  ${c.name.padEnd(14)} ${c.detail}`,
-    )
+    ctx.out.result(`${mark(ctx, c)}  ${c.name.padEnd(14)} ${c.detail}`)
   }
   ctx.out.result(
     result.ok
@@ -443,12 +442,35 @@ export async function rollbackMigration(
   const chosen: Array<{ file: string; manifest: ReturnType<typeof readManifest> }> = []
   /** Schemas whose newest pre-migration backup is of the version they are at: nothing to undo. */
   const current: string[] = []
+  /** The database a schema's rollback restores into, as a backup's manifest names its source. */
+  const targetOf = async (schema: SchemaName) => {
+    const db = schema === 'credits' ? dbs.credits : dbs.shadow
+    const identity = await databaseIdentity(db.pool).catch(() => null)
+    return { identity, label: db.label }
+  }
+  /** Pre-migration backups in the directory taken from other databases: never chosen. */
+  let others = 0
   if (opts.backup) {
-    chosen.push({ file: path.resolve(opts.backup), manifest: readManifest(opts.backup) })
+    const manifest = readManifest(opts.backup)
+    const target = await targetOf(manifest.database)
+    if (!fromSource(manifest, target) && !opts.force) {
+      await dbs.close()
+      throw new SafetyError(
+        `${path.basename(opts.backup)} was taken from ${manifest.source}, not from ${target.label}: rolling another database's backup over this one would replace its data with theirs.`,
+        {
+          code: 'BACKUP_OF_ANOTHER_DATABASE',
+          hint: "To copy that database's data here, use 'shieldx restore'; or pass --force if this is the same database under another name.",
+        },
+      )
+    }
+    chosen.push({ file: path.resolve(opts.backup), manifest })
   } else {
     const schemas: SchemaName[] = opts.schema === 'all' ? ['credits', 'shadow'] : [opts.schema]
     for (const schema of schemas) {
-      const newest = entries.find((e) => e.manifest?.database === schema && isPreMigration(e))
+      const target = await targetOf(schema)
+      const candidates = entries.filter((e) => e.manifest?.database === schema && isPreMigration(e))
+      const newest = candidates.find((e) => fromSource(e.manifest!, target))
+      others += candidates.filter((e) => !fromSource(e.manifest!, target)).length
       if (!newest) continue
       // Run twice (a retried Job, a second try at 3 a.m.), the rollback must not restore the same
       // backup again over what was written since the first.
@@ -473,8 +495,9 @@ export async function rollbackMigration(
     }
     for (const c of current) ctx.out.info(`Not rolled back: ${c}.`)
     if (chosen.length === 0) {
+      const elsewhere = others > 0 ? ` (${others} of other databases were not considered)` : ''
       throw new OperationError(
-        `No pre-migration backup in ${tildify(settings.backupDir.value, ctx.io.env)}.`,
+        `No pre-migration backup of this database in ${tildify(settings.backupDir.value, ctx.io.env)}${elsewhere}.`,
         {
           code: 'NO_PRE_MIGRATION_BACKUP',
           hint: 'migrate up takes one before it applies anything against a server; or name a backup with --backup FILE.',
@@ -553,9 +576,18 @@ export async function rollbackMigration(
   if (!ok) ctx.exitCode = EXIT.integrity
   if (ctx.out.json) return ctx.out.document({ ok, rollbacks: results })
   for (const r of results) {
-    for (const c of r.checks) ctx.out.result(`${c.ok ? 'ok  ' : 'FAIL'}  ${c.name.padEnd(14)} ${c.detail}`)
+    for (const c of r.checks) ctx.out.result(`${mark(ctx, c)}  ${c.name.padEnd(14)} ${c.detail}`)
   }
   ctx.out.result(
     ok ? 'Rolled back and verified.' : 'Rolled back, but the result does NOT match the backup: investigate.',
   )
+}
+
+/** A check's mark in a report: ok, FAIL, or skip (not run: its detail says why). */
+function mark(ctx: Context, c: Check): string {
+  return c.skipped
+    ? ctx.out.style('yellow', 'skip')
+    : c.ok
+      ? ctx.out.style('green', 'ok  ')
+      : ctx.out.style('red', 'FAIL')
 }

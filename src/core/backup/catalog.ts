@@ -48,6 +48,21 @@ export function listBackups(dir: string): BackupEntry[] {
   return out.sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0))
 }
 
+/**
+ * Whether a backup was taken from the database `target` is: by identity when both are known, else
+ * by the redacted URL. Backups of several databases can share one directory (the default one
+ * does), and a rollback must never restore another database's.
+ */
+export function fromSource(m: Manifest, target: { identity: string | null; label: string }): boolean {
+  if (m.source_identity && target.identity) return m.source_identity === target.identity
+  return m.source === target.label
+}
+
+/** Which database a backup belongs to, for grouping: its schema and its source. */
+function sourceKey(m: Manifest): string {
+  return `${m.database} ${m.source_identity ?? m.source}`
+}
+
 export function isPreMigration(e: BackupEntry): boolean {
   return e.manifest?.label?.startsWith('pre-migrate-') === true
 }
@@ -58,7 +73,7 @@ export interface PrunePlan {
 }
 
 /**
- * Per database: keep the newest `keepLast`, anything younger than `retentionDays`, the newest
+ * Per database (schema and source): keep the newest `keepLast`, anything younger than `retentionDays`, the newest
  * pre-migration backup and the newest verified one (the ones a rollback or a restore would
  * reach for); delete the rest. Files without a manifest are deleted only past retention.
  */
@@ -71,9 +86,10 @@ export function planPrune(
   }
   const cutoff = (options.now ?? new Date()).getTime() - options.retentionDays * 86_400_000
   const plan: PrunePlan = { delete: [], keep: [] }
+  // Per schema and source database: each database's newest pre-migration backup is its own.
   const byDb = new Map<string, BackupEntry[]>()
   for (const e of entries) {
-    const key = e.manifest?.database ?? '(no manifest)'
+    const key = e.manifest ? sourceKey(e.manifest) : '(no manifest)'
     byDb.set(key, [...(byDb.get(key) ?? []), e])
   }
   for (const list of byDb.values()) {

@@ -23,7 +23,13 @@ export interface Manifest {
   created_at: string
   label: string | null
   database: SchemaName
+  /** the database it was taken from, its URL redacted */
   source: string
+  /**
+   * That database's identity (db/identity.ts: the cluster's system identifier and the database's
+   * oid), which a rollback matches its target against; absent in backups taken before it was kept.
+   */
+  source_identity?: string
   shieldx_version: string
   dump: { format: 'custom' | 'plain'; tool: string; server_version: string }
   schema_version: number

@@ -26,6 +26,26 @@ export interface Check {
   name: string
   ok: boolean
   detail: string
+  /** Not run, and why is the detail: not a failure, and not a pass either. */
+  skipped?: true
+}
+
+/**
+ * The credits schema version from which the audit rows hold what this shieldx's chain check reads
+ * (0002 put reserved_after into the signed row). A backup from before it, such as the one
+ * `migrate up` takes before applying 0002, restores fine, but its chain is not checked here.
+ */
+export const CHAIN_SCHEMA_VERSION = 2
+
+/** The verify_chain check of a credits backup too old for it, or null when it can be checked. */
+export function chainNotCheckable(manifest: Manifest): Check | null {
+  if (manifest.database !== 'credits' || manifest.schema_version >= CHAIN_SCHEMA_VERSION) return null
+  return {
+    name: 'verify_chain',
+    ok: true,
+    skipped: true,
+    detail: `skipped: the backup is at credits schema version ${manifest.schema_version}, and the chain this shieldx checks starts at version ${CHAIN_SCHEMA_VERSION}; once the restored database is migrated up, run 'shieldx verify-chain'`,
+  }
 }
 
 /**
@@ -409,7 +429,10 @@ export async function restoreInto(
       )
       await both(streamDump(file, manifest, keys, convert.stdin, options), convert.done)
     } else {
-      await streamDump(file, manifest, keys, new EndlessWritable(psql.stdin), options)
+      // A plain dump is the embedded database's: PostgreSQL 17's pg_dump, whose header sets
+      // transaction_timeout, which an older server refuses (psql exit 3, nothing restored).
+      const settings = options.serverMajor < 17 ? NEWER_SETTINGS : null
+      await streamDump(file, manifest, keys, new EndlessWritable(psql.stdin, settings), options)
     }
   } catch (err) {
     // Kill psql before its input ends: at end of input it would commit what it had.
@@ -422,13 +445,42 @@ export async function restoreInto(
   return { chains: null, rows: null }
 }
 
-/** Forwards to a stream without ever ending it (the caller ends it once everything checked out). */
+/** Settings in a newer pg_dump's header that an older server does not know, one per line. */
+const NEWER_SETTINGS = /^SET transaction_timeout = [^;\n]*;\n/gm
+/** How far into a dump its header's settings can be: past this, bytes go through untouched. */
+const HEADER_BYTES = 64 * 1024
+
+/**
+ * Forwards to a stream without ever ending it (the caller ends it once everything checked out),
+ * leaving out of the dump's header the lines `drop` matches.
+ */
 class EndlessWritable extends Writable {
-  constructor(private readonly target: Writable) {
+  /** header bytes held back until their line is whole; null once past the header */
+  private held: Buffer | null
+  constructor(
+    private readonly target: Writable,
+    private readonly drop: RegExp | null = null,
+  ) {
     super()
+    this.held = drop ? Buffer.alloc(0) : null
   }
   override _write(chunk: Buffer, _e: BufferEncoding, cb: (err?: Error | null) => void): void {
-    this.target.write(chunk, (err) => cb(err ?? null))
+    let out = chunk
+    if (this.held !== null) {
+      const text = Buffer.concat([this.held, chunk])
+      const end = text.lastIndexOf(0x0a) + 1
+      const whole = text.subarray(0, end).toString('utf8').replace(this.drop!, '')
+      const rest = text.subarray(end)
+      const past = text.length >= HEADER_BYTES
+      out = Buffer.concat([Buffer.from(whole, 'utf8'), past ? rest : Buffer.alloc(0)])
+      this.held = past ? null : Buffer.from(rest)
+    }
+    this.target.write(out, (err) => cb(err ?? null))
+  }
+  override _final(cb: (err?: Error | null) => void): void {
+    // a header without a final newline: what is held goes as it is
+    if (this.held && this.held.length > 0) this.target.write(this.held, (err) => cb(err ?? null))
+    else cb()
   }
 }
 

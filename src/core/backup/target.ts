@@ -12,7 +12,14 @@ import { type Database, openServer } from '../db/pool.js'
 import type { PgErrorLike } from '../db/pg-errors.js'
 import { OperationError, SafetyError } from '../errors.js'
 import type { Manifest } from './manifest.js'
-import { type Check, chainCheck, compareWithManifest, restoreInto, withDatabase } from './restore.js'
+import {
+  type Check,
+  chainCheck,
+  chainNotCheckable,
+  compareWithManifest,
+  restoreInto,
+  withDatabase,
+} from './restore.js'
 
 export interface TargetState {
   database: string
@@ -142,7 +149,7 @@ export async function restoreBackup(
     clean: state.tables > 0,
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
-    ...(manifest.database === 'credits' && options.auditKeys
+    ...(manifest.database === 'credits' && options.auditKeys && !chainNotCheckable(manifest)
       ? { chainCheck: { keys: options.auditKeys } }
       : {}),
   })
@@ -167,7 +174,9 @@ export async function restoreBackup(
   } finally {
     await counts.end().catch(() => {})
   }
-  if (manifest.database === 'credits') {
+  const tooOld = chainNotCheckable(manifest)
+  if (tooOld) checks.push(tooOld)
+  else if (manifest.database === 'credits') {
     if (!options.auditKeys) {
       checks.push({
         name: 'verify_chain',
