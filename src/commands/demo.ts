@@ -263,7 +263,7 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
           signal: ctx.signal,
         })
         s.evaluation.created_at = await storeEvaluation(db, s.evaluation)
-        return `${s.evaluation.recommendation.decision} (stored as ${s.evaluation.id.slice(0, 8)})`
+        return `${s.evaluation.recommendation.decision} (stored as ${s.evaluation.id})`
       },
     },
   ])
@@ -325,7 +325,7 @@ export async function demo(ctx: Context, opts: { reset?: boolean }): Promise<voi
       .join(', ')}`,
   )
   ctx.out.result(
-    `Ledger: ${tenant} topped up 1000, consumed 250 (balance ${state.consume!.balance}); the retry replayed transaction ${state.replay!.transaction_id.slice(0, 8)} instead of charging twice; an overdraft of 5000 was refused.`,
+    `Ledger: ${tenant} topped up 1000, consumed 250 (balance ${state.consume!.balance}); the retry replayed transaction ${state.replay!.transaction_id} instead of charging twice; an overdraft of 5000 was refused.`,
   )
   ctx.out.result(
     `Audit chain: intact, ${state.chain!.rows_checked} row(s) across ${state.chain!.tenants_checked} tenant(s).`,
