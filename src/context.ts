@@ -26,6 +26,8 @@ export interface GlobalOptions {
 }
 
 export class Context {
+  /** The streams, with the run's signal: a prompt (ui/prompt.ts) stops on Ctrl-C. */
+  readonly io: Io
   readonly out: Output
   /** A command that prints its result and still has to fail (e.g. status finding drift) sets this. */
   exitCode: number | undefined
@@ -33,11 +35,12 @@ export class Context {
   private cached: Settings | undefined
 
   constructor(
-    readonly io: Io,
+    io: Io,
     readonly globals: GlobalOptions,
     readonly signal: AbortSignal,
   ) {
-    this.out = new Output(io, {
+    this.io = { ...io, signal }
+    this.out = new Output(this.io, {
       json: globals.json === true,
       color: globals.color !== false,
       verbose: globals.verbose === true,

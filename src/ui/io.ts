@@ -12,6 +12,8 @@ export interface Io {
   stderr: OutStream
   stdin: InStream
   env: NodeJS.ProcessEnv
+  /** Aborted on Ctrl-C / SIGTERM (set by the run's Context): a prompt stops waiting on it. */
+  signal?: AbortSignal
 }
 
 export function processIo(): Io {
