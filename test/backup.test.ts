@@ -1700,6 +1700,9 @@ describe('migrate up takes a pre-migration backup; rollback --migration restores
       const theirs = listed.find((b) => b.source.endsWith(`/${other.name}`))!
       const ours = listed.find((b) => b.source.endsWith(`/${mig.name}`))!
       expect(theirs.created_at > ours.created_at).toBe(true)
+      // told apart by the databases' identities (system identifier and database oid)
+      expect(readManifest(ours.file).source_identity).toMatch(/^\d+\.\d+$/)
+      expect(readManifest(theirs.file).source_identity).not.toBe(readManifest(ours.file).source_identity)
 
       // prune keeps each database's newest pre-migration backup
       const prune = await json(

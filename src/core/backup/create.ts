@@ -7,6 +7,7 @@
  * (pg_export_snapshot), so they describe exactly the data in the file.
  */
 import { spawn } from 'node:child_process'
+import { databaseIdentity } from '../db/identity.js'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -77,6 +78,9 @@ export async function createBackup(
   const sizes = { dump_bytes: 0, compressed_bytes: 0, file_bytes: 0 }
   const hash = createHash('sha256')
   const compressor = source.dump.format === 'custom' ? archiveCompressor() : null
+  // Opened in the background: destroyed before that open completes (Ctrl-C a moment in), it still
+  // creates the file, so the cleanup below waits for it to be closed before removing the file.
+  const out = fs.createWriteStream(partial, { mode: 0o600 })
   try {
     const abort = options.signal ? { signal: options.signal } : {}
     await Promise.all([
@@ -92,7 +96,7 @@ export async function createBackup(
           sizes.file_bytes += n
           options.onProgress?.(sizes.file_bytes)
         }, hash),
-        fs.createWriteStream(partial, { mode: 0o600 }),
+        out,
         abort,
       ).catch(async (err: unknown) => {
         if ((err as { code?: string }).code === 'PG_DUMP_CUT') await source.done
@@ -108,6 +112,8 @@ export async function createBackup(
     }
     fs.renameSync(partial, file)
     fsyncDir(options.dir)
+    // Which database this is, for a rollback to tell its own backups from another's in one directory.
+    const identity = await databaseIdentity(db.pool).catch(() => null)
     const manifest: Manifest = {
       format: MANIFEST_FORMAT,
       name: path.basename(file),
@@ -115,6 +121,7 @@ export async function createBackup(
       label: options.label ?? null,
       database: schema,
       source: db.label,
+      ...(identity ? { source_identity: identity } : {}),
       shieldx_version: SHIELDX_VERSION,
       dump: source.dump,
       ...source.facts,
@@ -126,6 +133,7 @@ export async function createBackup(
     writeManifest(file, manifest)
     return { file, manifest, bytes: sizes.file_bytes, duration_ms: Date.now() - started }
   } catch (err) {
+    await closed(out)
     fs.rmSync(partial, { force: true })
     // A data file whose manifest could not be written is not a backup: leave nothing that looks complete.
     if (fs.existsSync(file) && !fs.existsSync(manifestPath(file))) fs.rmSync(file, { force: true })
@@ -133,6 +141,19 @@ export async function createBackup(
   } finally {
     await source.close()
   }
+}
+
+/**
+ * Destroys the stream (a no-op once it is) and waits until its file is closed: opened, if the open
+ * was under way, and closed again. Only then is removing the file final.
+ */
+async function closed(stream: fs.WriteStream): Promise<void> {
+  if (stream.closed) return
+  await new Promise<void>((resolve) => {
+    stream.on('error', () => {}) // already reported through the pipeline
+    stream.once('close', () => resolve())
+    stream.destroy()
+  })
 }
 
 interface DumpSource {
