@@ -457,3 +457,53 @@ describe('invalidateAll (after a restore)', () => {
     }
   })
 })
+
+describe('the Redis database of the URL (redis://host:6379/N)', () => {
+  function withDb(n: number): string {
+    const u = new URL(redisUrl())
+    u.pathname = `/${n}`
+    return u.toString()
+  }
+
+  it('a database the server refuses (SELECT 99 of 16): one warning, no cache, and nothing written to db 0', async () => {
+    const warnings: string[] = []
+    const cache = createBalanceCache({
+      url: withDb(99),
+      keyPrefix: `${redis.prefix}db99:`,
+      onWarning: (m) => warnings.push(m),
+    })
+    opened.push(cache)
+    for (let i = 0; i < 4; i++) {
+      await cache.set(value('acme', i + 1))
+      expect(await cache.get('acme')).toBeNull()
+    }
+    await cache.invalidate('acme')
+    expect(await redis.client.keys(`${redis.prefix}db99:*`)).toEqual([])
+    expect(warnings).toHaveLength(1)
+    expect(warnings[0]).toMatch(
+      /^Redis at redis:\/\/.*\/99 is unavailable \(cannot select database 99: ERR DB index is out of range\); continuing without the balance cache\.$/,
+    )
+    expect(cache.degraded).toBe(true)
+    await cache.close()
+  })
+
+  it('a database the server has: the balances go there, not to db 0', async () => {
+    const prefix = `${redis.prefix}db1:`
+    const cache = createBalanceCache({ url: withDb(1), keyPrefix: prefix })
+    opened.push(cache)
+    const { Redis } = await import('ioredis')
+    const db1 = new Redis(withDb(1), { lazyConnect: true, maxRetriesPerRequest: 1 })
+    await db1.connect()
+    try {
+      await cache.set(value('acme', 3))
+      expect(await cache.get('acme')).toMatchObject({ balance: 30, version: 3 })
+      expect(await db1.exists(`${prefix}balance:acme`)).toBe(1)
+      expect(await redis.client.exists(`${prefix}balance:acme`)).toBe(0)
+    } finally {
+      const keys = await db1.keys(`${prefix}*`)
+      if (keys.length > 0) await db1.del(...keys)
+      db1.disconnect()
+      await cache.close()
+    }
+  })
+})

@@ -127,6 +127,8 @@ async function loadRedis(): Promise<typeof Redis> {
 /** One ioredis client and its connection attempt; replaced as a whole after a failure. */
 interface Connection {
   client: Redis
+  /** The database of the URL (redis://host:6379/N), selected by ready() before any command. */
+  db: number
   ready: Promise<void> | null
   /** The last 'error' event: the real cause behind a generic "Connection is closed.". */
   lastError: unknown
@@ -273,7 +275,12 @@ class RedisBalanceCache implements BalanceCache {
         // A disconnect waits this long for the peer's FIN before destroying the socket.
         disconnectTimeout: this.timeoutMs,
       })
-      const conn: Connection = { client, ready: null, lastError: undefined }
+      // ioredis sends SELECT on connect but does not wait for it: a database the server refuses
+      // (SELECT 99 on a Redis with 16) was only an 'error' event, and the commands behind it ran
+      // in db 0, another environment's. ready() selects it and waits for the answer instead.
+      const db = client.options.db ?? 0
+      client.options.db = 0
+      const conn: Connection = { client, db, ready: null, lastError: undefined }
       // Without a listener ioredis prints "[ioredis] Unhandled error event" to the console.
       client.on('error', (err: unknown) => {
         conn.lastError = err
@@ -304,6 +311,10 @@ class RedisBalanceCache implements BalanceCache {
   private describe(err: unknown, conn: Connection | null): string {
     // Not cockatiel's isTaskCancelledError(): in 3.2.1 it tests the wrong marker and is always false.
     if (err instanceof TaskCancelledError) return `no answer within ${this.timeoutMs} ms`
+    if (err instanceof SelectError) {
+      const why = err.cause instanceof Error ? err.cause.message : String(err.cause)
+      return `cannot select database ${err.db}: ${scrubSecrets(why.split('\n')[0]!.trim(), this.secrets)}`
+    }
     const cause = conn?.lastError ?? err
     const code = (cause as { code?: unknown } | null)?.code
     switch (code) {
@@ -327,11 +338,32 @@ class RedisBalanceCache implements BalanceCache {
   }
 }
 
-/** Connects once per connection; concurrent callers share the attempt. */
+/** The URL's database refused (SELECT): not a reply error, so the connection is thrown away. */
+class SelectError extends Error {
+  constructor(
+    readonly db: number,
+    cause: unknown,
+  ) {
+    super(`Cannot select Redis database ${db}.`, { cause })
+    this.name = 'SelectError'
+  }
+}
+
+/**
+ * Connects once per connection, and selects its database before anything else is sent;
+ * concurrent callers share the attempt.
+ */
 function ready(conn: Connection): Promise<void> {
-  if (conn.client.status === 'ready') return Promise.resolve()
   if (!conn.ready) {
-    conn.ready = conn.client.connect()
+    const { client, db } = conn
+    conn.ready = client.connect().then(async () => {
+      if (db === 0) return
+      try {
+        await client.select(db)
+      } catch (err) {
+        throw new SelectError(db, err)
+      }
+    })
     conn.ready.catch(() => {}) // observed by the caller; this only avoids an unhandled rejection
   }
   return conn.ready
