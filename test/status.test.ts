@@ -118,3 +118,78 @@ describe('status on a database that is not migrated', () => {
     )
   })
 })
+
+describe('status on a half-broken schema (a table dropped by hand)', () => {
+  let broken: TestDatabase
+  const brokenEnv = () =>
+    cleanEnv({ CREDITS_DATABASE_URL: broken.url, SHIELDX_HOME: home, AUDIT_HMAC_KEY: auditKey })
+  const run = (args: string[]) => runCli(['--no-color', ...args], { env: brokenEnv() })
+
+  beforeAll(async () => {
+    broken = await createTestDatabase('fix2_status')
+    expect((await run(['migrate', 'up', '--no-backup'])).code).toBe(0)
+    expect((await run(['credits', 'topup', 'acme', '10'])).code).toBe(0)
+    expect((await run(['verify-chain'])).code).toBe(0)
+  })
+  afterAll(async () => {
+    await broken?.drop()
+  })
+
+  it('credits.reservations gone: that figure UNKNOWN with the SQL error, the others shown, exit 1', async () => {
+    await broken.query('drop table credits.reservations')
+    const r = await run(['status'])
+    expect(r.code, r.stderr).toBe(1)
+    expect(r.stderr).not.toMatch(/Unexpected error|bug/)
+    expect(r.stdout).toMatch(
+      /\noverdue_reservations\s+-\s+UNKNOWN\s+relation "credits\.reservations" does not exist\n/,
+    )
+    expect(r.stdout).toMatch(/\nnegative_balances\s+0\s+ok/)
+    expect(r.stdout).toMatch(/\nchain_errors\s+0\s+ok/)
+    expect(r.stdout).toMatch(/\nunguarded_deployments\s+0\s+ok/)
+
+    const j = await run(['--json', 'status'])
+    expect(j.code).toBe(1)
+    const doc = JSON.parse(j.stdout) as { ok: boolean; checks: CheckDoc[] }
+    expect(doc.ok).toBe(false)
+    expect(doc.checks.map((c) => [c.name, c.state])).toEqual([
+      ['negative_balances', 'ok'],
+      ['chain_errors', 'ok'],
+      ['unguarded_deployments', 'ok'],
+      ['overdue_reservations', 'unknown'],
+    ])
+    expect(doc.checks[3]).toMatchObject({
+      value: null,
+      note: 'relation "credits.reservations" does not exist',
+    })
+  })
+
+  it('a missing column and a missing table at once: each UNKNOWN with its cause; a failing figure still exit 4', async () => {
+    await broken.query('alter table credits.chain_verifications drop column broken_count')
+    let r = await run(['--json', 'status'])
+    expect(r.code, r.stderr).toBe(1)
+    let checks = (JSON.parse(r.stdout) as { checks: CheckDoc[] }).checks
+    expect(checks.find((c) => c.name === 'chain_errors')).toMatchObject({
+      state: 'unknown',
+      value: null,
+      note: 'column "broken_count" does not exist',
+    })
+    expect(checks.find((c) => c.name === 'negative_balances')).toMatchObject({ state: 'ok', value: 0 })
+
+    // A negative balance (the CHECKs off, as a superuser could) still fails the run: exit 4.
+    await broken.query(
+      `do $$ declare c text; begin
+         for c in select conname from pg_constraint where conrelid = 'credits.credit_accounts'::regclass and contype = 'c'
+         loop execute format('alter table credits.credit_accounts drop constraint %I', c); end loop;
+       end $$`,
+    )
+    await broken.query(
+      `begin; set local session_replication_role = replica;
+       update credits.credit_accounts set balance = -1, reserved = 0 where tenant_id = 'acme'; commit`,
+    )
+    r = await run(['--json', 'status'])
+    checks = (JSON.parse(r.stdout) as { checks: CheckDoc[] }).checks
+    expect(r.code, r.stderr).toBe(4)
+    expect(checks.find((c) => c.name === 'negative_balances')).toMatchObject({ state: 'fail', value: 1 })
+    expect(checks.find((c) => c.name === 'chain_errors')!.state).toBe('unknown')
+  })
+})

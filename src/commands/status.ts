@@ -22,8 +22,9 @@ interface Check {
 
 /**
  * The P0 invariants: each must be 0. Exit 4 when one is not, so a CronJob or CI step can alert;
- * exit 1 when none fails but one cannot be known (a schema not migrated among the causes: the
- * table is printed all the same, its rows UNKNOWN with the cause).
+ * exit 1 when none fails but one cannot be known (a schema not migrated, or a table or column of
+ * it missing, among the causes: the table is printed all the same, those rows UNKNOWN with the
+ * cause).
  */
 export async function status(ctx: Context) {
   const settings = ctx.settings()
@@ -34,19 +35,21 @@ export async function status(ctx: Context) {
   const creditsUnknown = (name: string) => unknownCheck(name, creditsLag ?? '')
   const chainErrors = h?.last_verification?.chain_errors ?? null
   const checks: Check[] = [
-    h
+    h?.negative_balances != null
       ? { name: 'negative_balances', value: h.negative_balances, state: zero(h.negative_balances) }
-      : creditsUnknown('negative_balances'),
-    h
-      ? {
-          name: 'chain_errors',
-          value: chainErrors,
-          state: chainErrors === null ? 'unknown' : zero(chainErrors),
-          note: h.last_verification
-            ? `last verify-chain ${h.last_verification.finished_at}`
-            : "never verified: run 'shieldx verify-chain'",
-        }
-      : creditsUnknown('chain_errors'),
+      : unknownCheck('negative_balances', h?.unreadable.negative_balances ?? creditsLag ?? ''),
+    h?.unreadable.last_verification !== undefined
+      ? unknownCheck('chain_errors', h.unreadable.last_verification)
+      : h
+        ? {
+            name: 'chain_errors',
+            value: chainErrors,
+            state: chainErrors === null ? 'unknown' : zero(chainErrors),
+            note: h.last_verification
+              ? `last verify-chain ${h.last_verification.finished_at}`
+              : "never verified: run 'shieldx verify-chain'",
+          }
+        : creditsUnknown('chain_errors'),
   ]
   try {
     // A shadow database of its own that cannot be reached leaves its figure unknown: the credits
@@ -76,17 +79,19 @@ export async function status(ctx: Context) {
     checks.push(unknownCheck('unguarded_deployments', (err as Error).message))
   }
   // Not a P0 invariant: housekeeping that `credits gc` does. Shown, never fails the run.
-  const overdue: Check = h
-    ? {
-        name: 'overdue_reservations',
-        value: h.overdue_reservations,
-        state: 'ok',
-        note: h.overdue_reservations > 0 ? "'shieldx credits gc' releases them" : '',
-      }
-    : creditsUnknown('overdue_reservations')
+  // Unknown only when it cannot be read (its table missing...): that is no all-clear either.
+  const overdue: Check =
+    h?.overdue_reservations != null
+      ? {
+          name: 'overdue_reservations',
+          value: h.overdue_reservations,
+          state: 'ok',
+          note: h.overdue_reservations > 0 ? "'shieldx credits gc' releases them" : '',
+        }
+      : unknownCheck('overdue_reservations', h?.unreadable.overdue_reservations ?? creditsLag ?? '')
+  checks.push(overdue)
   const failed = checks.some((c) => c.state === 'fail')
   const unknown = checks.some((c) => c.state === 'unknown')
-  checks.push(overdue)
   if (failed) ctx.exitCode = EXIT.integrity
   else if (unknown) ctx.exitCode = EXIT.failed
   if (ctx.out.json) {

@@ -140,9 +140,14 @@ export async function collectGarbage(
   }
 }
 
+export type HealthFigure = 'negative_balances' | 'overdue_reservations' | 'last_verification'
+
 export interface LedgerHealth {
-  negative_balances: number
-  overdue_reservations: number
+  /** null when unreadable (see `unreadable`). */
+  negative_balances: number | null
+  /** null when unreadable (see `unreadable`). */
+  overdue_reservations: number | null
+  /** null when never verified, or when unreadable (see `unreadable`). */
   last_verification: null | {
     finished_at: string
     ok: boolean
@@ -150,39 +155,56 @@ export interface LedgerHealth {
     tenants_checked: number
     rows_checked: number
   }
+  /**
+   * The figures whose table or column is missing (a half-broken schema, e.g. a table dropped by
+   * hand), each with the SQL error's message. The other figures are still read.
+   */
+  unreadable: Partial<Record<HealthFigure, string>>
 }
 
+/** undefined_table, undefined_column: the schema lacks what a figure reads. */
+const MISSING_SQLSTATES = new Set(['42P01', '42703'])
+
+/**
+ * The P0 figures, one statement each, so that a table missing from a half-broken schema costs
+ * only the figures that read it. Errors other than a missing table or column are thrown.
+ */
 export async function ledgerHealth(pool: pg.Pool): Promise<LedgerHealth> {
-  const { rows } = await pool.query<{
-    negative: string
-    overdue: string
-    finished_at: Date | null
-    ok: boolean | null
-    broken_count: number | null
-    tenants_checked: string | null
-    rows_checked: string | null
-  }>(
-    `select
-       (select count(*) from credits.credit_accounts where balance < 0 or reserved < 0 or reserved > balance) as negative,
-       (select count(*) from credits.reservations where status = 'held' and expires_at <= now()) as overdue,
-       v.finished_at, v.ok, v.broken_count, v.tenants_checked, v.rows_checked
-     from (select 1) one
-     left join lateral (
-       select * from credits.chain_verifications order by finished_at desc, id desc limit 1
-     ) v on true`,
-  )
-  const r = rows[0]!
-  return {
-    negative_balances: Number(r.negative),
-    overdue_reservations: Number(r.overdue),
-    last_verification: r.finished_at
-      ? {
-          finished_at: new Date(r.finished_at).toISOString(),
-          ok: r.ok === true,
-          chain_errors: r.broken_count ?? 0,
-          tenants_checked: Number(r.tenants_checked),
-          rows_checked: Number(r.rows_checked),
-        }
-      : null,
+  const unreadable: LedgerHealth['unreadable'] = {}
+  async function read<T>(figure: HealthFigure, sql: string, map: (row: pg.QueryResultRow | undefined) => T) {
+    try {
+      return map((await pool.query(sql)).rows[0])
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      if (typeof code !== 'string' || !MISSING_SQLSTATES.has(code)) throw err
+      unreadable[figure] = (err as Error).message
+      return null
+    }
   }
+  const negative_balances = await read(
+    'negative_balances',
+    'select count(*) as n from credits.credit_accounts where balance < 0 or reserved < 0 or reserved > balance',
+    (r) => Number(r!.n),
+  )
+  const overdue_reservations = await read(
+    'overdue_reservations',
+    "select count(*) as n from credits.reservations where status = 'held' and expires_at <= now()",
+    (r) => Number(r!.n),
+  )
+  const last_verification = await read(
+    'last_verification',
+    `select finished_at, ok, broken_count, tenants_checked, rows_checked
+       from credits.chain_verifications order by finished_at desc, id desc limit 1`,
+    (r) =>
+      r?.finished_at
+        ? {
+            finished_at: new Date(r.finished_at as Date).toISOString(),
+            ok: r.ok === true,
+            chain_errors: (r.broken_count as number | null) ?? 0,
+            tenants_checked: Number(r.tenants_checked),
+            rows_checked: Number(r.rows_checked),
+          }
+        : null,
+  )
+  return { negative_balances, overdue_reservations, last_verification, unreadable }
 }
