@@ -117,6 +117,33 @@ describe('an intact ledger', () => {
     expect(after).toBe(before)
   })
 
+  it('a --checkpoint-file in a directory that does not exist: exit 2 naming it, and nothing is made or recorded', async () => {
+    const count = async () =>
+      Number(
+        (await db.query<{ n: string }>('select count(*) as n from credits.audit_checkpoints')).rows[0]!.n,
+      )
+    const before = await count()
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'shx-fix2-cpdir-'))
+    try {
+      const missing = path.join(base, 'mistyped', 'dir')
+      const r = await cli([
+        '--json',
+        'verify-chain',
+        '--checkpoint',
+        '--checkpoint-file',
+        path.join(missing, 'cp.json'),
+      ])
+      expect(r.code, r.stderr).toBe(2)
+      expect(JSON.parse(r.stdout).error.message).toBe(
+        `--checkpoint-file: cannot use ${missing} as a directory (it does not exist).`,
+      )
+      expect(fs.readdirSync(base)).toEqual([])
+      expect(await count()).toBe(before)
+    } finally {
+      fs.rmSync(base, { recursive: true, force: true })
+    }
+  })
+
   it('--workers outside 1-64 is exit 2 before anything runs', async () => {
     for (const n of ['0', '65', '100000']) {
       const r = await cli(['verify-chain', '--workers', n])

@@ -1,3 +1,5 @@
+import fs from 'node:fs'
+import path from 'node:path'
 import type { Context } from '../context.js'
 import { startVerifyThreads, verifyChain } from '../core/audit/verify.js'
 import { EXIT, OperationError, UsageError } from '../core/errors.js'
@@ -13,6 +15,7 @@ export async function verify(
 ) {
   const tenant = opts.tenant === undefined ? undefined : v.tenantId(opts.tenant, '--tenant')
   if (opts.checkpoint && tenant) throw new UsageError('--checkpoint records every tenant: drop --tenant.')
+  if (opts.checkpoint && opts.checkpointFile) checkpointDir(opts.checkpointFile)
   const settings = ctx.settings()
   // The worker threads boot and connect while this thread opens and checks the database.
   const threads = startVerifyThreads(serverUrl(settings, 'credits'), {
@@ -73,4 +76,33 @@ export async function verify(
   const w = result.checkpoint?.written
   if (w) ctx.out.info(`wrote checkpoint #${w.id}${w.file ? ` and ${w.file}` : ''} (${w.tenants} tenant(s))`)
   else if (opts.checkpoint && !result.ok) ctx.out.warn('no checkpoint written: the chain is broken.')
+}
+
+/**
+ * The directory a checkpoint file is to be written in must exist: a missing one is most likely a
+ * mistyped path, not a request to make directories (exit 2 before anything runs). Worded as
+ * makeDir's refusals.
+ */
+function checkpointDir(file: string): void {
+  const dir = path.dirname(path.resolve(file))
+  const refuse = (why: string, hint?: string) =>
+    new UsageError(`--checkpoint-file: cannot use ${dir} as a directory (${why}).`, {
+      code: 'BAD_DIRECTORY',
+      ...(hint ? { hint } : {}),
+    })
+  let st: fs.Stats
+  try {
+    st = fs.statSync(dir)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') {
+      throw refuse(
+        'it does not exist',
+        'Check the path; the directory of a checkpoint file is not created for you.',
+      )
+    }
+    if (code === 'ENOTDIR') throw refuse('a part of the path is a file, not a directory')
+    return // permission problems and the like: the write reports them
+  }
+  if (!st.isDirectory()) throw refuse('it is a file, not a directory')
 }
