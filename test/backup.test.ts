@@ -387,6 +387,7 @@ describe('backup create, list, verify', () => {
         bytes: bytes.length,
         created_at: m.created_at,
         database: 'credits',
+        source: m.source,
         label: 'nightly',
         schema_version: 2,
         verified: null,

@@ -38,6 +38,16 @@ interface Ev {
   label: 'attack' | 'benign'
 }
 
+/** A rule definition written to a file in the scratch directory, for `rules add`. */
+function ruleFile(name: string, def: object): string {
+  const file = path.join(dir, name)
+  fs.writeFileSync(file, JSON.stringify(def))
+  return file
+}
+
+/** A match rule whose pattern backtracks exponentially on a run of a's that does not match. */
+const NESTED_PATTERN = { version: 1, name: 'nested', type: 'match', field: 'path', pattern: '^(a+)+$' }
+
 function writeTraffic(name: string, events: readonly object[], gzip = false): string {
   const file = path.join(dir, name)
   const text = events.map((e) => JSON.stringify(e)).join('\n') + '\n'
@@ -206,18 +216,7 @@ describe('rules', () => {
   })
 
   it('warns of a pattern that nests one unbounded repetition in another, and stores the rule', async () => {
-    const file = path.join(dir, 'nested.json')
-    fs.writeFileSync(
-      file,
-      JSON.stringify({
-        id: 'nested-re',
-        version: 1,
-        name: 'nested',
-        type: 'match',
-        field: 'path',
-        pattern: '^(a+)+$',
-      }),
-    )
+    const file = ruleFile('nested.json', { id: 'nested-re', ...NESTED_PATTERN })
     const r = await cli(['rules', 'add', file])
     expect(r.code, r.stderr).toBe(0)
     expect(r.stderr).toContain('warning: nested-re@1 $.pattern nests one unbounded repetition in another')
@@ -1135,18 +1134,7 @@ describe('evaluate', () => {
   })
 
   it('one Ctrl-C stops a replay stuck in one line (a pattern backtracking for minutes): exit 130 within seconds', async () => {
-    const file = path.join(dir, 'stuck.json')
-    fs.writeFileSync(
-      file,
-      JSON.stringify({
-        id: 'stuck-re',
-        version: 1,
-        name: 'nested',
-        type: 'match',
-        field: 'path',
-        pattern: '^(a+)+$',
-      }),
-    )
+    const file = ruleFile('stuck.json', { id: 'stuck-re', ...NESTED_PATTERN })
     expect((await cli(['rules', 'add', file])).code).toBe(0)
     const LINE = { ip: '10.0.0.1', tenant_id: 't', method: 'GET', status: 200, latency_ms: 5 }
     // 34 a's and a mismatch: 2^34 ways to split them, each tried
