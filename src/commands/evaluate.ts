@@ -112,7 +112,7 @@ export async function run(ctx: Context, f: EvaluateFlags) {
       `The candidate and the control are both ${formatRef(candidate)}: compare two different rules or versions.`,
     )
 
-  const bar = progressBar(ctx.out, 'replaying', stat?.isFile() ? stat.size : 0, 'events')
+  const bar = progressBar(ctx.out, 'replaying', stat?.isFile() ? stat.size : 0, 'lines')
   let doc: EvaluationDoc
   try {
     doc = await evaluate({
@@ -131,7 +131,7 @@ export async function run(ctx: Context, f: EvaluateFlags) {
       ...(fnCost === undefined ? {} : { fnCost }),
       signal: ctx.signal,
       idleTimeoutMs: ctx.settings().timeoutMs.value,
-      onProgress: (events, bytes) => bar.update(bytes, events),
+      onProgress: (lines, bytes) => bar.update(bytes, lines),
     })
   } finally {
     bar.done()

@@ -457,6 +457,8 @@ const HEADER_BYTES = 64 * 1024
 class EndlessWritable extends Writable {
   /** header bytes held back until their line is whole; null once past the header */
   private held: Buffer | null
+  /** bytes of the dump seen so far: the filter stops once past the header */
+  private seen = 0
   constructor(
     private readonly target: Writable,
     private readonly drop: RegExp | null = null,
@@ -467,11 +469,12 @@ class EndlessWritable extends Writable {
   override _write(chunk: Buffer, _e: BufferEncoding, cb: (err?: Error | null) => void): void {
     let out = chunk
     if (this.held !== null) {
+      this.seen += chunk.length
       const text = Buffer.concat([this.held, chunk])
       const end = text.lastIndexOf(0x0a) + 1
       const whole = text.subarray(0, end).toString('utf8').replace(this.drop!, '')
       const rest = text.subarray(end)
-      const past = text.length >= HEADER_BYTES
+      const past = this.seen >= HEADER_BYTES
       out = Buffer.concat([Buffer.from(whole, 'utf8'), past ? rest : Buffer.alloc(0)])
       this.held = past ? null : Buffer.from(rest)
     }

@@ -299,6 +299,23 @@ export async function readCounts(
 }
 
 /**
+ * The test, with its records serialized: one at a time per test, so the room assertRoom checked is
+ * the room there is. An advisory lock, not FOR UPDATE on the test's row, which `ab assign`'s
+ * count updates: assignments never wait for a record.
+ */
+async function lockedTest(client: pg.PoolClient, ref: string, options: StoreOptions): Promise<AbTest> {
+  const t = await findAbTest(client, ref, options)
+  await query(
+    client,
+    'Waiting for another record into the test',
+    'select pg_advisory_xact_lock(hashtextextended($1, 0))',
+    [`shieldx.ab:${t.id}`],
+    options.timeoutMs,
+  )
+  return t
+}
+
+/**
  * A batch that would take an arm past 2^53 - 1 trials: refused (exit 2), since beyond that the
  * sums can no longer be counted exactly, and the test could not be read again.
  */
@@ -354,8 +371,7 @@ export async function recordObservation(
   return transaction(
     pool,
     async (client) => {
-      // Locked: records into one test go one at a time, so the room checked is the room there is.
-      const t = await findAbTest(client, ref, { ...options, forUpdate: true })
+      const t = await lockedTest(client, ref, options)
       assertRoom(t, await readCounts(client, t.id, options), [{ variant: v, ...c }])
       await query(
         client,
@@ -414,7 +430,7 @@ export async function recordEvaluation(
   return transaction(
     pool,
     async (client) => {
-      const t = await findAbTest(client, ref, { ...options, forUpdate: true })
+      const t = await lockedTest(client, ref, options)
       const { rows } = await query<{
         metrics: unknown
         rule_id: string
