@@ -299,7 +299,7 @@ export async function readCounts(
 }
 
 /**
- * The test, with its records serialized: one at a time per test, so the room assertRoom checked is
+ * The test, with its records serialized: one at a time per test, so the room afterBatch checked is
  * the room there is. An advisory lock, not FOR UPDATE on the test's row, which `ab assign`'s
  * count updates: assignments never wait for a record.
  */
@@ -316,18 +316,24 @@ async function lockedTest(client: pg.PoolClient, ref: string, options: StoreOpti
 }
 
 /**
- * A batch that would take an arm past 2^53 - 1 trials: refused (exit 2), since beyond that the
- * sums can no longer be counted exactly, and the test could not be read again.
+ * The arms' totals once `batch` is recorded over `totals` (records into a test are serialized, so
+ * that is what the database will hold). A batch that would take an arm past 2^53 - 1 trials is
+ * refused (exit 2): beyond that the sums can no longer be counted exactly, and the test could not
+ * be read again.
  */
-function assertRoom(t: AbTest, totals: Counts, batch: Array<{ variant: Variant } & ArmCounts>): void {
+function afterBatch(t: AbTest, totals: Counts, batch: Array<{ variant: Variant } & ArmCounts>): Counts {
+  const out: Counts = { control: { ...totals.control }, test: { ...totals.test } }
   for (const b of batch) {
-    if (totals[b.variant].trials + b.trials > Number.MAX_SAFE_INTEGER) {
+    if (out[b.variant].trials + b.trials > Number.MAX_SAFE_INTEGER) {
       throw new UsageError(
         `Recording ${thousands(b.trials)} more trial${b.trials === 1 ? '' : 's'} would take the ${b.variant} arm of '${t.name}' past ${thousands(Number.MAX_SAFE_INTEGER)} trials, more than can be counted exactly; nothing was recorded.`,
         { code: 'AB_COUNTS_TOO_LARGE' },
       )
     }
+    out[b.variant].trials += b.trials
+    out[b.variant].successes += b.successes
   }
+  return out
 }
 
 async function testWithCounts(pool: pg.Pool, ref: string, options: StoreOptions) {
@@ -372,7 +378,7 @@ export async function recordObservation(
     pool,
     async (client) => {
       const t = await lockedTest(client, ref, options)
-      assertRoom(t, await readCounts(client, t.id, options), [{ variant: v, ...c }])
+      const totals = afterBatch(t, await readCounts(client, t.id, options), [{ variant: v, ...c }])
       await query(
         client,
         'Recording the observation',
@@ -380,7 +386,6 @@ export async function recordObservation(
         [t.id, v, c.successes, c.trials],
         options.timeoutMs,
       )
-      const totals = await readCounts(client, t.id, options)
       return {
         test: t.name,
         test_id: t.id,
@@ -473,7 +478,7 @@ export async function recordEvaluation(
         ['control', confusionCounts(e.metrics, id, 'control_metrics', 'control')],
         ['test', confusionCounts(e.metrics, id, 'candidate_metrics', 'test')],
       ]
-      assertRoom(
+      const totals = afterBatch(
         t,
         await readCounts(client, t.id, options),
         arms.map(([variant, c]) => ({ variant, ...c })),
@@ -505,7 +510,7 @@ export async function recordEvaluation(
         test_id: t.id,
         evaluation_id: id,
         recorded: arms.map(([v, c]) => ({ variant: v, ...c })),
-        totals: await readCounts(client, t.id, options),
+        totals,
         warnings,
       }
     },
